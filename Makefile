@@ -1,0 +1,22 @@
+# The two Quick-start commands of the README. Each installs first: torch as the
+# CPU build on disk (torch==2.13.0), so that no CUDA wheels are pulled, then uvlm.
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+
+.PHONY: install install-test demo test
+
+install:
+	$(PIP) install torch==2.13.0
+	$(PIP) install -e .
+
+install-test:
+	$(PIP) install torch==2.13.0
+	$(PIP) install -e ".[test]"
+
+# The main job on the embedded default store.
+demo: install
+	uvlm data smartwatch --train-images 2000 --test-images 300 --seed 0 --out data/smartwatch
+
+# The test suite (CI runs exactly this). pytest's exit code 5 ("no tests collected") is not a failure.
+test: install-test
+	$(PYTHON) -m pytest; code=$$?; [ $$code -eq 0 ] || [ $$code -eq 5 ]

@@ -1,0 +1,1 @@
+"""Sweeps: space files -> Ray Tune + Optuna experiments logged to MLflow, and the `uvlm` command line."""

@@ -1,0 +1,1 @@
+"""The unified VLM, its data, scorers and training loop (run by Ray Train)."""

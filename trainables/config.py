@@ -1,0 +1,320 @@
+"""Typed configuration of one training run: every axis the study varies is a field here.
+
+A run is fully described by a `TrainConfig`. Space files (spaces/*.yaml) and
+`uvlm train --set key=value` address its fields by dotted names such as
+`data.arm` or `generation.space`; `flatten()` gives the same dotted names for
+MLflow parameters. Validation happens once, at the boundary, in `load_config`.
+"""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from trainables.errors import UserError, nearest
+
+
+class StrictModel(BaseModel):
+    """A config section: unknown keys are errors, values are checked on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_enum_values=False)
+
+
+class Arm(str, enum.Enum):
+    """Which record kinds a run trains on (finding 1's arms)."""
+
+    UNDERSTANDING = "understanding"  # VQA + caption records only
+    GENERATION = "generation"  # text-to-image records only
+    MIXED = "mixed"  # both
+
+
+class BudgetUnit(str, enum.Enum):
+    """How the training budget is counted; matched budgets make arms comparable."""
+
+    EPOCHS = "epochs"  # passes over the run's own training records (the paper: 1)
+    STEPS = "steps"  # optimiser steps, equal across arms
+    SAMPLES = "samples"  # training records seen, equal across arms
+
+
+class LMTrainability(str, enum.Enum):
+    FULL = "full"
+    LORA = "lora"
+    FROZEN = "frozen"
+
+
+class PartTrainability(str, enum.Enum):
+    TRAIN = "train"
+    FROZEN = "frozen"
+
+
+class EncoderName(str, enum.Enum):
+    """Understanding encoders (image -> features the LM reads)."""
+
+    PATCH = "patch"  # raw pixel patches
+    SIGLIP = "siglip"  # transformers SiglipVisionModel, frozen
+    CLIP = "clip"  # transformers CLIPVisionModel, frozen
+    VQ = "vq"  # code vectors of the generation tokenizer
+
+
+class GenerationSpaceName(str, enum.Enum):
+    """Generation spaces (what the LM emits after the image marker)."""
+
+    PATCH = "patch"  # continuous pixel patches of a downsampled image
+    VQ = "vq"  # discrete codes of a VQ tokenizer (k-means codebook on CPU)
+    SIGLIP = "siglip"
+    CLIP = "clip"
+    SAME = "same"  # the understanding encoder's own space
+
+
+class ImageLoss(str, enum.Enum):
+    COSINE = "cosine"  # 1 - cos, continuous spaces
+    MSE = "mse"  # continuous spaces
+    CE = "ce"  # cross-entropy over the codebook, discrete spaces
+
+
+class ProjectorKind(str, enum.Enum):
+    LINEAR = "linear"
+    MLP2X_GELU = "mlp2x_gelu"
+
+
+class AffineTarget(str, enum.Enum):
+    UNDERSTANDING = "understanding"
+    GENERATION = "generation"
+
+
+class Precision(str, enum.Enum):
+    FP32 = "fp32"
+    BF16 = "bf16"
+
+
+class DataConfig(StrictModel):
+    path: str = "data/smartwatch"
+    """Dataset folder (Parquet shards + manifest.json). A smartwatch dataset is generated there when missing."""
+    train_images: int | None = Field(default=None, gt=0)
+    """Training images used (the data-size axis); None = all. The first N of a seeded order, so every arm shares them."""
+    arm: Arm = Arm.MIXED
+    """Record kinds trained on: understanding, generation or mixed."""
+    generation_ratio: float = Field(default=1.0, gt=0)
+    """Generation images per understanding image in the mixed and generation arms."""
+    test_images: int | None = Field(default=300, gt=0)
+    """Test images evaluated; None = all."""
+    generate_train_images: int = Field(default=2000, gt=0)
+    """When `path` is missing: training images to generate."""
+    generate_test_images: int = Field(default=300, gt=0)
+    """When `path` is missing: test images to generate."""
+    generate_image_size: int = Field(default=64, ge=32)
+    """When `path` is missing: rendered image side in pixels."""
+    hide_from_understanding: list[str] = Field(default_factory=list)
+    """When `path` is missing: ATTR=VALUE pairs whose images get only generation records (finding 3)."""
+    hide_control: bool = False
+    """When `path` is missing: the control of finding 3; hidden images lose their generation records too."""
+
+
+class LMConfig(StrictModel):
+    pretrained_path: str | None = None
+    """Local folder with a transformers causal LM and its tokenizer; None = tiny random Llama from the fields below."""
+    hidden_size: int = Field(default=128, gt=0)
+    num_layers: int = Field(default=2, gt=0)
+    num_heads: int = Field(default=4, gt=0)
+    intermediate_size: int = Field(default=512, gt=0)
+    max_positions: int = Field(default=256, gt=0)
+    trainability: LMTrainability = LMTrainability.FULL
+    """full: every LM weight trains; lora: peft LoRA adapters only; frozen: nothing in the LM trains."""
+    lora_rank: int = Field(default=8, gt=0)
+    lora_alpha: int = Field(default=16, gt=0)
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> LMConfig:
+        if self.pretrained_path is None and self.hidden_size % self.num_heads:
+            raise ValueError(f"lm.hidden_size ({self.hidden_size}) must be a multiple of lm.num_heads ({self.num_heads})")
+        return self
+
+
+class UnderstandingConfig(StrictModel):
+    encoder: EncoderName = EncoderName.PATCH
+    """patch | siglip | clip | vq."""
+    pretrained_path: str | None = None
+    """Local folder with a pretrained siglip/clip vision model; None = random init from a small config."""
+    patch_size: int = Field(default=16, gt=0)
+    """Pixels per patch side: the image becomes (image_size / patch_size)^2 tokens."""
+    hidden_size: int = Field(default=64, gt=0)
+    """Width of a randomly initialised siglip/clip encoder."""
+    projector: ProjectorKind = ProjectorKind.MLP2X_GELU
+
+
+class GenerationConfig(StrictModel):
+    space: GenerationSpaceName = GenerationSpaceName.PATCH
+    """patch | vq | siglip | clip | same."""
+    image_size: int = Field(default=32, gt=0)
+    """The generation target is the image resized to this side."""
+    patch_size: int = Field(default=8, gt=0)
+    """Pixels per generated token side (patch and vq spaces)."""
+    codebook_size: int = Field(default=256, gt=1)
+    """vq: number of k-means codes fitted on the training images."""
+    vq_pretrained_path: str | None = None
+    """vq: local LlamaGen-style VQ checkpoint; None = the k-means codebook."""
+    loss: ImageLoss = ImageLoss.COSINE
+    alpha: float = Field(default=0.2, ge=0)
+    """Total loss = text CE + alpha * image loss."""
+    projector: ProjectorKind = ProjectorKind.LINEAR
+
+    @model_validator(mode="after")
+    def _loss_fits_space(self) -> GenerationConfig:
+        discrete = self.space == GenerationSpaceName.VQ
+        if discrete != (self.loss == ImageLoss.CE):
+            want = "ce" if discrete else "cosine or mse"
+            raise ValueError(f"generation.loss {self.loss.value!r} does not fit generation.space {self.space.value!r}; use {want}")
+        return self
+
+
+class AlignmentConfig(StrictModel):
+    affine_strength: float = Field(default=0.0, ge=0.0, lt=1.0)
+    """s of the random affine map x -> Q S x + b (0 = identity)."""
+    affine_target: AffineTarget = AffineTarget.GENERATION
+    """Which vision space the affine map is applied to."""
+    affine_seed: int = 0
+
+
+class TrainabilityConfig(StrictModel):
+    understanding_projector: PartTrainability = PartTrainability.TRAIN
+    generation_projector: PartTrainability = PartTrainability.TRAIN
+    head: PartTrainability = PartTrainability.TRAIN
+
+
+class OptimConfig(StrictModel):
+    lr: float = Field(default=2e-3, gt=0)
+    projector_lr: float | None = Field(default=None, gt=0)
+    """Learning rate of projectors and head; None = lr."""
+    weight_decay: float = Field(default=0.0, ge=0)
+    warmup_ratio: float = Field(default=0.03, ge=0, lt=1)
+    batch_size: int = Field(default=32, gt=0)
+    """Global batch size (split across Train workers)."""
+    grad_clip: float = Field(default=1.0, gt=0)
+
+
+class BudgetConfig(StrictModel):
+    unit: BudgetUnit = BudgetUnit.STEPS
+    value: float = Field(default=1500, gt=0)
+
+
+class EvalConfig(StrictModel):
+    every_steps: int = Field(default=250, gt=0)
+    """Evaluate on the test split every N steps, and always at the end."""
+    max_eval_records: int = Field(default=300, gt=0)
+    """Cap on test records per task in intermediate evaluations (the final one uses all)."""
+    grid_images: int = Field(default=16, gt=0)
+    """Generated images in the saved grid."""
+
+
+class RuntimeConfig(StrictModel):
+    num_workers: int = Field(default=1, gt=0)
+    """Ray Train workers (DDP)."""
+    use_gpu: bool = False
+    threads_per_worker: int = Field(default=1, gt=0)
+    precision: Precision = Precision.FP32
+    """bf16 autocast on GPUs."""
+
+
+class TrainConfig(StrictModel):
+    seed: int = 0
+    """Fixes data order, initialisation and the affine map."""
+    data: DataConfig = Field(default_factory=DataConfig)
+    lm: LMConfig = Field(default_factory=LMConfig)
+    understanding: UnderstandingConfig = Field(default_factory=UnderstandingConfig)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    alignment: AlignmentConfig = Field(default_factory=AlignmentConfig)
+    trainability: TrainabilityConfig = Field(default_factory=TrainabilityConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+    def flatten(self) -> dict[str, Any]:
+        """Dotted names to plain values, e.g. {'data.arm': 'mixed', 'lm.hidden_size': 128}."""
+        return flatten(self.model_dump(mode="json"))
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set tree['a']['b'] = value for dotted 'a.b', checking each name against TrainConfig."""
+    *parents, leaf = dotted.split(".")
+    node, model = tree, TrainConfig
+    for part in parents + [leaf]:
+        fields = model.model_fields
+        if part not in fields:
+            raise UserError(f"unknown config key {dotted!r}{nearest(part, fields)}; valid here: {', '.join(fields)}")
+        annotation = fields[part].annotation
+        if part == leaf:
+            node[part] = value
+        else:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"config key {dotted!r}: {part!r} is not a section")
+            model = annotation
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'optim.lr=1e-3' -> ('optim.lr', 0.001); values are read as YAML scalars."""
+    if "=" not in text:
+        raise UserError(f"--set {text!r}: expected KEY=VALUE, e.g. --set optim.lr=1e-3")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def load_config(source: dict[str, Any] | str | Path | None = None, overrides: list[str] | dict[str, Any] = ()) -> TrainConfig:
+    """Build a validated TrainConfig from a mapping or YAML file plus dotted overrides.
+
+    Errors name the field, the bad value and, for typos, the nearest valid key.
+    """
+    if source is None:
+        tree: dict[str, Any] = {}
+    elif isinstance(source, dict):
+        tree = yaml.safe_load(yaml.safe_dump(source))  # deep copy of plain data
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise UserError(f"config file {str(path)!r} does not exist")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise UserError(f"config file {str(path)!r} is not valid YAML: {str(error).splitlines()[0]}") from None
+        if not isinstance(tree, dict):
+            raise UserError(f"config file {str(path)!r} must hold a mapping of config sections")
+    items = overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides)
+    for key, value in items:
+        set_dotted(tree, key, value)
+    try:
+        return TrainConfig.model_validate(tree)
+    except ValidationError as error:
+        raise config_error(error) from None
+
+
+def config_error(error: ValidationError) -> UserError:
+    """The first validation problem as one line naming the dotted field."""
+    problem = error.errors()[0]
+    loc = ".".join(str(part) for part in problem["loc"])
+    if problem["type"] == "extra_forbidden":
+        *parents, key = [str(part) for part in problem["loc"]]
+        model: type[BaseModel] = TrainConfig
+        for part in parents:
+            model = model.model_fields[part].annotation
+        fields = list(model.model_fields)
+        return UserError(f"unknown config key {loc!r}{nearest(key, fields)}; valid here: {', '.join(fields)}")
+    message = problem["msg"].removeprefix("Value error, ")
+    value = problem.get("input")
+    shown = "" if isinstance(value, dict) else f" (got {value!r})"
+    return UserError(f"config {loc or 'file'}: {message}{shown}")

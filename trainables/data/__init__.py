@@ -1,0 +1,1 @@
+"""Datasets in the uvlm Parquet layout: the synthetic smart-watch generator and the LLaVA importer."""
