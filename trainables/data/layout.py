@@ -123,6 +123,14 @@ def finish_manifest(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     return manifest
 
 
+def read_json(path: Path) -> Any:
+    """Parsed JSON; UserError (not a traceback) when the file is not JSON."""
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UserError(f"{str(path)!r} is not valid JSON: {error}") from None
+
+
 def read_manifest(folder: Path) -> dict[str, Any]:
     """The manifest of a dataset folder, checked for shape; UserError when missing or foreign."""
     path = folder / MANIFEST
@@ -130,10 +138,7 @@ def read_manifest(folder: Path) -> dict[str, Any]:
         raise UserError(f"dataset folder {str(folder)!r} does not exist")
     if not path.is_file():
         raise UserError(f"{str(folder)!r} is not a uvlm dataset: it has no {MANIFEST}")
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise UserError(f"{str(path)!r} is not valid JSON: {error}") from None
+    manifest = read_json(path)
     if not isinstance(manifest, dict) or manifest.get("schema_version") != SCHEMA_VERSION:
         version = manifest.get("schema_version") if isinstance(manifest, dict) else None
         raise UserError(f"{str(path)!r}: unsupported dataset schema version {version!r} (expected {SCHEMA_VERSION})")

@@ -16,7 +16,6 @@ keep the JSON order. Every image is checked to exist before anything is written.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import asdict, dataclass
 from io import BytesIO
@@ -97,10 +96,7 @@ def read_conversations(path: Path, split: str, options: LlavaOptions) -> tuple[l
     """Parse and check every entry; UserError naming the file and entry for anything malformed."""
     if not path.is_file():
         raise UserError(f"LLaVA JSON file {str(path)!r} does not exist")
-    try:
-        entries = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise UserError(f"{str(path)!r} is not valid JSON: {error}") from None
+    entries = layout.read_json(path)
     if not isinstance(entries, list):
         raise UserError(f"{str(path)!r}: expected a JSON list of conversations, got {type(entries).__name__}")
     conversations, seen, skipped = [], set(), 0
