@@ -143,6 +143,8 @@ class UnderstandingConfig(StrictModel):
     """Pixels per patch side: the image becomes (image_size / patch_size)^2 tokens."""
     hidden_size: int = Field(default=64, gt=0)
     """Width of a randomly initialised siglip/clip encoder."""
+    image_size: int | None = Field(default=None, gt=0)
+    """The image is resized to this side before encoding; None = the dataset's image size (a pretrained tower uses its own)."""
     projector: ProjectorKind = ProjectorKind.MLP2X_GELU
 
 
@@ -157,6 +159,8 @@ class GenerationConfig(StrictModel):
     """vq: number of k-means codes fitted on the training images."""
     vq_pretrained_path: str | None = None
     """vq: local LlamaGen-style VQ checkpoint; None = the k-means codebook."""
+    feature_pretrained_path: str | None = None
+    """siglip/clip spaces: local folder with a pretrained vision tower; None = random init like the understanding one."""
     loss: ImageLoss = ImageLoss.COSINE
     alpha: float = Field(default=0.2, ge=0)
     """Total loss = text CE + alpha * image loss."""
@@ -164,6 +168,8 @@ class GenerationConfig(StrictModel):
 
     @model_validator(mode="after")
     def _loss_fits_space(self) -> GenerationConfig:
+        if self.space == GenerationSpaceName.SAME:
+            return self  # depends on the understanding encoder: checked by TrainConfig
         discrete = self.space == GenerationSpaceName.VQ
         if discrete != (self.loss == ImageLoss.CE):
             want = "ce" if discrete else "cosine or mse"
@@ -217,6 +223,8 @@ class RuntimeConfig(StrictModel):
     threads_per_worker: int = Field(default=1, gt=0)
     precision: Precision = Precision.FP32
     """bf16 autocast on GPUs."""
+    cache_dir: str | None = None
+    """Where fitted VQ codebooks and attribute probes are cached; None = `.uvlm-cache` beside data.path."""
 
 
 class TrainConfig(StrictModel):
@@ -232,6 +240,18 @@ class TrainConfig(StrictModel):
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+    @model_validator(mode="after")
+    def _same_space_loss(self) -> TrainConfig:
+        if self.generation.space == GenerationSpaceName.SAME:
+            discrete = self.understanding.encoder == EncoderName.VQ
+            if discrete != (self.generation.loss == ImageLoss.CE):
+                want = "ce" if discrete else "cosine or mse"
+                raise ValueError(
+                    f"generation.loss {self.generation.loss.value!r} does not fit generation.space 'same' with "
+                    f"understanding.encoder {self.understanding.encoder.value!r}; use {want}"
+                )
+        return self
 
     def flatten(self) -> dict[str, Any]:
         """Dotted names to plain values, e.g. {'data.arm': 'mixed', 'lm.hidden_size': 128}."""

@@ -1,0 +1,243 @@
+"""The unified VLM on synthetic tensors: shapes, every encoder/space pair, losses, freezing, affine map, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from trainables.affine import AffineMap
+from trainables.config import load_config
+from trainables.encoders import to_float_images
+from trainables.errors import UserError
+from trainables.freezing import apply_trainability
+from trainables.losses import IGNORE, image_loss, text_loss
+from trainables.config import ImageLoss
+from trainables.model import build_model
+from trainables.sequences import collate, generation_example, understanding_example
+from trainables.spaces import needs_vq
+from trainables.tokenizer import WordTokenizer, join_words, split_words
+from trainables.vq import fit_kmeans_vq
+
+torch.set_num_threads(1)
+
+TEXTS = ["What time is shown? 03:07:59", "Draw a smart watch. The battery is at 42%.", "Here is the image.",
+         "The weather is shown in the top-left corner."]
+TINY = ["lm.hidden_size=32", "lm.num_heads=2", "lm.intermediate_size=64", "understanding.hidden_size=32"]
+
+
+def make(overrides: list[str], n_images: int = 6):
+    config = load_config(None, TINY + overrides)
+    tok = WordTokenizer.build(TEXTS)
+    images = torch.randint(0, 256, (n_images, 64, 64, 3), dtype=torch.uint8)
+    vq = None
+    if needs_vq(config.generation, config.understanding):
+        vq = fit_kmeans_vq(to_float_images(images), config.generation.image_size, config.generation.patch_size, 16, 0, None, "t")
+    model = build_model(config, tok, 64, vq)
+    counts = apply_trainability(model, config.lm, config.trainability)
+    model.fit_target_stats(to_float_images(images))
+    return config, tok, images, model, counts
+
+
+def mixed_batch(tok, images, model):
+    nu, ng = model.encoder.num_tokens, model.space.num_tokens
+    examples = [
+        understanding_example(tok, [("What time is shown?", "03:07:59"), ("What time?", "03:07:59")], 0, nu),
+        generation_example(tok, "Draw a smart watch.", "Here is the image.", 1, ng),
+        understanding_example(tok, [("What time is shown?", "42%")], 2, nu),
+        generation_example(tok, "Draw a smart watch. The battery is at 42%.", "Here is the image.", 3, ng),
+    ]
+    return collate(examples, images, tok)
+
+
+def test_tokenizer_splits_numbers_digit_by_digit_and_round_trips():
+    assert split_words("It is 03:07:59, 42%.") == ["It", "is", "0", "3", ":", "0", "7", ":", "5", "9", ",", "4", "2", "%", "."]
+    tok = WordTokenizer.build(TEXTS)
+    for text in ["03:07:59", "42%", "100%", "top-left", "The battery is at 42%.", "What time is shown?"]:
+        assert tok.decode(tok.encode(text)) == text
+    assert len(tok.encode("42%")) == 3 and len(tok.encode("7%")) == 2
+    assert join_words(["0", "3", ":", "0", "7"]) == "03:07"
+
+
+PAIRS = [
+    ("patch", "patch", "cosine"), ("patch", "vq", "ce"), ("patch", "siglip", "cosine"), ("patch", "clip", "mse"),
+    ("siglip", "patch", "cosine"), ("siglip", "same", "cosine"), ("clip", "same", "mse"), ("clip", "vq", "ce"),
+    ("vq", "same", "ce"), ("vq", "patch", "cosine"), ("siglip", "clip", "cosine"),
+]
+
+
+@pytest.mark.parametrize("encoder,space,loss", PAIRS)
+def test_every_encoder_space_pair_trains_and_generates(encoder, space, loss):
+    _, tok, images, model, _ = make([f"understanding.encoder={encoder}", f"generation.space={space}", f"generation.loss={loss}"])
+    batch = mixed_batch(tok, images, model)
+    out = model(batch)
+    assert out["text_count"] > 0 and out["image_count"] == 2 * model.space.num_tokens
+    loss_value = out["text_sum"] / out["text_count"] + out["image_sum"] / out["image_count"]
+    loss_value.backward()
+    assert model.projector.parameters().__next__().grad is not None
+    assert model.head.weight.grad is not None
+    prompts = collate([generation_example(tok, "Draw a smart watch.", "Here is the image.", i, 0) for i in range(2)], images, tok, left_pad=True)
+    generated = model.generate_image(prompts.input_ids, prompts.attention_mask)
+    assert generated.features.shape == (2, model.space.num_tokens, model.space.feature_dim)
+    assert (generated.codes is not None) == model.space.discrete
+    pictures = model.decode_images(generated)
+    assert (pictures is not None) == (space in ("patch", "vq") or (space == "same" and encoder in ("patch", "vq")))
+    if pictures is not None:
+        assert pictures.shape[:2] == (2, 3) and 0 <= pictures.min() and pictures.max() <= 1
+
+
+def test_default_shapes_match_the_study():
+    _, tok, images, model, counts = make([])
+    assert model.encoder.num_tokens == 16 and model.encoder.feature_dim == 16 * 16 * 3  # 64 px, 16 px patches
+    assert model.space.num_tokens == 16 and model.space.feature_dim == 8 * 8 * 3  # 32 px, 8 px patches
+    batch = mixed_batch(tok, images, model)
+    assert batch.und_mask.sum() == 2 * 16 and batch.gen_mask.sum() == 2 * 16 and batch.gen_pred_mask.sum() == 2 * 16
+    # <boi> predicts the first image token: gen_pred_mask is gen_mask shifted left by one
+    assert torch.equal(batch.gen_pred_mask[:, :-1], batch.gen_mask[:, 1:]) and not batch.gen_pred_mask[:, -1].any()
+    assert batch.input_ids[batch.gen_pred_mask & ~batch.gen_mask].eq(tok.boi).all()
+
+
+def test_image_token_count_mismatch_is_an_explicit_error():
+    _, tok, images, model, _ = make([])
+    batch = mixed_batch(tok, images, model)
+    batch.und_images = batch.und_images[:1]
+    with pytest.raises(ValueError, match="Image features and image tokens do not match"):
+        model(batch)
+
+
+def test_greedy_text_with_kv_cache_equals_full_recompute():
+    _, tok, images, model, _ = make([])
+    model.eval()
+    nu = model.encoder.num_tokens
+    examples = [understanding_example(tok, [("What time is shown?", None)], 0, nu),
+                understanding_example(tok, [("What time?", "03:07:59"), ("What time is shown?", None)], 1, nu)]
+    batch = collate(examples, images, tok, left_pad=True)
+    cached = model.generate_text(batch.input_ids, batch.attention_mask, batch.und_images, 6)
+    for row, example in enumerate(examples):  # unpadded, no cache, one row at a time
+        ids = torch.tensor([example.ids])
+        produced = []
+        for _ in range(6):
+            embeds = model.embed(ids, ids == tok.image, batch.und_images[row : row + 1])
+            hidden = model.backbone(inputs_embeds=embeds, use_cache=False).last_hidden_state
+            next_id = int(model.lm.get_output_embeddings()(hidden[:, -1]).argmax(-1))
+            if next_id == tok.eos:
+                break
+            produced.append(next_id)
+            ids = torch.cat([ids, torch.tensor([[next_id]])], 1)
+        assert cached[row] == produced
+
+
+def test_losses():
+    logits = torch.zeros(1, 3, 5)
+    labels = torch.tensor([[IGNORE, 2, IGNORE]])
+    total, count = text_loss(logits, labels)
+    assert count == 1 and torch.isclose(total, torch.log(torch.tensor(5.0)))
+    pred, target = torch.tensor([[1.0, 0.0], [0.0, 2.0]]), torch.tensor([[2.0, 0.0], [1.0, 0.0]])
+    total, count = image_loss(ImageLoss.COSINE, pred, target)
+    assert count == 2 and torch.isclose(total, torch.tensor(1.0))  # cos 1 and cos 0
+    total, _ = image_loss(ImageLoss.COSINE, pred, target, centre=torch.tensor([1.0, 0.0]))
+    assert torch.isclose(total, torch.tensor(2.0), atol=1e-5)  # centred: (0,0) has no direction; (-1,2) vs (0,0)
+    total, _ = image_loss(ImageLoss.MSE, pred, target)
+    assert torch.isclose(total, torch.tensor(0.5 + 2.5))
+    total, _ = image_loss(ImageLoss.CE, torch.zeros(3, 4), torch.tensor([0, 1, 2]))
+    assert torch.isclose(total, 3 * torch.log(torch.tensor(4.0)))
+
+
+@pytest.mark.parametrize("policy", ["full", "lora", "frozen"])
+def test_freezing_policy_per_component(policy):
+    _, tok, images, model, counts = make([f"lm.trainability={policy}", "trainability.generation_projector=frozen"])
+    trainable, total = counts["lm"]
+    assert {"full": trainable == total, "lora": 0 < trainable < total, "frozen": trainable == 0}[policy]
+    assert counts["generation_projector"][0] == 0 and counts["head"][0] == counts["head"][1] > 0
+    assert counts["encoder"][0] == 0
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimiser = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    out = model(mixed_batch(tok, images, model))
+    (out["text_sum"] / out["text_count"] + out["image_sum"] / out["image_count"]).backward()
+    optimiser.step()
+    for name, p in model.named_parameters():
+        changed = not torch.equal(before[name], p.detach())
+        if not p.requires_grad:
+            assert not changed, name
+        if name.startswith("gen_projector") or (policy == "frozen" and name.startswith("lm.")):
+            assert not changed, name
+        if policy == "lora" and name.startswith("lm.") and "lora_B" in name:
+            assert changed, name
+
+
+def test_affine_map():
+    identity = AffineMap(8, 0.0, seed=1)
+    x = torch.randn(5, 8)
+    assert torch.equal(identity(x), x)
+    m = AffineMap(8, 0.5, seed=1)
+    assert torch.equal(m.A, AffineMap(8, 0.5, seed=1).A) and not torch.equal(m.A, AffineMap(8, 0.5, seed=2).A)
+    singular = torch.linalg.svdvals(m.A.double())  # A = Q S: singular values are |S| in [1-s, 1+s]
+    assert singular.min() >= 0.5 - 1e-6 and singular.max() <= 1.5 + 1e-6
+    assert m.b.abs().max() <= 0.5
+    assert torch.allclose(m.inverse(m(x)), x, atol=1e-5)
+    y = torch.randn(2, 3, 8)
+    assert torch.allclose(m.inverse(m(y)), y, atol=1e-5)
+
+
+def test_affine_misaligns_only_its_target():
+    _, _, images, model, _ = make(["alignment.affine_strength=0.5", "alignment.affine_target=generation"])
+    assert model.affine_u.identity and not model.affine_g.identity
+    _, _, _, model, _ = make(["alignment.affine_strength=0.5", "alignment.affine_target=understanding"])
+    assert not model.affine_u.identity and model.affine_g.identity
+
+
+def test_same_seed_same_model():
+    a = make([])[3].state_dict()
+    b = make([])[3].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bad_names_list_the_valid_ones():
+    with pytest.raises(UserError, match="siglip"):
+        load_config(None, ["understanding.encoder=sigclip"])
+    with pytest.raises(UserError, match="same"):
+        load_config(None, ["generation.space=pixels"])
+    with pytest.raises(UserError, match="does not fit"):
+        load_config(None, ["generation.space=vq"])
+
+
+def test_pretrained_lm_and_tokenizer_from_a_local_folder(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    words = ["<unk>", "<s>", "</s>"] + sorted({w for t in TEXTS for w in split_words(t)})
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    hf_tok = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    hf_tok.save_pretrained(tmp_path)
+    lm = LlamaForCausalLM(LlamaConfig(vocab_size=len(words), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                      num_attention_heads=2, tie_word_embeddings=False))
+    lm.save_pretrained(tmp_path)
+    config, _, images, _, _ = make([])
+    config = load_config(config.model_dump(mode="json"), [f"lm.pretrained_path={tmp_path}", "lm.trainability=lora"])
+    from trainables.tokenizer import PretrainedTokenizer
+
+    tok = PretrainedTokenizer(tmp_path)
+    assert tok.vocab_size > len(words) and len({tok.image, tok.boi, tok.user, tok.assistant, tok.pad}) == 5
+    model = build_model(config, tok, 64)
+    counts = apply_trainability(model, config.lm, config.trainability)
+    assert model.lm.get_input_embeddings().num_embeddings >= tok.vocab_size and 0 < counts["lm"][0] < counts["lm"][1]
+    model.fit_target_stats(to_float_images(images))
+    out = model(mixed_batch(tok, images, model))
+    assert torch.isfinite(out["text_sum"]) and out["text_count"] > 0
+
+
+def test_pretrained_paths_without_the_needed_files(tmp_path):
+    config = load_config(None, TINY + [f"lm.pretrained_path={tmp_path}"])
+    tok = WordTokenizer.build(TEXTS)
+    with pytest.raises(UserError, match="config.json"):
+        build_model(config, tok, 64)
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(UserError, match="no weights"):
+        build_model(config, tok, 64)
+    config = load_config(None, TINY + ["understanding.encoder=siglip", f"understanding.pretrained_path={tmp_path / 'nope'}"])
+    with pytest.raises(UserError, match="siglip pretrained path"):
+        build_model(config, tok, 64)
+    from trainables.tokenizer import PretrainedTokenizer
+
+    with pytest.raises(UserError, match="tokenizer"):
+        PretrainedTokenizer(tmp_path / "nope")

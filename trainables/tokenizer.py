@@ -1,0 +1,140 @@
+"""Tokenizers of the unified VLM: a small word/digit vocabulary, or a pretrained LM's own.
+
+Both expose the same small interface (`TextTokenizer`): `encode(text) -> list[int]`,
+`decode(ids) -> str`, `vocab_size`, and the ids of the special tokens the
+sequence layout uses (`pad`, `bos`, `eos`, `image`, `boi`, `user`, `assistant`).
+
+The word tokenizer splits numbers digit by digit ("42%" -> "4" "2" "%",
+"03:07:59" -> "0" "3" ":" "0" "7" ":" "5" "9") so that every answer of an
+attribute has the same token structure; with whole-number tokens the battery
+answers collapse onto a few frequent values (FIELD-NOTES).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Protocol
+
+from trainables.errors import UserError
+
+PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
+IMAGE = "<image>"  # one placeholder per understanding image token (replaced by projected features)
+BOI = "<boi>"  # begin-of-image: the generated image tokens follow it
+USER, ASSISTANT = "<user>", "<assistant>"
+SPECIALS = (PAD, BOS, EOS, UNK, IMAGE, BOI, USER, ASSISTANT)
+
+# A word (letters, inner hyphens/apostrophes: "top-left", "it's"), one digit, or one other symbol.
+_PIECE = re.compile(r"[A-Za-z]+(?:[-'][A-Za-z]+)*|\d|[^\sA-Za-z\d]")
+_NO_SPACE_BEFORE = set("%:,.?!;)'")
+_NO_SPACE_AFTER = set("(")
+
+
+class TextTokenizer(Protocol):
+    vocab_size: int
+    pad: int
+    bos: int
+    eos: int
+    image: int
+    boi: int
+    user: int
+    assistant: int
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: Iterable[int]) -> str: ...
+
+    def save(self, folder: Path) -> None: ...
+
+
+def split_words(text: str) -> list[str]:
+    """'It is 03:07, 42%.' -> ['It', 'is', '0', '3', ':', '0', '7', ',', '4', '2', '%', '.']"""
+    return _PIECE.findall(text)
+
+
+def join_words(pieces: list[str]) -> str:
+    """The inverse of split_words for the texts of this study: digits, ':' and '%' glue together."""
+    out = ""
+    for piece in pieces:
+        prev = out[-1:] if out else ""
+        glue = (
+            not out
+            or piece in _NO_SPACE_BEFORE
+            or prev in _NO_SPACE_AFTER
+            or (piece.isdigit() and (prev.isdigit() or prev == ":"))
+        )
+        out += piece if glue else " " + piece
+    return out
+
+
+class WordTokenizer:
+    """A closed vocabulary of the words, digits and symbols of a dataset's texts."""
+
+    def __init__(self, words: list[str]):
+        self.itos = list(SPECIALS) + [w for w in words if w not in SPECIALS]
+        self.stoi = {w: i for i, w in enumerate(self.itos)}
+        self.vocab_size = len(self.itos)
+        self.pad, self.bos, self.eos, self.unk = (self.stoi[t] for t in (PAD, BOS, EOS, UNK))
+        self.image, self.boi, self.user, self.assistant = (self.stoi[t] for t in (IMAGE, BOI, USER, ASSISTANT))
+
+    @classmethod
+    def build(cls, texts: Iterable[str]) -> WordTokenizer:
+        """Vocabulary = every piece of `texts` plus all ten digits, most frequent first (ties by name)."""
+        counts = Counter(piece for text in texts for piece in split_words(text))
+        counts.update({str(d): 0 for d in range(10)})
+        return cls(sorted(counts, key=lambda w: (-counts[w], w)))
+
+    def encode(self, text: str) -> list[int]:
+        return [self.stoi.get(piece, self.unk) for piece in split_words(text)]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        words = [self.itos[i] for i in ids if 0 <= i < self.vocab_size and self.itos[i] not in SPECIALS]
+        return join_words(words)
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "vocab.json").write_text(json.dumps(self.itos[len(SPECIALS):]))
+
+    @classmethod
+    def load(cls, folder: Path) -> WordTokenizer:
+        return cls(json.loads((folder / "vocab.json").read_text()))
+
+
+class PretrainedTokenizer:
+    """A transformers tokenizer from a local folder, with the study's special tokens added.
+
+    The LM's embedding matrix must be resized to `vocab_size` (build_model does it).
+    """
+
+    def __init__(self, folder: str | Path):
+        from transformers import AutoTokenizer
+
+        try:
+            self.hf = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        except (OSError, ValueError) as error:
+            raise UserError(f"lm.pretrained_path {str(folder)!r}: no loadable tokenizer there ({error})") from None
+        added = [t for t in (IMAGE, BOI, USER, ASSISTANT) if t not in self.hf.get_vocab()]
+        if added:
+            self.hf.add_tokens(added, special_tokens=True)
+        if self.hf.pad_token is None:
+            self.hf.add_special_tokens({"pad_token": PAD})
+        if self.hf.eos_token is None:
+            self.hf.add_special_tokens({"eos_token": EOS})
+        if self.hf.bos_token is None:
+            self.hf.add_special_tokens({"bos_token": BOS})
+        self.vocab_size = len(self.hf)
+        ids = self.hf.convert_tokens_to_ids
+        self.pad, self.bos, self.eos = self.hf.pad_token_id, self.hf.bos_token_id, self.hf.eos_token_id
+        self.image, self.boi, self.user, self.assistant = ids(IMAGE), ids(BOI), ids(USER), ids(ASSISTANT)
+
+    def encode(self, text: str) -> list[int]:
+        return self.hf.encode(text, add_special_tokens=False)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.hf.decode(list(ids), skip_special_tokens=True).strip()
+
+    def save(self, folder: Path) -> None:
+        self.hf.save_pretrained(str(folder))
