@@ -14,10 +14,12 @@ other images are the same as without them.
 from __future__ import annotations
 
 import os
+import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from io import BytesIO
 from multiprocessing import get_context
+from multiprocessing.context import BaseContext
 from pathlib import Path
 from typing import Any
 
@@ -222,8 +224,7 @@ def generate_smartwatch(options: SmartwatchOptions, out: str | Path, workers: in
                 results.append(build_shard(options, split, shard, str(folder)))
                 bar and bar.update(results[-1]["images"])
         else:
-            # spawn, not fork: the caller may hold torch or Ray threads, which fork would copy half-alive.
-            with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            with ProcessPoolExecutor(workers, mp_context=pool_context()) as pool:
                 futures = [pool.submit(build_shard, options, split, shard, str(folder)) for split, shard in jobs]
                 for future in as_completed(futures):
                     bar and bar.update(future.result()["images"])
@@ -232,6 +233,16 @@ def generate_smartwatch(options: SmartwatchOptions, out: str | Path, workers: in
         return {"seed": options.seed, "splits": {split: split_summary(split, results) for split in SPLITS}}
 
     return layout.publish(Path(out), GENERATOR, options.generator(), build)
+
+
+def pool_context() -> BaseContext:
+    """fork (fast start) unless torch or Ray is loaded: their thread pools do not survive a fork.
+
+    spawn costs each worker a fresh interpreter and imports (about a second),
+    and re-imports the caller's main module, which must be import-safe.
+    """
+    risky = any(name in sys.modules for name in ("torch", "ray"))
+    return get_context("spawn" if risky else "fork")
 
 
 def split_summary(split: str, results: list[dict[str, Any]]) -> dict[str, Any]:
