@@ -233,3 +233,29 @@ def test_ensure_dataset_generates_then_checks(tmp_path, capsys):
         ensure_dataset(DataConfig(**{**config.model_dump(), "hide_from_understanding": ["weather=sunny"]}))
     with pytest.raises(UserError, match="only 6 training images"):
         ensure_dataset(config.model_copy(update={"train_images": 7}))
+
+
+def test_losing_a_publish_race_reuses_the_winner(tmp_path, monkeypatch):
+    """Two trials find the folder missing and both build; the one that renames second uses the first's."""
+    from trainables.data import layout
+
+    options, out = SmartwatchOptions(train_images=6, test_images=2), tmp_path / "sw"
+    finish = layout.finish_manifest
+
+    def other_trial_wins_meanwhile(folder, manifest):
+        monkeypatch.setattr(layout, "finish_manifest", finish)
+        assert generate_smartwatch(options, out, workers=1, show_progress=False)
+        return finish(folder, manifest)
+
+    monkeypatch.setattr(layout, "finish_manifest", other_trial_wins_meanwhile)
+    assert not generate_smartwatch(options, out, workers=1, show_progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sw"]
+    Dataset.open(out).verify()
+
+
+def test_benchmark_smoke():
+    script = Path(__file__).parents[1] / "benchmarks" / "data_generation.py"
+    result = subprocess.run([sys.executable, str(script), "--images", "20", "--sizes", "64", "--workers", "1"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "ratio" in result.stdout and " 64px " in result.stdout
