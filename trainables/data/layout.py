@@ -20,9 +20,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import sys
-import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -193,7 +193,9 @@ def publish(out: Path, kind: str, generator: dict[str, Any], build: Callable[[Pa
         check_reusable(out, generator)
         return False
     out.parent.mkdir(parents=True, exist_ok=True)
-    temp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    # Not tempfile.mkdtemp: its folders are private (0700), and this one becomes the dataset.
+    temp = out.parent / f".{out.name}.{os.getpid()}-{secrets.token_hex(4)}.partial"
+    temp.mkdir()
     try:
         manifest = build(temp)
         finish_manifest(temp, {"kind": kind, "generator": generator, **manifest})
@@ -235,8 +237,9 @@ def split_name(split: str) -> str:
     return split
 
 
-def progress(total: int, description: str):
-    """A tqdm bar on stderr."""
+def progress(total: int, description: str, enabled: bool = True, unit: str = "img"):
+    """A tqdm bar on stderr (a silent one when not `enabled`)."""
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=description, unit="img", file=sys.stderr, dynamic_ncols=True, leave=False)
+    return tqdm(total=total, desc=description, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=False,
+                disable=not enabled)

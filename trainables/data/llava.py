@@ -152,21 +152,20 @@ def write_split(folder: Path, split: str, conversations: list[Conversation], ima
     """Write the split's shards: each holds its conversations and the images they use first."""
     stored: set[str] = set()
     shards, counts = [], {task.value: 0 for task in Task}
-    bar = layout.progress(len(conversations), f"llava {split}")
-    for shard, start in enumerate(range(0, len(conversations), options.shard_records)):
-        images, records = [], []
-        for conversation in conversations[start:start + options.shard_records]:
-            if conversation.image not in stored:
-                stored.add(conversation.image)
-                images.append(image_row(images_folder, conversation.image, len(stored) - 1))
-            record = Record(conversation.record_id, conversation.image, split, conversation.task,
-                            conversation.turns, (), None)
-            records.append(layout.record_row(record))
-            counts[record.task.value] += 1
-            bar.update(1)
-        layout.write_shard(folder, split, shard, images, records)
-        shards.append(layout.shard_paths(split, shard))
-    bar.close()
+    with layout.progress(len(conversations), f"llava {split}", unit="conv") as bar:
+        for shard, start in enumerate(range(0, len(conversations), options.shard_records)):
+            images, records = [], []
+            for conversation in conversations[start:start + options.shard_records]:
+                if conversation.image not in stored:
+                    stored.add(conversation.image)
+                    images.append(image_row(images_folder, conversation.image, len(stored) - 1))
+                record = Record(conversation.record_id, conversation.image, split, conversation.task,
+                                conversation.turns, (), None)
+                records.append(layout.record_row(record))
+                counts[record.task.value] += 1
+                bar.update(1)
+            layout.write_shard(folder, split, shard, images, records)
+            shards.append(layout.shard_paths(split, shard))
     return {"images": len(stored), "records": counts, "shards": shards}
 
 

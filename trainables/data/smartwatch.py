@@ -14,7 +14,9 @@ other images are the same as without them.
 from __future__ import annotations
 
 import os
+import signal
 import sys
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from io import BytesIO
@@ -216,23 +218,37 @@ def generate_smartwatch(options: SmartwatchOptions, out: str | Path, workers: in
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
 
     def build(folder: Path) -> dict[str, Any]:
-        bar = layout.progress(options.train_images + options.test_images, f"smartwatch {options.image_size}px") \
-            if show_progress else None
         results = []
-        if workers == 1:
-            for split, shard in jobs:
-                results.append(build_shard(options, split, shard, str(folder)))
-                bar and bar.update(results[-1]["images"])
-        else:
-            with ProcessPoolExecutor(workers, mp_context=pool_context()) as pool:
-                futures = [pool.submit(build_shard, options, split, shard, str(folder)) for split, shard in jobs]
-                for future in as_completed(futures):
-                    bar and bar.update(future.result()["images"])
-                results = [future.result() for future in futures]
-        bar and bar.close()
+        description = f"smartwatch {options.image_size}px"
+        with layout.progress(options.train_images + options.test_images, description, show_progress) as bar:
+            for result in run_shards(options, jobs, folder, workers):
+                results.append(result)
+                bar.update(result["images"])
         return {"seed": options.seed, "splits": {split: split_summary(split, results) for split in SPLITS}}
 
     return layout.publish(Path(out), GENERATOR, options.generator(), build)
+
+
+def run_shards(options: SmartwatchOptions, jobs: list[tuple[str, int]], folder: Path,
+               workers: int) -> Iterator[dict[str, Any]]:
+    """Each shard's counts as it finishes, in any order; in this process when workers == 1."""
+    if workers == 1:
+        for split, shard in jobs:
+            yield build_shard(options, split, shard, str(folder))
+        return
+    with ProcessPoolExecutor(workers, mp_context=pool_context(), initializer=_ignore_interrupts) as pool:
+        futures = [pool.submit(build_shard, options, split, shard, str(folder)) for split, shard in jobs]
+        try:
+            for future in as_completed(futures):
+                yield future.result()
+        finally:  # on Ctrl-C or an error, do not start the remaining shards
+            for future in futures:
+                future.cancel()
+
+
+def _ignore_interrupts() -> None:
+    """Workers leave Ctrl-C to the parent, which stops the pool and removes the partial folder."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def pool_context() -> BaseContext:
