@@ -16,6 +16,8 @@ from trainables.errors import UserError
 
 COMMANDS = [
     "search.commands.data",
+    "search.commands.sweep",
+    "search.commands.ui",
 ]
 
 DESCRIPTION = """\

@@ -1,0 +1,51 @@
+"""Trial bodies for the sweep tests: the signature of trainables.launch.fit, without training.
+
+Each behaves as the trainable's contract says rank 0 does: it logs params and
+per-evaluation metrics into the MLflow run it is given, reports each
+evaluation to Tune, writes metrics.json and returns the final metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+EVALUATIONS = 3
+
+
+def quick(config, out_dir, *, run_name, storage_path, mlflow_run=None, callbacks=()):
+    """A deterministic 'score' from the config: lower lr and the mixed arm score higher."""
+    from ray import tune
+
+    from search import tracking
+
+    pause = float(os.environ.get("UVLM_TEST_TRIAL_SECONDS", "0"))
+    client = tracking.client(mlflow_run["tracking_uri"]) if mlflow_run else None
+    if client:
+        tracking.log_params(client, mlflow_run["run_id"], config.flatten())
+    arm_bonus = {"understanding": 0.1, "generation": 0.0, "mixed": 0.15}[config.data.arm.value]
+    metrics = {}
+    for evaluation in range(1, EVALUATIONS + 1):
+        time.sleep(pause / EVALUATIONS)
+        step = evaluation * 10
+        metrics = {"step": step, "train/loss": 1.0 / evaluation,
+                   "test/vqa/overall": round(0.5 + arm_bonus - math.log10(config.optim.lr) * 0.01 + 0.01 * config.seed + 0.02 * evaluation, 6)}
+        if client:
+            tracking.log_metrics(client, mlflow_run["run_id"], metrics, step=step)
+        tune.report(metrics)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics))
+    return metrics
+
+
+def flaky(config, out_dir, *, run_name, storage_path, mlflow_run=None, callbacks=()):
+    """Fails for the generation arm, returns NaN for seed 1 of the understanding arm, else as `quick`."""
+    if config.data.arm.value == "generation":
+        raise ValueError("boom: the generation arm is broken in this test")
+    metrics = quick(config, out_dir, run_name=run_name, storage_path=storage_path, mlflow_run=mlflow_run)
+    if config.data.arm.value == "understanding" and config.seed == 1:
+        metrics["test/vqa/overall"] = float("nan")
+    return metrics
