@@ -31,32 +31,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     smartwatch = commands.add_parser("smartwatch", help="generate the synthetic smart-watch dataset",
                                      description=SMARTWATCH_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    smartwatch.add_argument("--out", required=True, help="dataset folder to create (must not hold another dataset)")
-    smartwatch.add_argument("--train-images", type=int, default=2000, help="training images (default 2000; paper 60000)")
-    smartwatch.add_argument("--test-images", type=int, default=300, help="test images (default 300)")
-    smartwatch.add_argument("--image-size", type=int, default=64, help="image side in pixels (default 64; paper 224)")
-    smartwatch.add_argument("--seed", type=int, default=0, help="seed of every image and record (default 0)")
+    smartwatch.add_argument("--out", required=True, metavar="DIR", help="dataset folder to create (must not hold another dataset)")
+    smartwatch.add_argument("--train-images", type=int, metavar="N", default=2000, help="training images (default 2000; paper 60000)")
+    smartwatch.add_argument("--test-images", type=int, metavar="N", default=300, help="test images (default 300)")
+    smartwatch.add_argument("--image-size", type=int, metavar="PX", default=64, help="image side in pixels (default 64; paper 224)")
+    smartwatch.add_argument("--seed", type=int, metavar="N", default=0, help="seed of every image and record (default 0)")
     smartwatch.add_argument("--hide-from-understanding", action="append", default=[], metavar="ATTR=VALUE",
                             help="training images with this value get only a generation record (repeatable), "
                                  "e.g. weather=raining; the test split keeps everything")
     smartwatch.add_argument("--hide-control", action="store_true",
                             help="control run: hidden training images get no records at all")
-    smartwatch.add_argument("--shard-images", type=int, default=500, help="images per shard (default 500)")
-    smartwatch.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
+    smartwatch.add_argument("--shard-images", type=int, metavar="N", default=500, help="images per shard (default 500)")
+    smartwatch.add_argument("--workers", type=int, metavar="N", default=None, help="worker processes (default: all cores)")
     smartwatch.set_defaults(run=run_smartwatch)
 
     llava = commands.add_parser("llava", help="import LLaVA-format JSON conversations and images",
                                 description=LLAVA_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    llava.add_argument("--json", required=True, help="LLaVA-format JSON file of the train split")
-    llava.add_argument("--images", required=True, help="folder the entries' image paths are relative to")
-    llava.add_argument("--out", required=True, help="dataset folder to create")
-    llava.add_argument("--test-json", default=None, help="optional LLaVA-format JSON file of the test split")
+    llava.add_argument("--json", required=True, metavar="FILE", help="LLaVA-format JSON file of the train split")
+    llava.add_argument("--images", required=True, metavar="DIR", help="folder the entries' image paths are relative to")
+    llava.add_argument("--out", required=True, metavar="DIR", help="dataset folder to create")
+    llava.add_argument("--test-json", default=None, metavar="FILE", help="optional LLaVA-format JSON file of the test split")
     llava.add_argument("--detect-captions", action="store_true",
                        help="single-turn 'describe the image' conversations become caption records")
     llava.add_argument("--captions-to-generation", action="store_true",
                        help="turn caption records into text-to-image generation records (as the paper did for "
                             "ShareGPT4V); implies --detect-captions")
-    llava.add_argument("--shard-records", type=int, default=5000, help="conversations per shard (default 5000)")
+    llava.add_argument("--shard-records", type=int, metavar="N", default=5000, help="conversations per shard (default 5000)")
     llava.set_defaults(run=run_llava)
 
     info = commands.add_parser("info", help="validate a dataset folder and print its counts")
