@@ -72,6 +72,16 @@ def test_sampling_follows_the_study():
     assert mentions["time"] == n and all(abs(mentions[a] / n - 0.5) < 0.04 for a in ATTRIBUTES[1:])
 
 
+def test_the_scorers_give_true_answers_and_captions_full_marks():
+    from trainables.scoring import score_caption, score_vqa_answer
+
+    for index in range(300):
+        face, _, rng = sample_image(0, "test", index)
+        assert all(score_vqa_answer(t.attribute, t.answer, face) == 1.0 for t in vqa_turns(face, rng))
+        caption, mentioned = describe(face, rng)
+        assert score_caption(caption, face, mentioned) == 1.0
+
+
 def test_hide_rule_parsing():
     assert HideRule.parse("weather=raining").matches(WatchFace(1, 2, 3, 4, "raining", "top-left", "top-right"))
     assert str(HideRule.parse("battery=42")) == "battery=42%"
