@@ -265,7 +265,8 @@ def test_losing_a_publish_race_reuses_the_winner(tmp_path, monkeypatch):
 
 def test_benchmark_smoke():
     script = Path(__file__).parents[1] / "benchmarks" / "data_generation.py"
-    result = subprocess.run([sys.executable, str(script), "--images", "20", "--sizes", "64", "--workers", "1"],
+    result = subprocess.run([sys.executable, str(script), "--images", "20", "--sizes", "64", "--workers", "1",
+                             "--repeats", "1"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "ratio" in result.stdout and " 64px " in result.stdout
