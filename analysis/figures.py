@@ -1,0 +1,275 @@
+"""The report's figures (matplotlib, Agg): each function returns a Figure, or raises `Skip` with the sentence
+the report prints in its place when the sweep lacks what the figure needs.
+
+Every figure carries a title, axis labels with units and a legend, so it reads without the text.
+Intervals are the 95% bootstrap intervals over seeds of analysis.stats.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import polars as pl  # noqa: E402
+
+from analysis import stats  # noqa: E402
+from analysis.findings import FINISHED, HIDDEN_METRIC, FindingReport, Result, prepare  # noqa: E402
+
+ARM_COLOURS = {"understanding": "#1f77b4", "generation": "#ff7f0e", "mixed": "#2ca02c"}
+SIDE_COLOURS = {"understanding": "#1f77b4", "generation": "#ff7f0e"}
+SCORE = "score (0–1)"
+DIFF = "difference in score (mixed − single-task)"
+
+
+class Skip(Exception):
+    """A figure the sweep cannot support; the message is the sentence the report shows instead."""
+
+
+def png(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def _with_errors(results: list[Result]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Estimates and matplotlib yerr (distances to the interval ends; none where there is no interval)."""
+    y = np.array([r.estimate for r in results])
+    low = np.array([r.ci_low if math.isfinite(r.ci_low) else r.estimate for r in results])
+    high = np.array([r.ci_high if math.isfinite(r.ci_high) else r.estimate for r in results])
+    return y, [y - low, high - y]
+
+
+def _errorbar(axis, x, results: list[Result], **style) -> None:
+    y, yerr = _with_errors(results)
+    axis.errorbar(x, y, yerr=yerr, capsize=4, marker="o", **style)
+
+
+def _zero(axis) -> None:
+    axis.axhline(0.0, color="grey", linewidth=0.8, linestyle="--", label="no difference")
+
+
+def _mean_ci(values: np.ndarray, seeds: np.ndarray) -> tuple[float, float, float]:
+    estimate = stats.bootstrap_mean(values, seeds)
+    low = estimate.ci_low if math.isfinite(estimate.ci_low) else estimate.estimate
+    high = estimate.ci_high if math.isfinite(estimate.ci_high) else estimate.estimate
+    return estimate.estimate, low, high
+
+
+def benefit_vs_size(report: FindingReport | str, runs: pl.DataFrame):
+    """Left: each arm's score against data size; right: the benefit of mixing against data size."""
+    if isinstance(report, str):
+        raise Skip(f"Benefit against data size is not drawn: {report}")
+    by_size = [r for r in report.results if r.name.endswith("by data size")]
+    if not by_size:
+        raise Skip("Benefit against data size is not drawn: the sweep has one data size.")
+    prepared = prepare(runs).filter(pl.col("status") == FINISHED)
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    metrics = sorted({r.metric for r in by_size})
+    for metric, style in zip(metrics, ("-", "--")):
+        column = f"metrics.{metric}"
+        for arm in sorted(prepared["arm"].unique().to_list()):
+            rows = prepared.filter((pl.col("arm") == arm) & pl.col(column).is_not_null())
+            if rows.is_empty():
+                continue
+            sizes = sorted(rows["size"].unique().to_list())
+            points = [_mean_ci(rows.filter(pl.col("size") == s)[column].to_numpy(),
+                               rows.filter(pl.col("size") == s)["seed"].to_numpy()) for s in sizes]
+            y = np.array([p[0] for p in points])
+            left.errorbar(sizes, y, yerr=[y - [p[1] for p in points], [p[2] for p in points] - y], capsize=3,
+                          marker="o", linestyle=style, color=ARM_COLOURS.get(arm), label=f"{arm}: {metric}")
+    left.set(xscale="log", xlabel="training images (log scale)", ylabel=SCORE, title="Score per arm against data size")
+    left.legend(fontsize=7)
+    for side in ("understanding", "generation"):
+        results = sorted((r for r in by_size if r.name.startswith(side)), key=lambda r: r.group["size"])
+        if results:
+            _errorbar(right, [r.group["size"] for r in results], results, color=SIDE_COLOURS[side],
+                      label=f"{results[0].comparison} on {results[0].metric}")
+    _zero(right)
+    right.set(xscale="log", xlabel="training images (log scale)", ylabel=DIFF,
+              title="Benefit of mixed training against data size (95% CI over seeds)")
+    right.legend(fontsize=7)
+    figure.tight_layout()
+    return figure
+
+
+def attribute_bars(report: FindingReport | str):
+    """The benefit per attribute and overall, understanding and generation side by side."""
+    if isinstance(report, str):
+        raise Skip(f"Per-attribute benefits are not drawn: {report}")
+    results = [r for r in report.results if r.name in ("understanding benefit", "generation benefit")]
+    if not results:
+        raise Skip("Per-attribute benefits are not drawn: no paired understanding or generation metric.")
+    labels = list(dict.fromkeys(r.group["attribute"] for r in results))
+    figure, axis = plt.subplots(figsize=(12, 4.5))
+    width = 0.38
+    for offset, side in ((-width / 2, "understanding"), (width / 2, "generation")):
+        side_results = {r.group["attribute"]: r for r in results if r.name.startswith(side)}
+        if not side_results:
+            continue
+        x = [labels.index(a) + offset for a in side_results]
+        values = list(side_results.values())
+        y, yerr = _with_errors(values)
+        axis.bar(x, y, width, yerr=yerr, capsize=3, color=SIDE_COLOURS[side],
+                 label=f"{values[0].comparison} ({'test/vqa, caption' if side == 'understanding' else 'test/gen'})")
+    _zero(axis)
+    axis.set_xticks(range(len(labels)), labels, rotation=20)
+    axis.set(xlabel="attribute / metric", ylabel=DIFF, title="Benefit of mixed training per attribute (95% CI over seeds)")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def alignment_curve(report: FindingReport | str):
+    """Left: the benefit against affine strength; right: the benefit per encoder/space pair."""
+    if isinstance(report, str):
+        raise Skip(f"The alignment curve is not drawn: {report}")
+    by_strength = [r for r in report.results if r.name.endswith("by strength")]
+    by_pair = [r for r in report.results if r.name.endswith("by pair")]
+    panels = [p for p in (by_strength, by_pair) if p]
+    figure, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+    axes = list(axes[0])
+    if by_strength:
+        axis = axes.pop(0)
+        for side in ("understanding", "generation"):
+            results = sorted((r for r in by_strength if r.name.startswith(side)), key=lambda r: r.group["strength"])
+            if results:
+                _errorbar(axis, [r.group["strength"] for r in results], results, color=SIDE_COLOURS[side],
+                          label=f"{results[0].comparison} on {results[0].metric}")
+        _zero(axis)
+        axis.set(xlabel="affine misalignment strength s (0 = aligned)", ylabel=DIFF,
+                 title="Benefit against misalignment (95% CI over seeds)")
+        axis.legend(fontsize=7)
+    if by_pair:
+        axis = axes.pop(0)
+        pairs = list(dict.fromkeys(r.group["pair"] for r in by_pair))
+        for offset, side in ((-0.2, "understanding"), (0.2, "generation")):
+            results = [r for r in by_pair if r.name.startswith(side)]
+            if results:
+                y, yerr = _with_errors(results)
+                axis.bar([pairs.index(r.group["pair"]) + offset for r in results], y, 0.4, yerr=yerr,
+                         capsize=3, color=SIDE_COLOURS[side], label=f"{results[0].comparison} on {results[0].metric}")
+        _zero(axis)
+        axis.set_xticks(range(len(pairs)), pairs, rotation=15)
+        axis.set(xlabel="understanding encoder → generation space", ylabel=DIFF,
+                 title="Benefit per encoder/space pair (95% CI over seeds)")
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    return figure
+
+
+def transfer_bars(report: FindingReport | str, runs: pl.DataFrame):
+    """Accuracy on the hidden value: mixed, its control and understanding-only, per freezing policy."""
+    if isinstance(report, str):
+        raise Skip(f"Transfer bars are not drawn: {report}")
+    column = f"metrics.{HIDDEN_METRIC}"
+    prepared = prepare(runs).filter((pl.col("status") == FINISHED) & pl.col("hidden") & pl.col(column).is_not_null())
+    groups = [("mixed", False, "mixed (value only in generation data)", "#2ca02c"),
+              ("mixed", True, "mixed control (value absent everywhere)", "#7f7f7f"),
+              ("understanding", False, "understanding-only", "#1f77b4")]
+    order = ["none", "adapters_frozen", "lm_frozen"]
+    freezings = sorted(prepared["freezing"].unique().to_list(), key=lambda f: (order.index(f) if f in order else 9, f))
+    figure, axis = plt.subplots(figsize=(max(6, 3 * len(freezings) + 2), 4.5))
+    width = 0.8 / len(groups)
+    for index, (arm, control, label, colour) in enumerate(groups):
+        xs, ys, lows, highs = [], [], [], []
+        for position, freezing in enumerate(freezings):
+            rows = prepared.filter((pl.col("arm") == arm) & (pl.col("hide_control") == control) & (pl.col("freezing") == freezing))
+            if rows.is_empty():
+                continue
+            estimate, low, high = _mean_ci(rows[column].to_numpy(), rows["seed"].to_numpy())
+            xs.append(position + (index - 1) * width)
+            ys.append(estimate)
+            lows.append(estimate - low)
+            highs.append(high - estimate)
+        if xs:
+            axis.bar(xs, ys, width, yerr=[lows, highs], capsize=3, color=colour, label=label)
+    names = {"none": "LM and adapters train", "lm_frozen": "LM frozen", "adapters_frozen": "adapters frozen"}
+    axis.set_xticks(range(len(freezings)), [names.get(f, f) for f in freezings])
+    axis.set(xlabel="freezing policy", ylabel=f"{HIDDEN_METRIC} ({SCORE})",
+             title="Understanding of the value seen only in generation data (95% CI over seeds)")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def learning_curves(history: pl.DataFrame, runs: pl.DataFrame):
+    """Mean over finished runs per arm against the training step, with the range between runs shaded."""
+    wanted = [m for m in ("test/vqa/overall", "test/gen/probe/overall", "train/loss") if m in set(history["metric"].to_list())]
+    if history.is_empty() or not wanted:
+        raise Skip("Learning curves are not drawn: no per-step metrics were logged.")
+    arms = runs.filter(pl.col("status") == FINISHED).select("run_id", "arm")
+    data = history.join(arms, on="run_id", how="inner")
+    figure, axes = plt.subplots(1, len(wanted), figsize=(5 * len(wanted), 4), squeeze=False)
+    for axis, metric in zip(axes[0], wanted):
+        curves = (data.filter(pl.col("metric") == metric).group_by("arm", "step")
+                  .agg(pl.col("value").mean().alias("mean"), pl.col("value").min().alias("low"),
+                       pl.col("value").max().alias("high"), pl.len().alias("runs")).sort("arm", "step"))
+        for arm in sorted(curves["arm"].unique().to_list()):
+            curve = curves.filter(pl.col("arm") == arm)
+            axis.plot(curve["step"], curve["mean"], marker=".", color=ARM_COLOURS.get(arm), label=f"{arm} (mean)")
+            axis.fill_between(curve["step"].to_numpy(), curve["low"].to_numpy(), curve["high"].to_numpy(),
+                              color=ARM_COLOURS.get(arm), alpha=0.15)
+        unit = "loss (nats per token)" if metric.startswith("train/") else SCORE
+        axis.set(xlabel="training step", ylabel=f"{metric}: {unit}", title=f"{metric} per arm (band: min–max over runs)")
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def parallel_coordinates(runs: pl.DataFrame, searched: list[str], objectives: dict[str, str]):
+    """One line per finished trial across the searched parameters, coloured by its arm's objective."""
+    if not searched:
+        raise Skip("The parallel-coordinates view is not drawn: the sweep searched no hyperparameter.")
+    done = runs.filter(pl.col("status") == FINISHED)
+    arms = [a for a in sorted(done["arm"].drop_nulls().unique().to_list()) if objectives.get(a)]
+    figure, axes = plt.subplots(len(arms), 1, figsize=(10, 3.2 * len(arms)), squeeze=False)
+    for axis, arm in zip(axes[:, 0], arms):
+        rows = done.filter(pl.col("arm") == arm)
+        objective = f"metrics.{objectives[arm]}"
+        columns, labels = [], []
+        for name in searched:
+            values = rows[f"params.{name}"]
+            if values.dtype.is_numeric():
+                numbers = values.cast(pl.Float64).to_numpy()
+                log = numbers.min() > 0 and numbers.max() / max(numbers.min(), 1e-300) >= 10
+                numbers = np.log10(numbers) if log else numbers
+                labels.append(f"{name}\n({'log10 ' if log else ''}{numbers.min():.3g}…{numbers.max():.3g})")
+            else:
+                categories = sorted(values.cast(pl.String).unique().to_list(), key=str)
+                numbers = np.array([categories.index(v) for v in values.cast(pl.String).to_list()], float)
+                labels.append(f"{name}\n({' | '.join(map(str, categories))})")
+            columns.append(numbers)
+        scores = rows[objective].to_numpy()
+        columns.append(scores)
+        labels.append(f"{objectives[arm]}\n({scores.min():.3f}…{scores.max():.3f})")
+        matrix = np.array(columns, float)
+        span = np.ptp(matrix, axis=1, keepdims=True)
+        scaled = (matrix - matrix.min(axis=1, keepdims=True)) / np.where(span > 0, span, 1.0)
+        colours = plt.cm.viridis((scores - scores.min()) / (np.ptp(scores) or 1.0))
+        for line, colour in zip(scaled.T, colours):
+            axis.plot(range(len(labels)), line, color=colour, alpha=0.7)
+        axis.set_xticks(range(len(labels)), labels, fontsize=7)
+        axis.set(ylabel="position in range (0–1)", title=f"{arm}: searched hyperparameters, lines coloured by {objectives[arm]}")
+        mappable = plt.cm.ScalarMappable(cmap="viridis", norm=plt.Normalize(scores.min(), scores.max()))
+        figure.colorbar(mappable, ax=axis, label=f"{objectives[arm]} ({SCORE})")
+    figure.tight_layout()
+    return figure
+
+
+def image_grids(images: dict[str, tuple[str, np.ndarray]]):
+    """The generated-image grids (artifact generated.png) of the best run per arm: label -> (caption, image)."""
+    if not images:
+        raise Skip("Generated-image grids are not shown: no best run has a generated.png artifact.")
+    figure, axes = plt.subplots(1, len(images), figsize=(5 * len(images), 5.6), squeeze=False, layout="constrained")
+    for axis, (label, (caption, image)) in zip(axes[0], images.items()):
+        axis.imshow(image)
+        axis.set_title(f"{label}\n{caption}", fontsize=9)
+        axis.axis("off")
+    figure.suptitle("Generated images of the best run per arm (free-running generation)")
+    return figure

@@ -1,0 +1,412 @@
+"""The study's three findings (shared/STUDY.md) as functions of a runs frame (`analysis.frames.load_runs`).
+
+Each function returns a `FindingReport`: typed `Result`s (estimate, 95% interval,
+n, test, p-value, verdict), the paired-difference tables they were computed
+from, sentences naming what could not be computed and why (`skipped`), and the
+limits of the evidence. Only FINISHED runs enter an estimate; failed runs are
+counted in the limits. A missing arm or metric raises `InsufficientData` (a
+UserError) naming what is missing and what the sweep has.
+
+Pairing: a treatment run is compared with the control run(s) of the same seed
+and the same values of every other design factor (data size, affine strength,
+encoder/space pair, hide control, freezing, and any other crossed factor). A
+factor whose values differ between the two sides (e.g. a generation ratio that
+only the mixed arm varies) is not matched on: each of its treatment values is
+paired with the control. Intervals come from resampling seeds (analysis.stats).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from analysis import stats
+from analysis.frames import factor_names
+from trainables.errors import UserError
+
+ATTRIBUTES = ("time", "weather", "battery", "weather_corner", "battery_corner")
+UNDERSTANDING_METRICS = ("test/vqa/overall", *(f"test/vqa/{a}" for a in ATTRIBUTES), "test/caption/score")
+GENERATION_METRICS = ("test/gen/probe/overall", *(f"test/gen/probe/{a}" for a in ATTRIBUTES), "test/gen/cosine",
+                      "test/gen/token_accuracy")
+HIDDEN_METRIC = "test/vqa_hidden/overall"
+FINISHED = "FINISHED"
+
+# Design columns derived once in `prepare` from the parameters they summarise.
+DERIVED = {
+    "size": ("params.data.train_images",),
+    "strength": ("params.alignment.affine_strength",),
+    "pair": ("params.understanding.encoder", "params.generation.space"),
+    "hide_control": ("params.data.hide_control",),
+    "freezing": ("params.lm.trainability", "params.trainability.understanding_projector",
+                 "params.trainability.generation_projector"),
+}
+
+
+class InsufficientData(UserError):
+    """The sweep lacks an arm, factor or metric that a finding needs."""
+
+
+@dataclass(frozen=True)
+class Result:
+    """One effect: estimate, 95% interval over seeds, and the verdict against the paper's direction."""
+
+    finding: int
+    name: str
+    metric: str
+    comparison: str
+    estimate: float
+    ci_low: float
+    ci_high: float
+    n: int
+    """Paired observations (differences, or points of a correlation)."""
+    n_seeds: int
+    test: str
+    p_value: float
+    expected: str
+    """The paper's direction: '> 0' or '< 0'."""
+    verdict: str
+    note: str = ""
+    group: dict[str, Any] = field(default_factory=dict)
+    """What the result is restricted to, e.g. {'attribute': 'time'} or {'size': 500}."""
+    headline: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()}
+
+
+@dataclass
+class FindingReport:
+    finding: int
+    title: str
+    claim: str
+    results: list[Result] = field(default_factory=list)
+    tables: dict[str, pl.DataFrame] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+    limits: list[str] = field(default_factory=list)
+
+    @property
+    def headlines(self) -> list[Result]:
+        return [r for r in self.results if r.headline]
+
+
+# ----------------------------------------------------------------------------- preparation
+
+def prepare(runs: pl.DataFrame) -> pl.DataFrame:
+    """Add the derived design columns: size, strength, pair, matched, hide_control, hidden, freezing."""
+    def col(name: str, default: Any = None, dtype: Any = None) -> pl.Expr:
+        if name in runs.columns:
+            return pl.col(name)
+        return pl.lit(default, dtype)
+
+    size = col("params.data.train_images", None, pl.Int64).cast(pl.Float64)
+    if "params.data.generate_train_images" in runs.columns:  # None = all images of the dataset
+        size = size.fill_null(pl.col("params.data.generate_train_images").cast(pl.Float64))
+    encoder = col("params.understanding.encoder", "?", pl.String).cast(pl.String)
+    space = col("params.generation.space", "?", pl.String).cast(pl.String)
+    hide_rules = col("params.data.hide_from_understanding", None, pl.String).cast(pl.String)
+    lm = col("params.lm.trainability", "full", pl.String).cast(pl.String)
+    adapters_frozen = ((col("params.trainability.understanding_projector", "train", pl.String) == "frozen")
+                       & (col("params.trainability.generation_projector", "train", pl.String) == "frozen"))
+    return runs.with_columns(
+        size.alias("size"),
+        col("params.alignment.affine_strength", 0.0, pl.Float64).cast(pl.Float64).fill_null(0.0).alias("strength"),
+        pl.concat_str([encoder, pl.lit("→"), space]).alias("pair"),
+        ((space == "same") | (encoder == space)).alias("matched"),
+        col("params.data.hide_control", False, pl.Boolean).cast(pl.Boolean).fill_null(False).alias("hide_control"),
+        (hide_rules.is_not_null() & ~hide_rules.is_in(["[]", "", "()"])).alias("hidden"),
+        pl.when(lm == "frozen").then(pl.lit("lm_frozen"))
+        .when(adapters_frozen).then(pl.lit("adapters_frozen"))
+        .otherwise(pl.lit("none")).alias("freezing"),
+    )
+
+
+def design_keys(prepared: pl.DataFrame) -> list[str]:
+    """Columns that identify a cell apart from arm and seed: derived ones that vary, then other crossed factors."""
+    done = prepared.filter(pl.col("status") == FINISHED)
+    keys = [name for name in DERIVED if done[name].n_unique() > 1]
+    covered = {source for name in DERIVED for source in DERIVED[name]} | {"params.data.arm"}
+    for factor in factor_names(prepared):
+        column = f"params.{factor}" if f"params.{factor}" in prepared.columns else f"tags.uvlm.factor.{factor}"
+        if column not in covered and column not in keys:
+            keys.append(column)
+    return keys
+
+
+def _describe(selection: dict[str, Any]) -> str:
+    return ", ".join(f"{k.removeprefix('params.')}={v}" for k, v in selection.items())
+
+
+def _select(frame: pl.DataFrame, selection: dict[str, Any]) -> pl.DataFrame:
+    for column, value in selection.items():
+        frame = frame.filter(pl.col(column).is_in(value) if isinstance(value, list | tuple) else pl.col(column) == value)
+    return frame
+
+
+def paired(prepared: pl.DataFrame, metric: str, treatment: dict[str, Any], control: dict[str, Any],
+           keys: list[str]) -> pl.DataFrame:
+    """Treatment minus matched control on a metric: columns seed, the matched keys, treatment, control, difference."""
+    column = f"metrics.{metric}"
+    if column not in prepared.columns:
+        raise InsufficientData(f"metric {metric!r} was not logged by any run of this sweep")
+    usable = prepared.filter((pl.col("status") == FINISHED) & pl.col(column).is_not_null() & pl.col(column).is_not_nan())
+    sides = {}
+    for label, selection in (("treatment", treatment), ("control", control)):
+        sides[label] = _select(usable, selection)
+        if sides[label].is_empty():
+            arms = ", ".join(sorted(prepared["arm"].drop_nulls().unique().to_list())) or "none"
+            raise InsufficientData(f"no finished run with {_describe(selection)} and a value of {metric!r} "
+                                   f"(arms in this sweep: {arms})")
+    keys = [k for k in keys if k not in treatment and k not in control]
+    shared = [k for k in keys if set(sides["treatment"][k].to_list()) == set(sides["control"][k].to_list())]
+    control_mean = sides["control"].group_by([*shared, "seed"]).agg(pl.col(column).mean().alias("control"))
+    joined = (sides["treatment"].select(*keys, "seed", "run_id", pl.col(column).alias("treatment"))
+              .join(control_mean, on=[*shared, "seed"], how="inner", nulls_equal=True))
+    if joined.is_empty():
+        raise InsufficientData(f"no pair of finished runs with {_describe(treatment)} and {_describe(control)} "
+                               f"share a seed and cell on {metric!r}")
+    return (joined.with_columns((pl.col("treatment") - pl.col("control")).alias("difference"))
+            .with_columns(pl.lit(metric).alias("metric")).sort("seed", *keys))
+
+
+def _test_text(kind: str, keys: list[str]) -> str:
+    matched = ", ".join(["seed", *(k.removeprefix("params.") for k in keys)])
+    what = {"mean": "mean paired difference; p: t-test on per-seed means",
+            "slope": "OLS slope of the paired difference on ln(train images); p: t-test on per-seed slopes",
+            "spearman": "Spearman rank correlation; p: scipy's test on all points"}[kind]
+    return f"{what}; matched on {matched}; 95% percentile bootstrap over seeds ({stats.RESAMPLES} resamples)"
+
+
+def _result(finding: int, name: str, metric: str, comparison: str, estimate: stats.Estimate, test: str,
+            direction: int, group: dict[str, Any] | None = None, headline: bool = False, note: str = "") -> Result:
+    notes = "; ".join(n for n in (note, estimate.note) if n)
+    return Result(finding=finding, name=name, metric=metric, comparison=comparison, estimate=estimate.estimate,
+                  ci_low=estimate.ci_low, ci_high=estimate.ci_high, n=estimate.n, n_seeds=estimate.n_seeds, test=test,
+                  p_value=estimate.p_value, expected="> 0" if direction > 0 else "< 0",
+                  verdict=stats.verdict(estimate.ci_low, estimate.ci_high, direction), note=notes,
+                  group=group or {}, headline=headline)
+
+
+def _mean(pairs: pl.DataFrame) -> stats.Estimate:
+    return stats.bootstrap_mean(pairs["difference"].to_numpy(), pairs["seed"].to_numpy())
+
+
+def _common_limits(prepared: pl.DataFrame, report: FindingReport) -> None:
+    counts = dict(prepared.group_by("status").len().iter_rows())
+    not_finished = {k: v for k, v in counts.items() if k != FINISHED}
+    if not_finished:
+        listed = ", ".join(f"{v} {k.lower()}" for k, v in sorted(not_finished.items()))
+        report.limits.append(f"{listed} of {prepared.height} runs left out (only finished runs enter an estimate)")
+    seeds = prepared.filter(pl.col("status") == FINISHED)["seed"].n_unique()
+    if seeds < 5:
+        report.limits.append(f"{seeds} seed{'s' if seeds != 1 else ''}: intervals over so few seeds are indicative only")
+
+
+def _arms(prepared: pl.DataFrame) -> set[str]:
+    return set(prepared.filter(pl.col("status") == FINISHED)["arm"].drop_nulls().to_list())
+
+
+def _start_cross_task(runs: pl.DataFrame, report: FindingReport) -> tuple[pl.DataFrame, set[str], list[str]]:
+    """Prepared frame, finished arms and design keys of a finding that compares mixed with single-task arms."""
+    prepared = prepare(runs)
+    arms = _arms(prepared)
+    if "mixed" not in arms or not arms & {"understanding", "generation"}:
+        raise InsufficientData(f"finding {report.finding} needs finished runs of the mixed arm and of understanding "
+                               f"or generation; this sweep has: {', '.join(sorted(arms)) or 'no finished runs'}")
+    return prepared, arms, design_keys(prepared)
+
+
+# ----------------------------------------------------------------------------- finding 1
+
+def mutual_benefit(runs: pl.DataFrame) -> FindingReport:
+    """Mixed minus understanding-only (understanding metrics) and mixed minus generation-only (generation metrics)."""
+    report = FindingReport(1, "Mutual benefit", "Mixed training beats understanding-only on understanding and "
+                           "generation-only on generation; the benefit grows with data size.")
+    prepared, arms, keys = _start_cross_task(runs, report)
+    _common_limits(prepared, report)
+    for side, metrics in (("understanding", UNDERSTANDING_METRICS), ("generation", GENERATION_METRICS)):
+        if side not in arms:
+            report.skipped.append(f"The {side} benefit is not computed: the sweep has no finished {side}-only runs.")
+            continue
+        available = [m for m in metrics if f"metrics.{m}" in prepared.columns]
+        if not available:
+            report.skipped.append(f"The {side} benefit is not computed: no {side} metric was logged.")
+            continue
+        primary = available[0]
+        comparison = f"mixed − {side}-only"
+        tables = []
+        for metric in available:
+            try:
+                pairs = paired(prepared, metric, {"arm": "mixed"}, {"arm": side}, keys)
+            except InsufficientData as error:
+                report.skipped.append(f"{metric}: {error}.")
+                continue
+            tables.append(pairs)
+            attribute = metric.rsplit("/", 1)[-1]
+            report.results.append(_result(1, f"{side} benefit", metric, comparison, _mean(pairs),
+                                          _test_text("mean", keys), +1, {"attribute": attribute},
+                                          headline=metric == primary))
+            if metric != primary:
+                continue
+            _size_results(report, pairs, side, metric, comparison, keys)
+        if tables:
+            report.tables[f"finding1_{side}_pairs"] = pl.concat(tables, how="diagonal_relaxed")
+    return report
+
+
+def _size_results(report: FindingReport, pairs: pl.DataFrame, side: str, metric: str, comparison: str,
+                  keys: list[str]) -> None:
+    if "size" not in pairs.columns or pairs["size"].n_unique() < 2:
+        report.skipped.append(f"The trend of the {side} benefit with data size is not computed: the sweep has one data size.")
+        return
+    for size in sorted(pairs["size"].drop_nulls().unique().to_list()):
+        subset = pairs.filter(pl.col("size") == size)
+        report.results.append(_result(1, f"{side} benefit by data size", metric, comparison, _mean(subset),
+                                      _test_text("mean", keys), +1, {"size": size}))
+    clean = pairs.filter(pl.col("size").is_not_null() & (pl.col("size") > 0))
+    slope = stats.bootstrap_slope(np.log(clean["size"].to_numpy()), clean["difference"].to_numpy(), clean["seed"].to_numpy())
+    report.results.append(_result(1, f"{side} benefit trend with data size", metric,
+                                  f"slope of ({comparison}) per unit ln(train images)", slope,
+                                  _test_text("slope", keys), +1, {"trend": "ln(size)"}, headline=True))
+
+
+# ----------------------------------------------------------------------------- finding 2
+
+def alignment(runs: pl.DataFrame) -> FindingReport:
+    """The cross-task benefit against alignment: affine strength (expected negative) and matched encoder/space pairs."""
+    report = FindingReport(2, "Alignment matters", "The better aligned the understanding input space and the "
+                           "generation output space, the larger the cross-task benefit.")
+    prepared, arms, keys = _start_cross_task(runs, report)
+    if "strength" not in keys and "pair" not in keys:
+        raise InsufficientData("finding 2 needs an alignment factor: the sweep varies neither "
+                               "alignment.affine_strength nor the understanding.encoder/generation.space pair")
+    _common_limits(prepared, report)
+    for side, metrics in (("understanding", UNDERSTANDING_METRICS), ("generation", GENERATION_METRICS)):
+        metric = next((m for m in metrics if f"metrics.{m}" in prepared.columns), None)
+        if side not in arms or metric is None:
+            report.skipped.append(f"The {side} benefit against alignment is not computed: no finished {side}-only runs "
+                                  f"or no {side} metric.")
+            continue
+        try:
+            pairs = paired(prepared, metric, {"arm": "mixed"}, {"arm": side}, keys)
+        except InsufficientData as error:
+            report.skipped.append(f"{side} benefit against alignment: {error}.")
+            continue
+        report.tables[f"finding2_{side}_pairs"] = pairs
+        comparison = f"mixed − {side}-only"
+        for factor, level, direction, label in (("strength", "strength", -1, "affine strength"),
+                                                ("pair", "matched", +1, "matched encoder/space pair (1) vs not (0)")):
+            if factor not in keys:
+                report.skipped.append(f"The {side} benefit against {label} is not computed: the sweep does not vary it.")
+                continue
+            for value in sorted(pairs[factor].unique().to_list()):
+                subset = pairs.filter(pl.col(factor) == value)
+                report.results.append(_result(2, f"{side} benefit by {factor}", metric, comparison, _mean(subset),
+                                              _test_text("mean", keys), +1, {factor: value}))
+            if factor == "pair":
+                pairs = pairs.join(prepared.select("run_id", "matched"), on="run_id", how="left")
+                if pairs["matched"].n_unique() < 2:
+                    report.skipped.append(f"The rank correlation of the {side} benefit with pair alignment is not "
+                                          "computed: every pair is matched, or none is.")
+                    continue
+            x = pairs[level].cast(pl.Float64).to_numpy()
+            rho = stats.bootstrap_spearman(x, pairs["difference"].to_numpy(), pairs["seed"].to_numpy())
+            report.results.append(_result(2, f"{side} benefit vs {label}", metric,
+                                          f"Spearman ρ of ({comparison}) with {label}", rho,
+                                          _test_text("spearman", keys), direction, {"factor": factor}, headline=True))
+    return report
+
+
+# ----------------------------------------------------------------------------- finding 3
+
+def transfer(runs: pl.DataFrame) -> FindingReport:
+    """Accuracy on the value seen only in generation data, against its control and understanding-only; by freezing."""
+    prepared = prepare(runs)
+    report = FindingReport(3, "Transfer lives in the language model", "Knowledge that appears only in generation data "
+                           "shows up in understanding answers, and it passes through the LM, not only the adapters.")
+    if f"metrics.{HIDDEN_METRIC}" not in prepared.columns or not prepared["hidden"].any():
+        raise InsufficientData(f"finding 3 needs runs with a data.hide_from_understanding rule and the metric "
+                               f"{HIDDEN_METRIC!r}; this sweep has neither")
+    arms = _arms(prepared)
+    if "mixed" not in arms:
+        raise InsufficientData(f"finding 3 needs finished runs of the mixed arm; this sweep has: {', '.join(sorted(arms))}")
+    _common_limits(prepared, report)
+    keys = design_keys(prepared)
+    hidden = prepared.filter(pl.col("hidden"))
+    freezings = set(hidden.filter(pl.col("status") == FINISHED)["freezing"].to_list())
+    main = {"freezing": "none"} if "none" in freezings and len(freezings) > 1 else {}
+    metrics = [HIDDEN_METRIC, *(f"test/vqa_hidden/{a}" for a in ATTRIBUTES if f"metrics.test/vqa_hidden/{a}" in prepared.columns)]
+    comparisons = [("transfer over control", {"arm": "mixed", "hide_control": False}, {"arm": "mixed", "hide_control": True},
+                    "mixed − mixed control (hidden images lose their generation records too)"),
+                   ("transfer over understanding-only", {"arm": "mixed", "hide_control": False},
+                    {"arm": "understanding", "hide_control": False}, "mixed − understanding-only")]
+    for name, treatment, control, comparison in comparisons:
+        tables = []
+        for metric in metrics:
+            try:
+                pairs = paired(hidden, metric, {**treatment, **main}, {**control, **main}, keys)
+            except InsufficientData as error:
+                if metric == HIDDEN_METRIC:
+                    report.skipped.append(f"The {name} is not computed: {error}.")
+                break
+            tables.append(pairs)
+            note = "LM and adapters train" if main else ""
+            report.results.append(_result(3, name, metric, comparison, _mean(pairs), _test_text("mean", keys), +1,
+                                          {"attribute": metric.rsplit("/", 1)[-1], **main}, metric == HIDDEN_METRIC, note))
+        if tables:
+            report.tables[f"finding3_{name.replace(' ', '_').replace('-', '_')}"] = pl.concat(tables, how="diagonal_relaxed")
+    _freezing_results(report, hidden, keys, freezings)
+    return report
+
+
+def _freezing_results(report: FindingReport, hidden: pl.DataFrame, keys: list[str], freezings: set[str]) -> None:
+    if len(freezings) < 2:
+        report.skipped.append("LM-frozen versus adapters-frozen transfer is not computed: the sweep does not vary freezing "
+                              "(lm.trainability, trainability.*_projector).")
+        return
+    per_label = {}
+    for label in sorted(freezings):
+        try:
+            pairs = paired(hidden, HIDDEN_METRIC, {"arm": "mixed", "hide_control": False, "freezing": label},
+                           {"arm": "mixed", "hide_control": True, "freezing": label}, keys)
+        except InsufficientData as error:
+            report.skipped.append(f"Transfer with freezing={label} is not computed: {error}.")
+            continue
+        per_label[label] = pairs
+        expected = "under the paper's claim this is near zero" if label == "lm_frozen" else ""
+        report.results.append(_result(3, f"transfer over control, freezing={label}", HIDDEN_METRIC,
+                                      "mixed − mixed control", _mean(pairs), _test_text("mean", keys), +1,
+                                      {"freezing": label}, note=expected))
+    report.tables["finding3_transfer_by_freezing"] = pl.concat(
+        [p.with_columns(pl.lit(k).alias("freezing_label")) for k, p in per_label.items()], how="diagonal_relaxed") \
+        if per_label else pl.DataFrame()
+    learner = "adapters_frozen" if "adapters_frozen" in per_label else "none"
+    if "lm_frozen" not in per_label or learner not in per_label:
+        report.skipped.append("The contrast LM-frozen versus adapters-frozen needs transfer pairs under both; "
+                              f"available: {', '.join(sorted(per_label)) or 'none'}.")
+        return
+    on = ["seed", *[k for k in keys if k not in ("freezing", "hide_control") and k in per_label[learner].columns]]
+    both = per_label[learner].join(per_label["lm_frozen"].select(*on, pl.col("difference").alias("frozen_lm")),
+                                   on=on, how="inner", nulls_equal=True)
+    if both.is_empty():
+        report.skipped.append("The contrast LM-frozen versus adapters-frozen has no seed with both.")
+        return
+    both = both.with_columns((pl.col("difference") - pl.col("frozen_lm")).alias("difference"))
+    who = "adapters frozen (LM trains)" if learner == "adapters_frozen" else "everything trains"
+    report.results.append(_result(3, "transfer lives in the LM", HIDDEN_METRIC,
+                                  f"transfer with {who} − transfer with the LM frozen", _mean(both),
+                                  _test_text("mean", on[1:]), +1, {"contrast": f"{learner} − lm_frozen"}, headline=True))
+
+
+def all_findings(runs: pl.DataFrame) -> dict[int, FindingReport | str]:
+    """Each finding's report, or the sentence saying why the sweep cannot address it."""
+    out: dict[int, FindingReport | str] = {}
+    for number, function in ((1, mutual_benefit), (2, alignment), (3, transfer)):
+        try:
+            out[number] = function(runs)
+        except InsufficientData as error:
+            out[number] = str(error)
+    return out

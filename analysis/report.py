@@ -1,0 +1,411 @@
+"""`uvlm report SWEEP`: a sweep's runs -> report.md, self-contained report.html, findings.json, tables, figures.
+
+The report is built once as a list of blocks (heading, paragraph, list, table,
+figure) and rendered twice, to Markdown (figures as files under figures/) and
+to HTML (figures embedded as base64 PNG, no external resource), so the two
+cannot disagree. Everything written is also logged as artifacts under
+`report/` on the sweep's parent MLflow run.
+
+Output folder:
+    report.md, report.html, findings.json
+    results.csv / results.parquet        every Result of every finding (one row each)
+    runs.parquet                         the load_runs frame
+    pairs_<table>.csv / .parquet         the paired differences each finding used
+    importance.csv, best_configs.csv     searched-parameter importance per arm, best run per arm
+    figures/*.png
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import platform
+import tempfile
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from analysis import figures as figs
+from analysis import stats
+from analysis.findings import FINISHED, FindingReport, Result, all_findings
+from analysis.frames import factor_names, load_history, load_runs, sweep_parent
+from analysis.importance import best_configs, objective_for, param_importance, searched_params
+from trainables.errors import UserError
+from trainables.workspace import tracking_uri as resolve_uri
+from trainables.workspace import workdir
+
+HISTORY_METRICS = ["test/vqa/overall", "test/gen/probe/overall", "train/loss"]
+BUDGET_RULES = {"steps": "equal optimiser steps in every arm", "samples": "equal training records seen in every arm",
+                "epochs": "passes over each run's own records (arms then see different numbers of records)"}
+VERDICT_MARK = {stats.SUPPORTED: "supported", stats.CONTRADICTED: "CONTRADICTED", stats.INCONCLUSIVE: "inconclusive"}
+
+
+@dataclass
+class Document:
+    blocks: list[tuple] = field(default_factory=list)
+
+    def h(self, level: int, text: str) -> None:
+        self.blocks.append(("h", level, text))
+
+    def p(self, text: str) -> None:
+        self.blocks.append(("p", text))
+
+    def ul(self, items: list[str]) -> None:
+        if items:
+            self.blocks.append(("ul", items))
+
+    def table(self, frame: pl.DataFrame, caption: str = "") -> None:
+        self.blocks.append(("table", frame, caption))
+
+    def figure(self, name: str, title: str, data: bytes) -> None:
+        self.blocks.append(("fig", name, title, data))
+
+
+def build_report(sweep: str, tracking_uri: str | None = None, out_dir: str | Path | None = None,
+                 log_artifacts: bool = True) -> Path:
+    """Write the report of `sweep` into out_dir (default <workdir>/reports/<sweep>); returns the folder."""
+    uri = resolve_uri(tracking_uri)
+    runs = load_runs(sweep, uri)
+    if runs.is_empty():
+        raise UserError(f"sweep {sweep!r} has no trial runs yet (uvlm.role=trial); nothing to report")
+    parent = sweep_parent(sweep, uri)
+    out = Path(out_dir) if out_dir else workdir() / "reports" / sweep
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    history = load_history(sweep, uri, metrics=HISTORY_METRICS)
+    findings = all_findings(runs)
+    searched = searched_params(runs)
+    importance = param_importance(runs)
+    best = best_configs(runs)
+    objectives = {arm: objective_for(arm, runs) for arm in runs["arm"].drop_nulls().unique().to_list()}
+
+    document = Document()
+    document.h(1, f"Sweep report: {sweep}")
+    document.p(f"Study {parent['tags'].get('uvlm.study', '?')}, parent run {parent['run_id']}, "
+               f"code {parent['tags'].get('uvlm.git_commit', '?')}; generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC "
+               f"from {uri}.")
+    _summary(document, findings)
+    _design(document, runs, searched)
+    figures: dict[str, bytes] = {}
+    drawers = {
+        1: [("benefit_vs_size", "Each arm's score and the benefit of mixing against data size",
+             lambda: figs.benefit_vs_size(findings[1], runs)),
+            ("attribute_bars", "The benefit of mixing per attribute", lambda: figs.attribute_bars(findings[1]))],
+        2: [("alignment", "The benefit against alignment", lambda: figs.alignment_curve(findings[2]))],
+        3: [("transfer", "Accuracy on the value seen only in generation data", lambda: figs.transfer_bars(findings[3], runs))],
+    }
+    for number, finding in findings.items():
+        _finding(document, number, finding)
+        for name, caption, draw in drawers[number]:
+            _draw(document, figures, name, caption, draw)
+    document.h(2, "Training curves")
+    _draw(document, figures, "learning_curves", "Learning curves per arm", lambda: figs.learning_curves(history, runs))
+    document.h(2, "Searched hyperparameters")
+    _importance(document, importance, best)
+    _draw(document, figures, "parallel_coordinates", "Searched hyperparameters against each arm's objective",
+          lambda: figs.parallel_coordinates(runs, searched, objectives))
+    _draw(document, figures, "generated_images", "Generated images of the best runs",
+          lambda: figs.image_grids(_best_images(best, uri)))
+    document.h(2, "Limits of the evidence")
+    document.ul(_limits(runs, findings))
+
+    results = [r for f in findings.values() if isinstance(f, FindingReport) for r in f.results]
+    _write_tables(out, runs, findings, results, importance, best)
+    for name, data in figures.items():
+        (out / "figures" / f"{name}.png").write_bytes(data)
+    (out / "findings.json").write_text(json.dumps(_json(sweep, parent, runs, findings, importance, best), indent=2,
+                                                  default=_plain))
+    (out / "report.md").write_text(render_markdown(document))
+    (out / "report.html").write_text(render_html(document, f"Sweep report: {sweep}"))
+    if log_artifacts:
+        from mlflow import MlflowClient
+
+        MlflowClient(uri).log_artifacts(parent["run_id"], str(out), artifact_path="report")
+    return out
+
+
+# ----------------------------------------------------------------------------- sections
+
+def _results_frame(results: list[Result], headline_only: bool = False) -> pl.DataFrame:
+    rows = [{"finding": r.finding, "result": r.name, "group": ", ".join(f"{k}={_fmt(v)}" for k, v in r.group.items()),
+             "comparison": r.comparison, "metric": r.metric, "estimate": _fmt(r.estimate, 4),
+             "95% CI": f"[{_fmt(r.ci_low, 4)}, {_fmt(r.ci_high, 4)}]", "n (seeds)": f"{r.n} ({r.n_seeds})",
+             "p": _fmt(r.p_value, 3), "expected": r.expected, "verdict": VERDICT_MARK[r.verdict]}
+            for r in results if r.headline or not headline_only]
+    return pl.DataFrame(rows) if rows else pl.DataFrame()
+
+
+def _summary(document: Document, findings: dict[int, FindingReport | str]) -> None:
+    document.h(2, "Findings at a glance")
+    headlines = [r for f in findings.values() if isinstance(f, FindingReport) for r in f.headlines]
+    if headlines:
+        document.table(_results_frame(headlines, headline_only=True),
+                       "Verdict: the 95% interval over seeds excludes zero in the paper's direction (supported), "
+                       "in the opposite direction (CONTRADICTED), or neither (inconclusive).")
+    for number, finding in findings.items():
+        if isinstance(finding, str):
+            document.p(f"Finding {number} is not addressed by this sweep: {finding}.")
+
+
+def _design(document: Document, runs: pl.DataFrame, searched: list[str]) -> None:
+    document.h(2, "Design")
+    counts = dict(runs.group_by("status").len().iter_rows())
+    done = runs.filter(pl.col("status") == FINISHED)
+    items = [f"Runs: {runs.height} trials; " + ", ".join(f"{v} {k.lower()}" for k, v in sorted(counts.items())) + "."]
+    arms = dict(runs.group_by("arm").len().sort("arm").iter_rows())
+    items.append("Arms: " + ", ".join(f"{a} ({n} runs)" for a, n in arms.items()) + ".")
+    seeds = sorted(done["seed"].drop_nulls().unique().to_list())
+    items.append(f"Seeds: {len(seeds)} ({', '.join(map(str, seeds))}), paired across arms.")
+    if "params.data.train_images" in runs.columns:
+        sizes = _natural(runs["params.data.train_images"].unique().to_list())
+        items.append(f"Data sizes (training images): {', '.join(sizes)}.")
+    for factor in factor_names(runs):
+        values = _natural(runs[f"tags.uvlm.factor.{factor}"].drop_nulls().unique().to_list())
+        items.append(f"Crossed factor {factor}: {', '.join(values)}.")
+    items.append(_budget_sentence(runs))
+    items.append(_fairness_sentence(runs, searched))
+    items.append(f"Searched by Optuna: {', '.join(searched)}." if searched else "No hyperparameter was searched.")
+    document.ul(items)
+
+
+def _budget_sentence(runs: pl.DataFrame) -> str:
+    if "params.budget.unit" not in runs.columns:
+        return "Budget rule: not logged."
+    rules = runs.select("params.budget.unit", "params.budget.value").unique().sort("params.budget.unit").rows()
+    text = "; ".join(f"{unit} = {_fmt(value)} ({BUDGET_RULES.get(str(unit), 'unknown unit')})" for unit, value in rules)
+    same = " for every run" if len(rules) == 1 else " (differs between runs)"
+    return f"Budget rule: {text}{same}."
+
+
+def _fairness_sentence(runs: pl.DataFrame, searched: list[str]) -> str:
+    names = [n for n in ("generation.alpha", "optim.lr") if f"params.{n}" in runs.columns]
+    if not names:
+        return "Generation comparison: alpha and learning rate not logged."
+    if any(n in searched for n in names):
+        return (f"Generation comparison: {', '.join(n for n in names if n in searched)} searched by Optuna in every arm "
+                "with the same budget.")
+    arms = runs.filter(pl.col("arm").is_in(["generation", "mixed"]))
+    differ = [n for n in names if arms[f"params.{n}"].n_unique() > 1]
+    if differ:
+        return f"Generation comparison: {', '.join(differ)} differ between the generation-only and mixed runs."
+    return "Generation comparison: generation-only and mixed use the same alpha and learning rate."
+
+
+def _finding(document: Document, number: int, finding: FindingReport | str) -> None:
+    titles = {1: "Finding 1: mutual benefit", 2: "Finding 2: alignment matters", 3: "Finding 3: transfer lives in the LM"}
+    document.h(2, titles[number])
+    if isinstance(finding, str):
+        document.p(f"Not addressed by this sweep: {finding}.")
+        return
+    document.p(f"Claim: {finding.claim}")
+    if finding.results:
+        document.table(_results_frame(finding.results), f"All results of finding {number}.")
+        tests = sorted({r.test for r in finding.results})
+        document.p("Tests: " + " | ".join(tests))
+        notes = sorted({r.note for r in finding.results if r.note})
+        document.ul([f"Note: {n}" for n in notes])
+    document.ul(finding.skipped)
+    document.ul([f"Limit: {limit}" for limit in finding.limits])
+
+
+def _draw(document: Document, figures: dict[str, bytes], name: str, caption: str, draw) -> None:
+    try:
+        figure = draw()
+    except figs.Skip as skip:
+        document.p(str(skip))
+        return
+    figures[name] = figs.png(figure)
+    document.figure(name, caption, figures[name])
+
+
+def _importance(document: Document, importance, best: pl.DataFrame) -> None:
+    rows = [{"arm": a.arm, "objective (centred per cell)": a.objective, "trials": a.n_trials,
+             **{k: _fmt(v, 3) for k, v in a.importances.items()}, "note": a.note} for a in importance]
+    if rows:
+        document.table(pl.DataFrame(rows), "Importance of the searched parameters per arm (Optuna PED-ANOVA on a "
+                                           "study rebuilt from the finished runs; sums to 1 per arm).")
+    if not best.is_empty():
+        document.table(best.with_columns(pl.col("value").round(4)), "Best finished run per arm on its objective.")
+
+
+def _best_images(best: pl.DataFrame, uri: str) -> dict[str, tuple[str, Any]]:
+    if best.is_empty():
+        return {}
+    import os
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from mlflow import MlflowClient
+    from PIL import Image
+    import numpy as np
+
+    client = MlflowClient(uri)
+    images = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for row in best.iter_rows(named=True):
+            if row["arm"] == "understanding":
+                continue
+            if "generated.png" not in {a.path for a in client.list_artifacts(row["run_id"])}:
+                continue
+            path = client.download_artifacts(row["run_id"], "generated.png", folder)
+            caption = f"trial {row['trial_id']}, seed {row['seed']}, {row['objective']} = {row['value']:.3f}"
+            images[f"best {row['arm']} run"] = (caption, np.asarray(Image.open(path).convert("RGB")))
+    return images
+
+
+def _limits(runs: pl.DataFrame, findings: dict[int, FindingReport | str]) -> list[str]:
+    items = []
+    done = runs.filter(pl.col("status") == FINISHED)
+    failed = runs.height - done.height
+    if failed:
+        errors = runs.filter(pl.col("status") != FINISHED)["error"].drop_nulls().value_counts(sort=True).head(3)
+        listed = "; ".join(f"{e} (x{n})" for e, n in errors.iter_rows())
+        items.append(f"{failed} of {runs.height} runs did not finish and are left out{': ' + listed if listed else ''}.")
+    seeds = done["seed"].n_unique()
+    if seeds < 5:
+        items.append(f"Only {seeds} seed{'s' if seeds != 1 else ''} per cell: the bootstrap over seeds has few distinct "
+                     "resamples and understates uncertainty; more seeds would make the verdicts firmer.")
+    items.append("Intervals resample seeds (the unit that repeats the whole experiment); runs of one seed share data "
+                  "order and initialisation, so they are not treated as independent.")
+    items.append("p-values are not corrected for the many comparisons shown; the verdicts rest on the headline intervals.")
+    for number, finding in findings.items():
+        if isinstance(finding, str):
+            items.append(f"Finding {number} cannot be judged from this sweep.")
+        else:
+            items.extend(f"Finding {number}: {s}" for s in finding.skipped if "not computed" in s)
+    return items
+
+
+# ----------------------------------------------------------------------------- files
+
+def _write_tables(out: Path, runs, findings, results, importance, best) -> None:
+    frame = pl.DataFrame([r.as_dict() | {"group": json.dumps(r.group, default=_plain)} for r in results]) if results \
+        else pl.DataFrame()
+    frame.write_csv(out / "results.csv")
+    frame.write_parquet(out / "results.parquet")
+    runs.write_parquet(out / "runs.parquet")
+    for finding in findings.values():
+        if isinstance(finding, FindingReport):
+            for name, table in finding.tables.items():
+                if not table.is_empty():
+                    table.write_csv(out / f"pairs_{name}.csv")
+                    table.write_parquet(out / f"pairs_{name}.parquet")
+    pl.DataFrame([{"arm": a.arm, "objective": a.objective, "trials": a.n_trials, "parameter": k, "importance": v}
+                  for a in importance for k, v in a.importances.items()]
+                 or [{"arm": None, "objective": None, "trials": None, "parameter": None, "importance": None}]
+                 ).write_csv(out / "importance.csv")
+    best.write_csv(out / "best_configs.csv")
+
+
+def _json(sweep, parent, runs, findings, importance, best) -> dict[str, Any]:
+    counts = dict(runs.group_by("status").len().iter_rows())
+    return {
+        "sweep": sweep, "parent_run_id": parent["run_id"], "study": parent["tags"].get("uvlm.study"),
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"), "python": platform.python_version(),
+        "runs": {"total": runs.height, **{k.lower(): v for k, v in counts.items()}},
+        "findings": {str(n): ({"addressed": False, "reason": f} if isinstance(f, str) else {
+            "addressed": True, "title": f.title, "claim": f.claim, "results": [r.as_dict() for r in f.results],
+            "skipped": f.skipped, "limits": f.limits}) for n, f in findings.items()},
+        "importance": [{"arm": a.arm, "objective": a.objective, "trials": a.n_trials, "importances": a.importances,
+                        "note": a.note} for a in importance],
+        "best": best.to_dicts(),
+    }
+
+
+def _natural(values: list[Any]) -> list[str]:
+    """Values as text, numbers in numeric order ('250' before '1000'), None as 'all'."""
+    def key(value: Any) -> tuple:
+        try:
+            return (0, float(value), "")
+        except (TypeError, ValueError):
+            return (1, 0.0, str(value))
+    return ["all" if v is None else str(v) for v in sorted(values, key=key)]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return "–"
+        if value == int(value) and abs(value) >= 1:
+            return str(int(value))
+        return f"{value:+.{digits}f}" if digits >= 4 else f"{value:.{digits}g}"
+    return str(value)
+
+
+# ----------------------------------------------------------------------------- renderers
+
+def render_markdown(document: Document) -> str:
+    lines: list[str] = []
+    for block in document.blocks:
+        kind = block[0]
+        if kind == "h":
+            lines += [f"{'#' * block[1]} {block[2]}", ""]
+        elif kind == "p":
+            lines += [block[1], ""]
+        elif kind == "ul":
+            lines += [f"- {item}" for item in block[1]] + [""]
+        elif kind == "table":
+            frame, caption = block[1], block[2]
+            cells = [[str(v).replace("|", "\\|").replace("\n", " ") if v is not None else "–" for v in row]
+                     for row in frame.rows()]
+            lines += ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
+            lines += ["| " + " | ".join(row) + " |" for row in cells]
+            lines += ["", f"*{caption}*" if caption else "", ""]
+        elif kind == "fig":
+            lines += [f"![{block[2]}](figures/{block[1]}.png)", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 1150px; margin: 2em auto; padding: 0 1em; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0; font-size: 0.85em; }
+th, td { border: 1px solid #ccc; padding: 3px 6px; text-align: left; }
+th { background: #f3f3f3; }
+caption { caption-side: bottom; font-style: italic; font-size: 0.9em; padding-top: 4px; text-align: left; }
+figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
+td.supported { background: #e3f4e1; } td.CONTRADICTED { background: #f9dcdc; font-weight: bold; }
+td.inconclusive { background: #fdf5dc; }
+"""
+
+
+def render_html(document: Document, title: str) -> str:
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+             f"<style>{STYLE}</style></head><body>"]
+    for block in document.blocks:
+        kind = block[0]
+        if kind == "h":
+            parts.append(f"<h{block[1]}>{html.escape(block[2])}</h{block[1]}>")
+        elif kind == "p":
+            parts.append(f"<p>{html.escape(block[1])}</p>")
+        elif kind == "ul":
+            parts.append("<ul>" + "".join(f"<li>{html.escape(item)}</li>" for item in block[1]) + "</ul>")
+        elif kind == "table":
+            frame, caption = block[1], block[2]
+            head = "".join(f"<th>{html.escape(c)}</th>" for c in frame.columns)
+            body = "".join("<tr>" + "".join(
+                f"<td class='{html.escape(str(v))}'>{html.escape(str(v) if v is not None else '–')}</td>"
+                if c == "verdict" else f"<td>{html.escape(str(v) if v is not None else '–')}</td>"
+                for c, v in zip(frame.columns, row)) + "</tr>" for row in frame.rows())
+            parts.append(f"<table><caption>{html.escape(caption)}</caption><thead><tr>{head}</tr></thead>"
+                         f"<tbody>{body}</tbody></table>")
+        elif kind == "fig":
+            data = base64.b64encode(block[3]).decode("ascii")
+            parts.append(f"<figure><img alt='{html.escape(block[2])}' src='data:image/png;base64,{data}'>"
+                         f"<figcaption>{html.escape(block[2])}</figcaption></figure>")
+    parts.append("</body></html>")
+    return "\n".join(parts)

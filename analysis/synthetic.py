@@ -1,0 +1,360 @@
+"""A sweep of known effects, written into a real MLflow store in the layout of docs/ARCHITECTURE.md.
+
+Tests and `benchmarks/load_runs.py` need sweeps whose true effects are known,
+so that an estimate can be checked against the truth. `write_sweep` writes one
+exactly as `search` does: an experiment named after the sweep, a parent run
+tagged `uvlm.role=sweep`, one nested trial run per (cell, seed) with
+`mlflow.parentRunId`, the `uvlm.*` tags, the flattened `TrainConfig` as
+parameters, per-evaluation metric histories through `log_batch`, final
+metrics at the last step, and `generated.png` artifacts on request. It is the
+one piece of code that knows this layout on the writing side; the loader in
+`analysis.frames` is its reader.
+
+The simulated metrics are additive, so every effect below is exact in
+expectation:
+
+    understanding metric of a run = level(attribute, size) + seed effect + noise
+                                    + [mixed] understanding benefit
+    understanding benefit         = understanding_benefit
+                                    + benefit_slope * ln(size / smallest size)
+                                    + alignment_slope * affine strength
+                                    + unmatched_pair_penalty * [encoder and space differ]
+    generation metric of a run    = level + seed effect + noise + [mixed] generation_benefit
+    hidden-value VQA (finding 3)  = 0.3 + seed effect + noise
+                                    + [mixed, not control] transfer (LM trains) or transfer_lm_frozen
+
+Example::
+
+    from analysis.synthetic import Effects, SyntheticSweep, write_sweep
+    design = SyntheticSweep(name="mixing", effects=Effects(understanding_benefit=0.05))
+    write_sweep("sqlite:///tmp/m.db", design)    # into a real MLflow store
+    runs = runs_frame(design)                    # the same trials as load_runs would frame them, in memory
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import time
+from dataclasses import dataclass, field
+from itertools import product
+from pathlib import Path
+from typing import Any
+from collections.abc import Iterator
+
+import numpy as np
+
+from trainables.config import load_config
+
+ATTRIBUTES = ("time", "weather", "battery", "weather_corner", "battery_corner")
+# Understanding level per attribute at the smallest data size; low enough that no effect is clipped at 1.
+LEVELS = {"time": 0.45, "weather": 0.7, "battery": 0.4, "weather_corner": 0.65, "battery_corner": 0.65}
+BASELINES = {"time": 0.5, "weather": 0.34, "battery": 0.52, "weather_corner": 0.25, "battery_corner": 0.25}
+
+# Freezing variants of finding 3: a named bundle of config values.
+FREEZING = {
+    "none": {},
+    "lm_frozen": {"lm.trainability": "frozen"},
+    "adapters_frozen": {"trainability.understanding_projector": "frozen", "trainability.generation_projector": "frozen"},
+}
+
+
+@dataclass(frozen=True)
+class Effects:
+    """The true effects of a synthetic sweep (differences in metric units, scores in [0, 1])."""
+
+    understanding_benefit: float = 0.05
+    """Mixed minus understanding-only on every test/vqa metric, at the smallest data size, strength 0."""
+    benefit_slope: float = 0.0
+    """Change of the understanding benefit per unit of ln(train_images)."""
+    generation_benefit: float = 0.05
+    """Mixed minus generation-only on every test/gen metric."""
+    alignment_slope: float = 0.0
+    """Change of the understanding benefit per unit of alignment.affine_strength."""
+    unmatched_pair_penalty: float = 0.0
+    """Change of the understanding benefit when understanding.encoder != generation.space (and space != same)."""
+    transfer: float = 0.2
+    """Hidden-value VQA gain of mixed over its control when the LM trains."""
+    transfer_lm_frozen: float = 0.0
+    """The same gain when the LM is frozen."""
+    noise: float = 0.01
+    """Standard deviation of the per-run noise."""
+    seed_sd: float = 0.02
+    """Standard deviation of the per-seed effect shared by all runs of a seed (what pairing removes)."""
+
+
+@dataclass(frozen=True)
+class SyntheticSweep:
+    """The design of a synthetic sweep. A factor with more than one value is crossed (and tagged)."""
+
+    name: str = "synthetic"
+    study: str = "mixing"
+    arms: tuple[str, ...] = ("understanding", "generation", "mixed")
+    train_images: tuple[int, ...] = (250, 500, 1000, 2000)
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    affine_strengths: tuple[float, ...] = (0.0,)
+    pairs: tuple[tuple[str, str], ...] = (("patch", "patch"),)
+    """(understanding.encoder, generation.space) pairs."""
+    hide: bool = False
+    """Finding 3: a hide_from_understanding rule, with data.hide_control crossed over (False, True)."""
+    freezing: tuple[str, ...] = ("none",)
+    """Keys of FREEZING, crossed when more than one."""
+    searched: dict[str, tuple[float, float, bool]] = field(default_factory=dict)
+    """Searched hyperparameters: dotted name -> (low, high, log). optim.lr has a true optimum at 2e-3."""
+    eval_steps: tuple[int, ...] = (250, 500, 750, 1000)
+    fail_fraction: float = 0.0
+    """Share of trials that end FAILED (after the first evaluation, with tag uvlm.error)."""
+    images: bool = False
+    """Log a generated.png artifact on every finished trial run that trains generation."""
+    effects: Effects = field(default_factory=Effects)
+    random_seed: int = 0
+
+
+def factors(design: SyntheticSweep) -> dict[str, list[Any]]:
+    """The crossed factors as dotted key -> values (the arm always; the others when they vary)."""
+    crossed: dict[str, list[Any]] = {"data.arm": list(design.arms)}
+    if len(design.train_images) > 1:
+        crossed["data.train_images"] = list(design.train_images)
+    if len(design.affine_strengths) > 1:
+        crossed["alignment.affine_strength"] = list(design.affine_strengths)
+    if len(design.pairs) > 1:
+        crossed["pair"] = list(design.pairs)
+    if design.hide:
+        crossed["data.hide_control"] = [False, True]
+    if len(design.freezing) > 1:
+        crossed["freezing"] = list(design.freezing)
+    return crossed
+
+
+def trial_overrides(design: SyntheticSweep, cell: dict[str, Any], seed: int) -> dict[str, Any]:
+    """Dotted config overrides of one trial (bundled factors expanded)."""
+    overrides: dict[str, Any] = {"seed": seed, "data.train_images": design.train_images[0],
+                                 "alignment.affine_strength": design.affine_strengths[0],
+                                 "understanding.encoder": design.pairs[0][0], "generation.space": design.pairs[0][1]}
+    for key, value in cell.items():
+        if key == "pair":
+            overrides["understanding.encoder"], overrides["generation.space"] = value
+        elif key == "freezing":
+            overrides.update(FREEZING[value])
+        else:
+            overrides[key] = value
+    if len(design.freezing) == 1:
+        overrides.update(FREEZING[design.freezing[0]])
+    if overrides["generation.space"] == "vq":
+        overrides["generation.loss"] = "ce"
+    if design.hide:
+        overrides["data.hide_from_understanding"] = ["weather=raining"]
+    return overrides
+
+
+def simulate(design: SyntheticSweep, overrides: dict[str, Any], seed_effect: float, rng: np.random.Generator) -> dict[str, float]:
+    """Final metrics of one finished trial under the additive model of the module docstring."""
+    fx = design.effects
+    arm = overrides["data.arm"]
+    size = float(overrides["data.train_images"])
+    growth = 0.02 * math.log2(size / min(design.train_images))
+    strength = float(overrides["alignment.affine_strength"])
+    encoder, space = overrides["understanding.encoder"], overrides["generation.space"]
+    unmatched = space != "same" and encoder != space
+    lr_penalty = 0.0
+    if "optim.lr" in overrides:  # a searched lr: quadratic loss around 2e-3 in log10 units
+        lr_penalty = 0.02 * (math.log10(overrides["optim.lr"]) - math.log10(2e-3)) ** 2
+
+    def noisy(value: float) -> float:
+        return float(np.clip(value + seed_effect + rng.normal(0.0, fx.noise) - lr_penalty, 0.0, 1.0))
+
+    benefit = (fx.understanding_benefit + fx.benefit_slope * math.log(size / min(design.train_images))
+               + fx.alignment_slope * strength + fx.unmatched_pair_penalty * unmatched)
+    metrics: dict[str, float] = {}
+    vqa = {}
+    for attribute in ATTRIBUTES:
+        if arm == "generation":  # never trained to answer: near the constant-answer baseline
+            vqa[attribute] = noisy(BASELINES[attribute] * 0.6)
+        else:
+            vqa[attribute] = noisy(LEVELS[attribute] + growth + (benefit if arm == "mixed" else 0.0))
+        metrics[f"test/vqa/{attribute}"] = vqa[attribute]
+        metrics[f"baseline/vqa/{attribute}"] = BASELINES[attribute]
+    metrics["test/vqa/overall"] = float(np.mean(list(vqa.values())))
+    metrics["baseline/vqa/overall"] = float(np.mean(list(BASELINES.values())))
+    metrics["test/caption/score"] = noisy(0.1 if arm == "generation" else 0.6 + growth + (benefit if arm == "mixed" else 0.0))
+    metrics["baseline/caption/score"] = 0.2
+    gen_benefit = fx.generation_benefit if arm == "mixed" else 0.0
+    probes = {}
+    for attribute in ATTRIBUTES:
+        probes[attribute] = noisy(0.2 if arm == "understanding" else 0.6 + growth + gen_benefit)
+        metrics[f"test/gen/probe/{attribute}"] = probes[attribute]
+        metrics[f"probe/true/{attribute}"] = 0.95
+    metrics["test/gen/probe/overall"] = float(np.mean(list(probes.values())))
+    metrics["probe/true/overall"] = 0.95
+    metrics["test/gen/cosine"] = noisy(0.05 if arm == "understanding" else 0.5 + growth + gen_benefit)
+    if space == "vq":
+        metrics["test/gen/token_accuracy"] = noisy(0.01 if arm == "understanding" else 0.2 + growth + gen_benefit)
+    if design.hide:
+        lm_frozen = overrides.get("lm.trainability") == "frozen"
+        gain = 0.0
+        if arm == "mixed" and not overrides["data.hide_control"]:
+            gain = fx.transfer_lm_frozen if lm_frozen else fx.transfer
+        metrics["test/vqa_hidden/overall"] = noisy(0.3 + gain)
+        metrics["test/vqa_hidden/weather"] = noisy(0.3 + gain)
+    return metrics
+
+
+def history(final: dict[str, float], steps: tuple[int, ...], rng: np.random.Generator) -> list[tuple[int, dict[str, float]]]:
+    """Per-evaluation metrics rising towards the final ones; the last evaluation is the final one."""
+    rows = []
+    for step in steps:
+        share = 1.0 - math.exp(-3.0 * step / steps[-1])
+        scale = share / (1.0 - math.exp(-3.0))
+        values = {key: (value if key.startswith(("baseline/", "probe/true")) else value * scale) for key, value in final.items()}
+        values["train/loss"] = 3.0 * math.exp(-2.0 * step / steps[-1]) + abs(rng.normal(0, 0.02))
+        values["train/text_loss"] = values["train/loss"] * 0.8
+        values["train/image_loss"] = values["train/loss"] * 0.2
+        values["train/samples"] = float(step * 32)
+        values["step"] = float(step)
+        rows.append((step, values))
+    return rows
+
+
+def watch_grid(color_seed: int, size: int = 4) -> bytes:
+    """A small PNG grid of coloured watch faces, standing in for a trial's generated.png."""
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(color_seed)
+    cell = 48
+    image = Image.new("RGB", (cell * size, cell * size), "white")
+    draw = ImageDraw.Draw(image)
+    for row, col in product(range(size), range(size)):
+        x, y = col * cell, row * cell
+        colour = tuple(int(c) for c in rng.integers(0, 255, 3))
+        draw.ellipse([x + 6, y + 6, x + cell - 6, y + cell - 6], fill=colour)
+        angle = rng.uniform(0, 2 * math.pi)
+        draw.line([x + cell / 2, y + cell / 2, x + cell / 2 + 14 * math.cos(angle), y + cell / 2 + 14 * math.sin(angle)], fill="white", width=2)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def sqlite_artifact_root(tracking_uri: str) -> str:
+    """Artifacts beside a sqlite store (`<folder>/mlartifacts`), never MLflow's default ./mlruns in the cwd."""
+    path = Path(tracking_uri.removeprefix("sqlite:///")).resolve()
+    return (path.parent / "mlartifacts").as_uri()
+
+
+@dataclass
+class Trial:
+    """One simulated trial: what the sweep would log for it."""
+
+    trial_id: int
+    tags: dict[str, str]
+    params: dict[str, str]
+    history: list[tuple[int, dict[str, float]]]
+    """(step, metrics) per evaluation; a failed trial stops after the first."""
+    status: str
+    trains_generation: bool
+
+
+def trials(design: SyntheticSweep) -> Iterator[Trial]:
+    """Every trial of the design in order (crossed cells x seeds), with tags without the parent id."""
+    rng = np.random.default_rng(design.random_seed)
+    seed_effects = {seed: rng.normal(0.0, design.effects.seed_sd) for seed in design.seeds}
+    crossed = factors(design)
+    trial_id = 0
+    for values in product(*crossed.values()):
+        cell = dict(zip(crossed, values))
+        for seed in design.seeds:
+            overrides = trial_overrides(design, cell, seed)
+            for name, (low, high, log) in design.searched.items():
+                overrides[name] = float(math.exp(rng.uniform(math.log(low), math.log(high))) if log else rng.uniform(low, high))
+            flat = load_config(None, overrides).flatten()
+            tags = _trial_tags(design, flat, overrides, cell, seed, trial_id)
+            final = simulate(design, overrides, seed_effects[seed], rng)
+            failed = bool(rng.uniform() < design.fail_fraction)
+            steps = history(final, design.eval_steps, rng)
+            if failed:
+                tags["uvlm.error"] = "RuntimeError: loss is NaN at step 300"
+            yield Trial(trial_id, tags, {key: str(value) for key, value in flat.items()}, steps[:1] if failed else steps,
+                        "FAILED" if failed else "FINISHED", overrides["data.arm"] != "understanding")
+            trial_id += 1
+
+
+def runs_frame(design: SyntheticSweep):
+    """The frame `analysis.frames.load_runs` would return for this sweep, built in memory (no MLflow store).
+
+    It goes through the loader's own assembly step, so columns and types are the loader's.
+    """
+    from analysis.frames import _assemble
+
+    runs, params, tags, metrics = [], [], [], []
+    for trial in trials(design):
+        run_id = f"run{trial.trial_id:05d}"
+        runs.append((run_id, f"{design.name}-{trial.trial_id:05d}", trial.status, 0, 1000, f"memory://{run_id}"))
+        params += [(run_id, k, v) for k, v in trial.params.items()]
+        tags += [(run_id, k, v) for k, v in {**trial.tags, "mlflow.parentRunId": "parent",
+                                                       "mlflow.runName": f"{design.name}-{trial.trial_id:05d}"}.items()]
+        metrics += [(run_id, k, v) for k, v in trial.history[-1][1].items()]
+    return _assemble(design.name, "0", runs, params, tags, metrics)
+
+
+def write_sweep(tracking_uri: str, design: SyntheticSweep, artifact_root: str | None = None) -> str:
+    """Write the sweep's experiment, parent run and trial runs; returns the parent run id."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    root = artifact_root or (sqlite_artifact_root(tracking_uri) if tracking_uri.startswith("sqlite:") else None)
+    experiment_id = client.create_experiment(design.name, artifact_location=f"{root}/{design.name}" if root else None)
+    parent = client.create_run(experiment_id, run_name=design.name, tags={
+        "uvlm.role": "sweep", "uvlm.sweep": design.name, "uvlm.study": design.study, "uvlm.git_commit": "synthetic"})
+    parent_id = parent.info.run_id
+    for trial in trials(design):
+        _write_trial(client, experiment_id, parent_id, design, trial)
+    client.log_text(parent_id, "\n".join(f"{k}: {v}" for k, v in factors(design).items()) + "\n", "space.yaml")
+    client.set_terminated(parent_id, "FINISHED")
+    return parent_id
+
+
+def _tag_value(value: Any) -> str:
+    if isinstance(value, tuple):
+        return "/".join(map(str, value))
+    return str(value)
+
+
+def _trial_tags(design, flat, overrides, cell, seed, trial_id) -> dict[str, str]:
+    tags = {"uvlm.role": "trial", "uvlm.sweep": design.name, "uvlm.study": design.study,
+            "uvlm.trial_id": f"{trial_id:05d}", "uvlm.arm": overrides["data.arm"], "uvlm.seed": str(seed),
+            "uvlm.cell": ";".join(f"{k}={_tag_value(v)}" for k, v in sorted(cell.items())),
+            "uvlm.checkpoint": f"/synthetic/checkpoints/{trial_id:05d}"}
+    for key, value in cell.items():
+        if key == "pair":
+            tags["uvlm.factor.understanding.encoder"], tags["uvlm.factor.generation.space"] = value
+        elif key == "freezing":
+            for dotted in sorted({k for bundle in FREEZING.values() for k in bundle}):
+                tags[f"uvlm.factor.{dotted}"] = str(flat[dotted])
+        else:
+            tags[f"uvlm.factor.{key}"] = str(value)
+    return tags
+
+
+def _write_trial(client, experiment_id: str, parent_id: str, design: SyntheticSweep, trial: Trial) -> None:
+    from mlflow.entities import Metric, Param, RunTag
+
+    run = client.create_run(experiment_id, run_name=f"{design.name}-{trial.trial_id:05d}",
+                            tags={"mlflow.parentRunId": parent_id, **{k: v for k, v in trial.tags.items() if k != "uvlm.error"}})
+    run_id = run.info.run_id
+    now = int(time.time() * 1000)
+    metrics = [Metric(key, value, now + step, step) for step, values in trial.history for key, value in values.items()]
+    params = [Param(key, value) for key, value in trial.params.items()]
+    error = [RunTag("uvlm.error", trial.tags["uvlm.error"])] if "uvlm.error" in trial.tags else []
+    # MLflow's log_batch limits: 1000 metrics, 100 params, 100 tags, 1000 entities in all.
+    for start in range(0, max(len(metrics), 1), 900):
+        client.log_batch(run_id, metrics=metrics[start:start + 900])
+    for start in range(0, len(params), 100):
+        client.log_batch(run_id, params=params[start:start + 100], tags=error if start == 0 else [])
+    if design.images and trial.status == "FINISHED" and trial.trains_generation:
+        client.log_image(run_id, _png_array(watch_grid(trial.trial_id)), artifact_file="generated.png")
+    client.set_terminated(run_id, trial.status)
+
+
+def _png_array(png: bytes) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))

@@ -1,0 +1,33 @@
+"""`uvlm report SWEEP`: turn a sweep's MLflow runs into findings with intervals, figures and a report."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "report",
+        help="write the findings report of a finished sweep",
+        description="Read the sweep's trial runs from MLflow, estimate the three findings with 95%% bootstrap "
+                    "intervals over seeds, and write report.md, a self-contained report.html, findings.json, "
+                    "tables (CSV/Parquet) and figures; they are also logged on the sweep's parent run.",
+    )
+    parser.add_argument("sweep", metavar="SWEEP", help="the sweep's name (its MLflow experiment)")
+    parser.add_argument("--out", metavar="DIR", help="output folder (default: <workdir>/reports/SWEEP)")
+    parser.add_argument("--tracking-uri", metavar="URI",
+                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the working folder's sqlite store)")
+    parser.add_argument("--no-log", action="store_true", help="do not log the report on the parent MLflow run")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+
+    from analysis.report import build_report
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    out = build_report(args.sweep, args.tracking_uri, args.out, log_artifacts=not args.no_log)
+    print(f"report: {out / 'report.html'}")
+    print(f"        {out / 'report.md'}, {out / 'findings.json'}")
+    return 0
