@@ -18,7 +18,7 @@ from search.cli import main
 from trainables.config import DataConfig
 from trainables.data.dataset import Dataset
 from trainables.data.prepare import ensure_dataset
-from trainables.data.records import ATTRIBUTES, CORNERS, WEATHERS, HideRule, Task, WatchFace
+from trainables.data.records import ATTRIBUTES, WEATHERS, HideRule, Task, WatchFace
 from trainables.data.render import BATTERY_FILL, render_watch
 from trainables.data.smartwatch import QUESTIONS, SmartwatchOptions, describe, generate_smartwatch, sample_image, vqa_turns
 from trainables.errors import UserError

@@ -19,7 +19,7 @@ from PIL import Image
 
 from trainables.data import layout
 from trainables.data.records import Record, Task
-from trainables.errors import UserError, unknown_choice
+from trainables.errors import unknown_choice
 
 BATCH_ROWS = 1024
 
@@ -66,7 +66,8 @@ class Dataset:
 
     def _batches(self, split: str, kind: str, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
         for shard in self.manifest["splits"].get(layout.split_name(split), {}).get("shards", []):
-            yield from pq.ParquetFile(self.path / shard[kind]).iter_batches(batch_size=BATCH_ROWS, columns=columns)
+            with pq.ParquetFile(self.path / shard[kind]) as parquet:
+                yield from parquet.iter_batches(batch_size=BATCH_ROWS, columns=columns)
 
 
 def _task(task: Task | str) -> Task:

@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from trainables.data.records import SPLITS, Record, Task, Turn, WatchFace
-from trainables.errors import UserError
+from trainables.errors import UserError, unknown_choice
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -99,14 +99,12 @@ def file_digest(path: Path) -> str:
 
 def describe_files(folder: Path, relative_paths: Iterable[str]) -> dict[str, dict[str, Any]]:
     """Size, row count and SHA-256 of each file, for the manifest."""
-    return {
-        relative: {
-            "bytes": (folder / relative).stat().st_size,
-            "rows": pq.ParquetFile(folder / relative).metadata.num_rows,
-            "sha256": file_digest(folder / relative),
-        }
-        for relative in relative_paths
-    }
+    files = {}
+    for relative in relative_paths:
+        with pq.ParquetFile(folder / relative) as parquet:
+            rows = parquet.metadata.num_rows
+        files[relative] = {"bytes": (folder / relative).stat().st_size, "rows": rows, "sha256": file_digest(folder / relative)}
+    return files
 
 
 def content_hash(files: dict[str, dict[str, Any]]) -> str:
@@ -159,14 +157,14 @@ def check_files(folder: Path, manifest: dict[str, Any]) -> None:
             raise UserError(f"dataset {str(folder)!r}: shard {relative} has {path.stat().st_size} bytes, "
                             f"the manifest says {expected['bytes']} (truncated or replaced)")
         try:
-            metadata = pq.ParquetFile(path)
+            with pq.ParquetFile(path) as parquet:
+                schema, rows = parquet.schema_arrow, parquet.metadata.num_rows
         except (pa.ArrowException, OSError) as error:
             raise UserError(f"dataset {str(folder)!r}: shard {relative} is not readable Parquet ({error})") from None
-        if kind not in SCHEMAS or not metadata.schema_arrow.equals(SCHEMAS[kind]):
+        if kind not in SCHEMAS or not schema.equals(SCHEMAS[kind]):
             raise UserError(f"dataset {str(folder)!r}: shard {relative} is a foreign Parquet file (unexpected columns)")
-        if metadata.metadata.num_rows != expected["rows"]:
-            raise UserError(f"dataset {str(folder)!r}: shard {relative} has {metadata.metadata.num_rows} rows, "
-                            f"the manifest says {expected['rows']}")
+        if rows != expected["rows"]:
+            raise UserError(f"dataset {str(folder)!r}: shard {relative} has {rows} rows, the manifest says {expected['rows']}")
 
 
 def verify_hashes(folder: Path, manifest: dict[str, Any]) -> None:
@@ -231,8 +229,6 @@ def check_reusable(out: Path, generator: dict[str, Any]) -> None:
 
 def split_name(split: str) -> str:
     if split not in SPLITS:
-        from trainables.errors import unknown_choice
-
         raise unknown_choice("split", split, SPLITS)
     return split
 

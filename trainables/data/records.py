@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
+from trainables.errors import UserError, unknown_choice
+
 ATTRIBUTES = ("time", "weather", "battery", "weather_corner", "battery_corner")
 WEATHERS = ("sunny", "cloudy", "raining")
 CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right")
@@ -97,8 +99,6 @@ class HideRule:
     @classmethod
     def parse(cls, text: str) -> HideRule:
         """'weather=raining' -> HideRule('weather', 'raining'); UserError naming the bad part."""
-        from trainables.errors import UserError, unknown_choice
-
         field = "--hide-from-understanding"
         if "=" not in text:
             raise UserError(f"{field} {text!r}: expected ATTR=VALUE, e.g. weather=raining")

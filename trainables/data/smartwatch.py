@@ -28,7 +28,9 @@ from typing import Any
 import numpy as np
 
 from trainables.data import layout
-from trainables.data.records import ATTRIBUTES, CORNERS, SPLITS, WEATHERS, Record, Task, Turn, WatchFace, is_hidden, parse_hide_rules
+from trainables.data.records import (
+    ATTRIBUTES, CORNERS, SPLITS, WEATHERS, HideRule, Record, Task, Turn, WatchFace, is_hidden, parse_hide_rules,
+)
 from trainables.data.render import render_watch
 from trainables.errors import UserError
 
@@ -97,7 +99,8 @@ class SmartwatchOptions:
     """Finding 3's control: matching training images get no records at all."""
     shard_images: int = 500
     """Images per shard; shards are fixed index ranges, so this is part of the layout."""
-    rules: tuple = field(init=False, repr=False, compare=False)
+    rules: tuple[HideRule, ...] = field(init=False, repr=False, compare=False)
+    """The parsed hide rules (derived, not an option)."""
 
     def __post_init__(self) -> None:
         for name in ("train_images", "test_images", "shard_images"):
