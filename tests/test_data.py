@@ -150,6 +150,17 @@ def test_byte_identical_whatever_the_workers(tiny, tmp_path):
     assert Dataset.open(tmp_path / "seed1").manifest["content_hash"] != Dataset.open(tiny).manifest["content_hash"]
 
 
+def test_byte_identical_with_spawned_workers(tiny, tmp_path, monkeypatch):
+    """Inside a trainer (torch loaded) workers are spawned, not forked: same bytes."""
+    from multiprocessing import get_context
+
+    from trainables.data import smartwatch
+
+    monkeypatch.setattr(smartwatch, "pool_context", lambda: get_context("spawn"))
+    generate_smartwatch(SmartwatchOptions(**TINY), tmp_path / "spawned", workers=2, show_progress=False)
+    assert tree_digest(tmp_path / "spawned") == tree_digest(tiny)
+
+
 def test_hide_from_understanding_and_control(tiny, tmp_path):
     rule = "weather=raining"
     for control in (False, True):
