@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -81,7 +82,7 @@ def fit_kmeans_vq(images: torch.Tensor, image_size: int, patch_size: int, codebo
         codebook = kmeans(patches, codebook_size, seed)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{torch.randint(1 << 30, ()).item()}")
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
             torch.save(codebook, tmp)
             tmp.replace(path)  # atomic: concurrent trials may fit the same codebook
     return KMeansVQ(codebook, image_size, patch_size)

@@ -1,0 +1,169 @@
+"""Evaluation on the test split: free-running outputs scored by trainables.scoring.
+
+  VQA        every turn of every test conversation, asked after the earlier turns (with their true
+             answers); greedy answer -> score per attribute and overall. Images matching a
+             `data.hide_from_understanding` rule are also scored apart (`test/vqa_hidden/...`).
+  captions   greedy caption -> fraction of the mentioned attributes stated correctly.
+  generation the prompt and reply, then <boi>; the LM generates every image token from its own
+             previous ones. Scored against the test image's true tokens (cosine after centring,
+             token accuracy for codes) and by the attribute probe on the mentioned attributes.
+
+The constant-answer baselines and the probe's accuracy on true tokens do not
+depend on the model and are computed once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from trainables import scoring
+from trainables.data.records import Task, WatchFace, is_hidden
+from trainables.encoders import to_float_images
+from trainables.model import Generated
+from trainables.probe import fit_probe
+from trainables.rundata import RunData
+from trainables.sequences import Example, collate, generation_example, understanding_example
+from trainables.tokenizer import TextTokenizer
+
+EVAL_BATCH = 64
+
+
+@dataclass
+class Prompt:
+    example: Example
+    face: WatchFace
+    attribute: str | None = None  # VQA: the attribute asked
+    mentioned: tuple[str, ...] = ()  # caption / generation: attributes of the reference
+    hidden: bool = False  # the image matches a hide rule
+
+
+def prefixed(metrics: dict[str, float], prefix: str) -> dict[str, float]:
+    return {f"{prefix}/{key}": value for key, value in metrics.items()}
+
+
+class Evaluator:
+    def __init__(self, data: RunData, tok: TextTokenizer, n_und: int, cache_dir: Path | None):
+        self.data, self.tok, self.cache_dir = data, tok, cache_dir
+        rows = data.test.row()
+        self.vqa: list[Prompt] = []
+        for r in data.test.records[Task.VQA]:
+            for k, turn in enumerate(r.turns):
+                turns = [(t.question, t.answer) for t in r.turns[:k]] + [(turn.question, None)]
+                example = understanding_example(tok, turns, rows[r.image_id], n_und)
+                self.vqa.append(Prompt(example, r.face, turn.attribute, hidden=is_hidden(r.face, data.hide_rules)))
+        self.captions = [
+            Prompt(understanding_example(tok, [(r.turns[0].question, None)], rows[r.image_id], n_und), r.face, mentioned=r.mentioned)
+            for r in data.test.records[Task.CAPTION]
+        ]
+        self.generations = [
+            Prompt(generation_example(tok, r.turns[0].question, r.turns[0].answer, rows[r.image_id], 0), r.face, mentioned=r.mentioned)
+            for r in data.test.records[Task.GENERATION]
+        ]
+        self.max_new_tokens = data.max_answer_tokens(tok)
+        self.probe = None
+
+    # -- model-independent ------------------------------------------------------------------
+    def baselines(self) -> dict[str, float]:
+        """Constant answers (most frequent training answer per attribute) scored like the model."""
+        train = [(t.attribute, t.answer, r.face) for r in self.data.vqa_reference for t in r.turns]
+        test = [(p.attribute, "", p.face) for p in self.vqa]
+        metrics = prefixed(scoring.constant_answer_baseline(train, test), "baseline/vqa")
+        if self.captions:
+            captions = [(p.face, p.mentioned) for p in self.captions]
+            metrics["baseline/caption/score"] = scoring.constant_caption_baseline(train, captions)
+        return metrics
+
+    def true_tokens(self, model) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """True tokens of every test image in the space's own coordinates: (N, Ng, Dg), codes (N, Ng)."""
+        chunks, codes = [], []
+        with torch.no_grad():
+            for start in range(0, len(self.data.test.images), EVAL_BATCH):
+                images = to_float_images(self.data.test.images[start : start + EVAL_BATCH]).to(_device(model))
+                target = model.space.encode(images)
+                chunks.append(target.features.float().cpu())
+                codes.append(target.codes.cpu() if target.codes is not None else None)
+        return torch.cat(chunks), (torch.cat(codes) if model.space.discrete else None)
+
+    def fit_probe(self, model) -> dict[str, float]:
+        """Fit (or load) the attribute probe on true test tokens; -> its held-out accuracy `probe/true/...`."""
+        features, _ = self.true_tokens(model)
+        faces = self._image_faces()
+        self.probe, held_out = fit_probe(features.numpy(), faces, self.cache_dir)
+        metrics = scoring.probe_accuracy(self.probe, features.numpy()[held_out], faces[held_out])
+        return prefixed(metrics, "probe/true")
+
+    def _image_faces(self) -> list[WatchFace]:
+        faces: dict[str, WatchFace] = {}
+        for records in self.data.test.records.values():
+            for r in records:
+                faces.setdefault(r.image_id, r.face)
+        return [faces[image_id] for image_id in self.data.test.image_ids]
+
+    # -- model-dependent --------------------------------------------------------------------
+    @torch.no_grad()
+    def run(self, model, limit: int | None = None) -> tuple[dict[str, float], torch.Tensor | None]:
+        """Metrics on (the first `limit` prompts per task of) the test split, and decoded generations."""
+        was_training = model.training
+        model.eval()
+        metrics: dict[str, float] = {}
+        vqa = self.vqa[:limit]
+        if vqa:
+            answers = self._answers(model, vqa)
+            metrics |= prefixed(scoring.score_vqa((p.attribute, a, p.face) for p, a in zip(vqa, answers)), "test/vqa")
+            hidden = [(p.attribute, a, p.face) for p, a in zip(vqa, answers) if p.hidden]
+            if self.data.hide_rules and hidden:
+                metrics |= prefixed(scoring.score_vqa(hidden), "test/vqa_hidden")
+        captions = self.captions[:limit]
+        if captions:
+            texts = self._answers(model, captions)
+            metrics["test/caption/score"] = float(np.mean([scoring.score_caption(t, p.face, p.mentioned) for p, t in zip(captions, texts)]))
+        pictures = None
+        generations = self.generations[:limit]
+        if generations:
+            gen_metrics, pictures = self._generation(model, generations)
+            metrics |= gen_metrics
+        model.train(was_training)
+        return metrics, pictures
+
+    def _answers(self, model, prompts: list[Prompt]) -> list[str]:
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i].example.ids))  # little padding
+        out: list[str] = [""] * len(prompts)
+        device = _device(model)
+        for start in range(0, len(order), EVAL_BATCH):
+            chunk = order[start : start + EVAL_BATCH]
+            batch = collate([prompts[i].example for i in chunk], self.data.test.images, self.tok, left_pad=True).to(device)
+            ids = model.generate_text(batch.input_ids, batch.attention_mask, batch.und_images, self.max_new_tokens)
+            for i, row in zip(chunk, ids):
+                out[i] = self.tok.decode(row)
+        return out
+
+    def _generation(self, model, prompts: list[Prompt]) -> tuple[dict[str, float], torch.Tensor | None]:
+        device = _device(model)
+        features, codes = [], []
+        for start in range(0, len(prompts), EVAL_BATCH):
+            chunk = prompts[start : start + EVAL_BATCH]
+            batch = collate([p.example for p in chunk], self.data.test.images, self.tok, left_pad=True).to(device)
+            generated = model.generate_image(batch.input_ids, batch.attention_mask)
+            features.append(generated.features.float().cpu())
+            codes.append(generated.codes.cpu() if generated.codes is not None else None)
+        predicted = torch.cat(features)
+        true_features, true_codes = self.true_tokens(model)
+        rows = [p.example.image_index for p in prompts]
+        metrics = {"test/gen/cosine": scoring.cosine_to_target(predicted, true_features[rows])}
+        if true_codes is not None:
+            metrics["test/gen/token_accuracy"] = scoring.token_accuracy(torch.cat(codes), true_codes[rows])
+        if self.probe is not None:
+            read = self.probe(predicted.numpy())
+            items = [(a, read[a][i], p.face) for i, p in enumerate(prompts) for a in p.mentioned]
+            metrics |= prefixed(scoring.score_vqa(items), "test/gen/probe")
+        pictures = model.decode_images(Generated(predicted.to(device), torch.cat(codes).to(device) if true_codes is not None else None))
+        return metrics, (None if pictures is None else pictures.cpu())
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+

@@ -1,0 +1,147 @@
+"""A run's data: which records it trains on, in which order, and the test prompts it is scored on.
+
+Task mixing is data, not code paths. The first `data.train_images` images of
+the dataset's seeded order give the understanding records (VQA + caption) of
+every arm; the first round(generation_ratio * train_images) images give the
+generation records of the generation and mixed arms. So for a given seed and
+size every arm that reads images reads the same understanding records.
+
+The budget is explicit: `epochs` passes over the run's own records, or
+`steps` / `samples` equal across arms. The record stream is a sequence of
+seeded permutations, one per epoch; global batch k is stream[kB:(k+1)B] and
+worker r of W takes every W-th record of it, so the order is a function of
+(seed, step) alone and a resumed run continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from trainables.config import Arm, BudgetUnit, TrainConfig
+from trainables.data.dataset import Dataset
+from trainables.data.records import Record, Task, parse_hide_rules
+from trainables.errors import UserError
+from trainables.losses import IGNORE
+from trainables.sequences import Example, generation_example, understanding_example
+from trainables.tokenizer import TextTokenizer
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # uint8 (N, H, W, 3)
+    image_ids: list[str]
+    records: dict[Task, list[Record]] = field(default_factory=dict)
+
+    def row(self) -> dict[str, int]:
+        return {image_id: i for i, image_id in enumerate(self.image_ids)}
+
+
+def load_images(ds: Dataset, split: str, wanted: list[str]) -> Split:
+    """The images of `wanted` ids (in that order) as one uint8 tensor."""
+    index = {image_id: i for i, image_id in enumerate(wanted)}
+    arrays: list[np.ndarray | None] = [None] * len(wanted)
+    for image_id, array in ds.images(split):
+        if image_id in index:
+            arrays[index[image_id]] = array
+    if any(a is None for a in arrays):
+        raise UserError(f"dataset {ds.path}: {split} images listed but missing from the image shards")
+    return Split(torch.from_numpy(np.stack(arrays)), list(wanted))
+
+
+class RunData:
+    """Training examples and test records of one run (the same on every worker)."""
+
+    def __init__(self, config: TrainConfig, path: str | Path):
+        self.config = config
+        self.ds = Dataset.open(path)
+        self.fingerprint = str(self.ds.manifest.get("content_hash", ""))
+        self.hide_rules = parse_hide_rules(config.data.hide_from_understanding)
+        train_ids = self.ds.image_ids("train")
+        n = config.data.train_images or len(train_ids)
+        if n > len(train_ids):
+            raise UserError(f"data.train_images {n} exceeds the {len(train_ids)} training images of {path}")
+        n_gen = min(len(train_ids), max(1, round(config.data.generation_ratio * n)))
+        self.und_ids = train_ids[:n]  # understanding records of every arm come from these
+        self.gen_ids = train_ids[:n_gen] if config.data.arm != Arm.UNDERSTANDING else []
+        if config.data.arm == Arm.GENERATION:
+            used = self.gen_ids
+        else:
+            used = sorted(set(self.und_ids) | set(self.gen_ids), key=train_ids.index)
+        self.train = load_images(self.ds, "train", used)
+        und_set, gen_set = set(self.und_ids), set(self.gen_ids)
+        all_train = list(self.ds.records("train"))
+        self.vqa_reference = [r for r in all_train if r.task == Task.VQA and r.image_id in und_set]  # baselines
+        keep_und = config.data.arm != Arm.GENERATION
+        self.train.records = {
+            Task.VQA: [r for r in self.vqa_reference if keep_und],
+            Task.CAPTION: [r for r in all_train if keep_und and r.task == Task.CAPTION and r.image_id in und_set],
+            Task.GENERATION: [r for r in all_train if r.task == Task.GENERATION and r.image_id in gen_set],
+        }
+        test_ids = self.ds.image_ids("test")[: config.data.test_images]
+        self.test = load_images(self.ds, "test", test_ids)
+        test_set = set(test_ids)
+        all_test = [r for r in self.ds.records("test") if r.image_id in test_set]
+        self.test.records = {task: [r for r in all_test if r.task == task] for task in Task}
+        self.texts = [t for r in all_train + all_test for turn in r.turns for t in (turn.question, turn.answer)]
+        self.image_size = int(self.train.images.shape[1]) if len(self.train.images) else int(self.test.images.shape[1])
+
+    # -- examples --------------------------------------------------------------------------
+    def examples(self, tok: TextTokenizer, n_und: int, n_gen: int, max_positions: int) -> list[Example]:
+        """Every training record of the run as a token sequence, in stored order."""
+        rows = self.train.row()
+        out = []
+        for task in Task:
+            for r in self.train.records[task]:
+                if task == Task.GENERATION:
+                    turn = r.turns[0]
+                    out.append(generation_example(tok, turn.question, turn.answer, rows[r.image_id], n_gen))
+                else:
+                    out.append(understanding_example(tok, [(t.question, t.answer) for t in r.turns], rows[r.image_id], n_und))
+        if not out:
+            raise UserError(f"the run has no training records (data.arm={self.config.data.arm.value}, {self.config.data.path})")
+        longest = max(len(e.ids) for e in out)
+        if longest > max_positions:
+            raise UserError(f"a training sequence has {longest} tokens, more than lm.max_positions={max_positions}")
+        return out
+
+    def max_answer_tokens(self, tok: TextTokenizer) -> int:
+        answers = [t.answer for task in (Task.VQA, Task.CAPTION) for r in self.test.records[task] + self.train.records[task] for t in r.turns]
+        return max((len(tok.encode(a)) for a in answers), default=8) + 2
+
+
+def total_steps(config: TrainConfig, n_examples: int) -> int:
+    """The explicit budget in optimiser steps."""
+    budget, batch = config.budget, config.optim.batch_size
+    if budget.unit == BudgetUnit.EPOCHS:
+        return max(1, math.ceil(budget.value * n_examples / batch))
+    if budget.unit == BudgetUnit.SAMPLES:
+        return max(1, math.ceil(budget.value / batch))
+    return max(1, int(budget.value))
+
+
+class Order:
+    """Seeded epoch permutations: the global batch of any step, without state."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed = n, seed
+        self._perms: dict[int, np.ndarray] = {}
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        if epoch not in self._perms:
+            self._perms = {epoch: np.random.default_rng([self.seed, epoch]).permutation(self.n)}
+        return self._perms[epoch]
+
+    def batch(self, step: int, batch_size: int) -> list[int]:
+        start = step * batch_size
+        return [int(self._perm(i // self.n)[i % self.n]) for i in range(start, start + batch_size)]
+
+
+def global_counts(examples: list[Example], n_gen: int) -> tuple[int, int]:
+    """Answer tokens and image tokens of a global batch: the loss denominators on every worker."""
+    text = sum(sum(1 for label in e.labels[1:] if label != IGNORE) for e in examples)
+    return text, n_gen * sum(e.generation for e in examples)

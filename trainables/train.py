@@ -1,0 +1,337 @@
+"""The training recipe of one run: setup -> train -> evaluate -> report, per Ray Train worker.
+
+`train_loop_per_worker(loop_config)` is the Ray Train worker function
+(`trainables.launch.fit` builds the TorchTrainer around it); `run_local` runs
+the same recipe in-process (`uvlm train --no-ray`). loop_config =
+{"train": TrainConfig JSON dict, "out_dir": str, "mlflow": {"tracking_uri", "run_id"} | None}.
+
+DDP: every worker builds the same global batch of the step and takes every
+W-th record of it; losses are sums divided by the *global* answer/image token
+counts (times W, because DDP averages gradients), so W workers take exactly
+the step of one worker on the same global batch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import yaml
+
+from trainables.config import TrainConfig
+from trainables.encoders import to_float_images
+from trainables.errors import UserError
+from trainables.evaluate import Evaluator
+from trainables.freezing import apply_trainability
+from trainables.model import UnifiedVLM, build_model
+from trainables.rundata import Order, RunData, global_counts, total_steps
+from trainables.sequences import collate
+from trainables.spaces import needs_vq
+from trainables.tokenizer import PretrainedTokenizer, TextTokenizer, WordTokenizer
+
+CHECKPOINT_FILE = "state.pt"
+
+
+class NonFiniteLoss(UserError):
+    """The loss became NaN or infinite: the run stops and is recorded as failed."""
+
+
+# -- where the recipe runs ----------------------------------------------------------------------
+class Session(Protocol):
+    rank: int
+    world_size: int
+    device: torch.device
+
+    def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None: ...
+
+    def checkpoint(self) -> Path | None: ...
+
+
+class LocalSession:
+    """In-process, one worker: checkpoints are kept in the run folder."""
+
+    rank, world_size, device = 0, 1, torch.device("cpu")
+
+    def __init__(self, out_dir: Path):
+        self.kept = out_dir / "checkpoint"
+
+    def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+        if checkpoint_dir is not None:
+            self.kept.mkdir(parents=True, exist_ok=True)
+            (checkpoint_dir / CHECKPOINT_FILE).replace(self.kept / CHECKPOINT_FILE)
+
+    def checkpoint(self) -> Path | None:
+        return None  # a local run starts fresh
+
+
+class RaySession:
+    """A Ray Train worker: ray.train.report / get_checkpoint, device from Ray."""
+
+    def __init__(self):
+        import ray.train
+        import ray.train.torch
+
+        context = ray.train.get_context()
+        self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
+        self.device = ray.train.torch.get_device()
+
+    def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+        import ray.train
+
+        checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+    def checkpoint(self) -> Path | None:
+        import ray.train
+
+        found = ray.train.get_checkpoint()
+        if found is None:
+            return None
+        with found.as_directory() as folder:
+            local = Path(tempfile.mkdtemp(prefix="uvlm-resume-"))
+            (local / CHECKPOINT_FILE).write_bytes((Path(folder) / CHECKPOINT_FILE).read_bytes())
+        return local
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """The Ray Train worker function."""
+    Recipe(loop_config, RaySession()).run()
+
+
+def run_local(loop_config: dict[str, Any]) -> dict[str, float]:
+    """The same recipe in this process (no Ray): returns the final metrics."""
+    return Recipe(loop_config, LocalSession(Path(loop_config["out_dir"]))).run()
+
+
+# -- the recipe ---------------------------------------------------------------------------------
+class Recipe:
+    def __init__(self, loop_config: dict[str, Any], session: Session):
+        self.config = TrainConfig.model_validate(loop_config["train"])
+        self.out_dir = Path(loop_config["out_dir"])
+        self.mlflow = loop_config.get("mlflow")
+        self.session = session
+        self.rank0 = session.rank == 0
+        self.logger = None
+
+    def run(self) -> dict[str, float]:
+        self.setup()
+        try:
+            self.train()
+            return self.report()
+        except NonFiniteLoss as error:
+            if self.logger:
+                self.logger.tags({"uvlm.error": str(error)})
+            raise
+
+    # -- setup --------------------------------------------------------------------------------
+    def setup(self) -> None:
+        config = self.config
+        torch.set_num_threads(config.runtime.threads_per_worker)
+        random.seed(config.seed)
+        np.random.seed(config.seed)
+        torch.manual_seed(config.seed)
+        self.cache_dir = Path(config.runtime.cache_dir) if config.runtime.cache_dir else Path(config.data.path).resolve().parent / ".uvlm-cache"
+        self.data = RunData(config, config.data.path)
+        self.tok = self._setup_tokenizer()
+        self.model = self._setup_model()
+        self.examples = self.data.examples(self.tok, self.model.encoder.num_tokens, self.model.space.num_tokens,
+                                           self.model.lm.config.max_position_embeddings)
+        self.steps = total_steps(config, len(self.examples))
+        self.order = Order(len(self.examples), config.seed)
+        self.optimiser, self.scheduler = self._setup_optimiser()
+        self.step, self.samples, self.train_seconds = 0, 0, 0.0
+        self.window = torch.zeros(4, dtype=torch.float64)  # loss, text, image, steps since the last evaluation
+        self._resume()
+        self.ddp = self._setup_ddp()
+        self.fixed: dict[str, float] = {}
+        if self.rank0:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self._write_run_files()
+            self.evaluator = Evaluator(self.data, self.tok, self.model.encoder.num_tokens, self.cache_dir)
+            self.fixed = self.evaluator.baselines() | self.evaluator.fit_probe(self.model)
+            if self.mlflow:
+                from trainables.tracking import RunLogger
+
+                self.logger = RunLogger(self.mlflow["tracking_uri"], self.mlflow["run_id"])
+                self.logger.params(config.flatten())
+                self.logger.params({f"trainable_params.{k}": v[0] for k, v in self.param_counts.items()})
+
+    def _setup_tokenizer(self) -> TextTokenizer:
+        if self.config.lm.pretrained_path:
+            return PretrainedTokenizer(self.config.lm.pretrained_path)
+        return WordTokenizer.build(self.data.texts)  # train+test texts of the whole dataset: the same for every arm
+
+    def _setup_vq(self) -> torch.nn.Module | None:
+        config = self.config
+        if not needs_vq(config.generation, config.understanding):
+            return None
+        if config.generation.vq_pretrained_path:
+            from trainables.vq import load_vq
+
+            return load_vq(config.generation.vq_pretrained_path)
+        from trainables.vq import fit_kmeans_vq
+
+        g = config.generation
+        return fit_kmeans_vq(to_float_images(self.data.train.images), g.image_size, g.patch_size, g.codebook_size,
+                             config.seed, self.cache_dir, self.data.fingerprint)
+
+    def _setup_model(self) -> UnifiedVLM:
+        config = self.config
+        model = build_model(config, self.tok, self.data.image_size, self._setup_vq())
+        self.param_counts = apply_trainability(model, config.lm, config.trainability)
+        sample = self.data.train.images[:512] if len(self.data.train.images) else self.data.test.images[:512]
+        model.fit_target_stats(to_float_images(sample))
+        return model.to(self.session.device)
+
+    def _setup_optimiser(self):
+        config, model = self.config, self.model
+        lm_params = [p for p in model.lm.parameters() if p.requires_grad]
+        lm_ids = {id(p) for p in model.lm.parameters()}
+        other = [p for p in model.parameters() if p.requires_grad and id(p) not in lm_ids]
+        groups = [{"params": lm_params, "lr": config.optim.lr},
+                  {"params": other, "lr": config.optim.projector_lr or config.optim.lr}]
+        groups = [g for g in groups if g["params"]]
+        if not groups:
+            raise UserError("nothing to train: the LM, both projectors and the head are all frozen")
+        optimiser = torch.optim.AdamW(groups, weight_decay=config.optim.weight_decay)
+        warmup = max(1, round(config.optim.warmup_ratio * self.steps))
+
+        def schedule(step: int) -> float:  # linear warm-up, then cosine to 0
+            if step < warmup:
+                return (step + 1) / warmup
+            return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, self.steps - warmup)))
+
+        return optimiser, torch.optim.lr_scheduler.LambdaLR(optimiser, schedule)
+
+    def _setup_ddp(self) -> torch.nn.Module:
+        if self.session.world_size == 1:
+            return self.model
+        from torch.nn.parallel import DistributedDataParallel
+
+        device_ids = [self.session.device.index] if self.session.device.type == "cuda" else None
+        # find_unused_parameters: a batch without generation records leaves the head unused.
+        return DistributedDataParallel(self.model, device_ids=device_ids, find_unused_parameters=True)
+
+    def _resume(self) -> None:
+        folder = self.session.checkpoint()
+        if folder is None:
+            return
+        state = torch.load(folder / CHECKPOINT_FILE, weights_only=False, map_location=self.session.device)
+        self.model.load_state_dict(state["model"], strict=False)
+        self.optimiser.load_state_dict(state["optimiser"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.samples, self.train_seconds = state["step"], state["samples"], state["train_seconds"]
+
+    def _write_run_files(self) -> None:
+        (self.out_dir / "config.yaml").write_text(yaml.safe_dump(self.config.model_dump(mode="json"), sort_keys=False))
+        if not self.model.affine_u.identity or not self.model.affine_g.identity:
+            (self.model.affine_u if not self.model.affine_u.identity else self.model.affine_g).save(self.out_dir / "affine.pt")
+        self.tok.save(self.out_dir / "tokenizer")
+
+    # -- train --------------------------------------------------------------------------------
+    def train(self) -> None:
+        config, session = self.config, self.session
+        every = config.eval.every_steps
+        autocast = torch.autocast(session.device.type, dtype=torch.bfloat16,
+                                  enabled=config.runtime.precision.value == "bf16" and session.device.type == "cuda")
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        n_gen, world = self.model.space.num_tokens, session.world_size
+        while self.step < self.steps:
+            started = time.perf_counter()
+            global_batch = [self.examples[i] for i in self.order.batch(self.step, config.optim.batch_size)]
+            text_n, image_n = global_counts(global_batch, n_gen)
+            batch = collate(global_batch[session.rank :: world], self.data.train.images, self.tok).to(session.device)
+            with autocast:
+                out = self.ddp(batch)
+            text = out["text_sum"] * (world / max(text_n, 1))
+            image = out["image_sum"] * (world / max(image_n, 1))
+            loss = text + self.model.alpha * image
+            if not torch.isfinite(loss.detach()):
+                raise NonFiniteLoss(f"the training loss became {loss.item()} at step {self.step + 1}; try a lower optim.lr")
+            self.optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, config.optim.grad_clip)
+            self.optimiser.step()
+            self.scheduler.step()
+            self.step += 1
+            self.samples += len(global_batch)
+            self.train_seconds += time.perf_counter() - started
+            self.window += torch.tensor([loss.item(), text.item(), image.item(), 1.0], dtype=torch.float64) / world
+            if self.step % every == 0 and self.step < self.steps:
+                self.evaluate(limit=config.eval.max_eval_records)
+
+    # -- evaluate -----------------------------------------------------------------------------
+    def train_metrics(self) -> dict[str, float]:
+        window = self.window.clone()
+        if self.session.world_size > 1:  # every worker's share of the mean
+            torch.distributed.all_reduce(window)
+        n = max(window[3].item(), 1.0)
+        self.window.zero_()
+        return {"step": self.step, "train/loss": window[0].item() / n, "train/text_loss": window[1].item() / n,
+                "train/image_loss": window[2].item() / n, "train/samples": self.samples}
+
+    def evaluate(self, limit: int | None, final: bool = False) -> tuple[dict[str, float], torch.Tensor | None]:
+        """Rank 0 scores the model; every rank reports (Ray Train needs all), rank 0 with a checkpoint."""
+        metrics, pictures = self.train_metrics(), None
+        if self.rank0:
+            test_metrics, pictures = self.evaluator.run(self.model, limit)
+            metrics |= test_metrics
+            if final:
+                metrics |= self.fixed | {"time/train_seconds": self.train_seconds,
+                                         "time/step_seconds": self.train_seconds / max(self.step, 1)}
+            if self.logger:
+                self.logger.metrics(metrics, self.step)
+        with tempfile.TemporaryDirectory(prefix="uvlm-ckpt-") as folder:
+            if self.rank0:
+                self._save_checkpoint(Path(folder))
+            self.session.report(metrics, Path(folder) if self.rank0 else None)
+        return metrics, pictures
+
+    def _save_checkpoint(self, folder: Path) -> None:
+        trainable = {name for name, p in self.model.named_parameters() if p.requires_grad}
+        state = {name: t for name, t in self.model.state_dict().items() if name in trainable or name.startswith("gen_")}
+        torch.save({"model": state, "optimiser": self.optimiser.state_dict(), "scheduler": self.scheduler.state_dict(),
+                    "step": self.step, "samples": self.samples, "train_seconds": self.train_seconds}, folder / CHECKPOINT_FILE)
+
+    # -- report -------------------------------------------------------------------------------
+    def report(self) -> dict[str, float]:
+        """Final evaluation on the whole test split; rank 0 writes metrics.json and generated.png."""
+        final, pictures = self.evaluate(limit=None, final=True)
+        if not self.rank0:
+            return final
+        (self.out_dir / "metrics.json").write_text(json.dumps(final, indent=2, sort_keys=True))
+        if pictures is not None:
+            save_grid(pictures, self.evaluator.data.test.images, [p.example.image_index for p in self.evaluator.generations],
+                      self.config.eval.grid_images, self.out_dir / "generated.png")
+        if self.logger:
+            self.logger.artifacts([self.out_dir / name for name in ("config.yaml", "generated.png", "metrics.json", "affine.pt")])
+        return final
+
+
+def save_grid(generated: torch.Tensor, test_images: torch.Tensor, rows: list[int], count: int, path: Path) -> None:
+    """A PNG of up to `count` generations (bottom of each pair of rows) under their test images (top)."""
+    from PIL import Image
+
+    count = min(count, len(generated))
+    side = generated.shape[-1]
+    columns = min(8, count)
+    truth = torch.nn.functional.interpolate(to_float_images(test_images[rows[:count]]), size=(side, side), mode="area")
+    scale = max(1, 64 // side)
+    pad = 2
+    cell = side * scale + pad
+    lines = math.ceil(count / columns)
+    canvas = Image.new("RGB", (columns * cell + pad, 2 * lines * cell + pad), (128, 128, 128))
+    for i in range(count):
+        for j, image in enumerate((truth[i], generated[i])):
+            array = (image.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+            tile = Image.fromarray(array).resize((side * scale, side * scale), Image.NEAREST)
+            canvas.paste(tile, (pad + (i % columns) * cell, pad + (2 * (i // columns) + j) * cell))
+    canvas.save(path)
+
