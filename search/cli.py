@@ -16,6 +16,7 @@ from trainables.errors import UserError
 
 COMMANDS = [
     "search.commands.data",
+    "search.commands.train",
     "search.commands.report",
     "search.commands.sweep",
     "search.commands.ui",

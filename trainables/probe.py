@@ -24,6 +24,7 @@ import numpy as np
 from trainables.data.records import CORNERS, WEATHERS, WatchFace
 
 HELD_OUT = 0.2
+VERSION = 2  # in the cache key: a changed probe is refitted
 
 
 TARGETS = {"hour": 12, "minute": 12, "second": 12, "battery": 11, "weather": len(WEATHERS),
@@ -95,7 +96,8 @@ class AttributeProbe:
 def fit_probe(tokens: np.ndarray, faces: Sequence[WatchFace], cache_dir: Path | None) -> tuple[AttributeProbe, slice]:
     """A probe fitted on the first 80% of (tokens, faces); -> (probe, held-out slice). Cached by content."""
     cut = max(1, int(round(len(tokens) * (1 - HELD_OUT))))
-    key = hashlib.sha256(np.ascontiguousarray(tokens, dtype=np.float32).tobytes() + repr(list(faces)).encode()).hexdigest()[:20]
+    content = np.ascontiguousarray(tokens, dtype=np.float32).tobytes() + repr([VERSION, list(faces)]).encode()
+    key = hashlib.sha256(content).hexdigest()[:20]
     path = cache_dir / f"probe-{key}.pkl" if cache_dir else None
     if path is not None and path.is_file():
         with path.open("rb") as f:

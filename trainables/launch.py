@@ -1,0 +1,79 @@
+"""`fit`: one run of the trainable under Ray Train (a TorchTrainer), from any driver.
+
+In Ray 2.60 a TorchTrainer cannot be handed to a Tuner; a sweep's Tune
+function trainable calls `fit(..., callbacks=[TuneReportCallback()])`
+instead, and `uvlm train` calls it on a local Ray. Ray must be initialised by
+the caller.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from trainables.config import TrainConfig
+from trainables.errors import UserError
+
+
+class RunFailed(UserError):
+    """The run stopped with an error (a worker raised, or the loss became NaN)."""
+
+
+def resolved(config: TrainConfig) -> TrainConfig:
+    """The config with its folders made absolute: Ray workers do not share the driver's working directory."""
+    update = {"data": config.data.model_copy(update={"path": str(Path(config.data.path).resolve())})}
+    if config.runtime.cache_dir:
+        update["runtime"] = config.runtime.model_copy(update={"cache_dir": str(Path(config.runtime.cache_dir).resolve())})
+    return config.model_copy(update=update)
+
+
+def loop_config(config: TrainConfig, out_dir: str | Path, mlflow_run: dict[str, str] | None) -> dict[str, Any]:
+    """The train_loop_per_worker argument (contract in docs/ARCHITECTURE.md)."""
+    return {"train": resolved(config).model_dump(mode="json"), "out_dir": str(Path(out_dir).resolve()), "mlflow": mlflow_run}
+
+
+def fit(config: TrainConfig, out_dir: str | Path, *, run_name: str, storage_path: str | Path,
+        mlflow_run: dict[str, str] | None = None, callbacks: Sequence[Any] = ()) -> dict[str, float]:
+    """Train and evaluate one run with Ray Train; -> its final metrics. Raises RunFailed on failure or NaN."""
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from trainables.train import train_loop_per_worker
+
+    runtime = config.runtime
+    resources = {"CPU": runtime.threads_per_worker} | ({"GPU": 1} if runtime.use_gpu else {})
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config(config, out_dir, mlflow_run),
+        torch_config=TorchConfig(backend="nccl" if runtime.use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(num_workers=runtime.num_workers, use_gpu=runtime.use_gpu,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=run_name, storage_path=str(Path(storage_path).resolve()), callbacks=list(callbacks),
+            failure_config=ray.train.FailureConfig(max_failures=0),  # a sweep retries at its own level
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as error:
+        raise RunFailed(f"run {run_name!r} failed: {worker_error(error)}") from error
+    metrics = dict(result.metrics or {})
+    bad = [key for key, value in metrics.items() if isinstance(value, float) and not math.isfinite(value)]
+    if bad:
+        raise RunFailed(f"run {run_name!r} produced non-finite metrics: {', '.join(sorted(bad))}")
+    return metrics
+
+
+def worker_error(error: BaseException) -> str:
+    """The last line of the worker's own exception (Ray wraps it in layers of traceback text)."""
+    text = str(error).strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if "Error" in line.split(":", 1)[0] or "NonFiniteLoss" in line:
+            return line
+    return lines[-1] if lines else type(error).__name__
