@@ -12,6 +12,7 @@ install:
 install-test:
 	$(PIP) install torch==2.13.0
 	$(PIP) install -e ".[test]"
+	command -v chromium || (command -v apt-get && (apt-get install -y --no-install-recommends chromium || (apt-get update && apt-get install -y --no-install-recommends chromium))) || echo "chromium not installed: the report's browser test will be skipped"
 
 # The main job on the embedded default store.
 demo: install

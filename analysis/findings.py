@@ -40,6 +40,7 @@ DERIVED = {
     "size": ("params.data.train_images",),
     "strength": ("params.alignment.affine_strength",),
     "pair": ("params.understanding.encoder", "params.generation.space"),
+    "hidden": ("params.data.hide_from_understanding",),
     "hide_control": ("params.data.hide_control",),
     "freezing": ("params.lm.trainability", "params.trainability.understanding_projector",
                  "params.trainability.generation_projector"),
@@ -147,8 +148,13 @@ def _select(frame: pl.DataFrame, selection: dict[str, Any]) -> pl.DataFrame:
 
 
 def paired(prepared: pl.DataFrame, metric: str, treatment: dict[str, Any], control: dict[str, Any],
-           keys: list[str]) -> pl.DataFrame:
-    """Treatment minus matched control on a metric: columns seed, the matched keys, treatment, control, difference."""
+           keys: list[str], unmatched: tuple[str, ...] = ()) -> pl.DataFrame:
+    """Treatment minus matched control on a metric: columns seed, the keys, run_id, treatment, control, difference.
+
+    Per key: equal value sets on both sides -> matched; the control's values a subset of the treatment's (e.g. only
+    strength 0 in understanding-only) -> the treatment is restricted to them and matched; otherwise (values only one
+    side has, or a key in `unmatched`) -> not matched, each treatment value pairs with the control.
+    """
     column = f"metrics.{metric}"
     if column not in prepared.columns:
         raise InsufficientData(f"metric {metric!r} was not logged by any run of this sweep")
@@ -161,7 +167,14 @@ def paired(prepared: pl.DataFrame, metric: str, treatment: dict[str, Any], contr
             raise InsufficientData(f"no finished run with {_describe(selection)} and a value of {metric!r} "
                                    f"(arms in this sweep: {arms})")
     keys = [k for k in keys if k not in treatment and k not in control]
-    shared = [k for k in keys if set(sides["treatment"][k].to_list()) == set(sides["control"][k].to_list())]
+    shared = []
+    for key in keys:
+        treated, controls = set(sides["treatment"][key].to_list()), set(sides["control"][key].to_list())
+        if key in unmatched or not controls <= treated:
+            continue
+        if controls != treated:
+            sides["treatment"] = sides["treatment"].filter(pl.col(key).is_in(list(controls)))
+        shared.append(key)
     control_mean = sides["control"].group_by([*shared, "seed"]).agg(pl.col(column).mean().alias("control"))
     joined = (sides["treatment"].select(*keys, "seed", "run_id", pl.col(column).alias("treatment"))
               .join(control_mean, on=[*shared, "seed"], how="inner", nulls_equal=True))
@@ -177,7 +190,8 @@ def _test_text(kind: str, keys: list[str]) -> str:
     what = {"mean": "mean paired difference; p: t-test on per-seed means",
             "slope": "OLS slope of the paired difference on ln(train images); p: t-test on per-seed slopes",
             "spearman": "Spearman rank correlation; p: scipy's test on all points"}[kind]
-    return f"{what}; matched on {matched}; 95% percentile bootstrap over seeds ({stats.RESAMPLES} resamples)"
+    return (f"{what}; matched on {matched}; 95% interval: expanded percentile bootstrap over seeds "
+            f"({stats.RESAMPLES} resamples), widened to the t-interval over per-seed estimates where wider")
 
 
 def _result(finding: int, name: str, metric: str, comparison: str, estimate: stats.Estimate, test: str,
@@ -290,8 +304,12 @@ def alignment(runs: pl.DataFrame) -> FindingReport:
             report.skipped.append(f"The {side} benefit against alignment is not computed: no finished {side}-only runs "
                                   f"or no {side} metric.")
             continue
+        # The single-task arm need not vary alignment (an affine map on the generation space leaves
+        # understanding-only unchanged): every alignment level of mixed then pairs with it.
+        controls = prepared.filter((pl.col("arm") == side) & (pl.col("status") == FINISHED))
+        single_level = tuple(f for f in ("strength", "pair") if controls[f].n_unique() == 1)
         try:
-            pairs = paired(prepared, metric, {"arm": "mixed"}, {"arm": side}, keys)
+            pairs = paired(prepared, metric, {"arm": "mixed"}, {"arm": side}, keys, unmatched=single_level)
         except InsufficientData as error:
             report.skipped.append(f"{side} benefit against alignment: {error}.")
             continue

@@ -131,7 +131,7 @@ def build_report(sweep: str, tracking_uri: str | None = None, out_dir: str | Pat
 # ----------------------------------------------------------------------------- sections
 
 def _results_frame(results: list[Result], headline_only: bool = False) -> pl.DataFrame:
-    rows = [{"finding": r.finding, "result": r.name, "group": ", ".join(f"{k}={_fmt(v)}" for k, v in r.group.items()),
+    rows = [{**({"finding": r.finding} if headline_only else {}), "result": r.name, "group": ", ".join(f"{k}={_fmt(v)}" for k, v in r.group.items()),
              "comparison": r.comparison, "metric": r.metric, "estimate": _fmt(r.estimate, 4),
              "95% CI": f"[{_fmt(r.ci_low, 4)}, {_fmt(r.ci_high, 4)}]", "n (seeds)": f"{r.n} ({r.n_seeds})",
              "p": _fmt(r.p_value, 3), "expected": r.expected, "verdict": VERDICT_MARK[r.verdict]}
@@ -373,7 +373,8 @@ def render_markdown(document: Document) -> str:
 
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1150px; margin: 2em auto; padding: 0 1em; color: #222; }
-table { border-collapse: collapse; margin: 0.5em 0; font-size: 0.85em; }
+div.scroll { overflow-x: auto; }
+table { border-collapse: collapse; margin: 0.5em 0; font-size: 0.8em; }
 th, td { border: 1px solid #ccc; padding: 3px 6px; text-align: left; }
 th { background: #f3f3f3; }
 caption { caption-side: bottom; font-style: italic; font-size: 0.9em; padding-top: 4px; text-align: left; }
@@ -401,8 +402,8 @@ def render_html(document: Document, title: str) -> str:
                 f"<td class='{html.escape(str(v))}'>{html.escape(str(v) if v is not None else '–')}</td>"
                 if c == "verdict" else f"<td>{html.escape(str(v) if v is not None else '–')}</td>"
                 for c, v in zip(frame.columns, row)) + "</tr>" for row in frame.rows())
-            parts.append(f"<table><caption>{html.escape(caption)}</caption><thead><tr>{head}</tr></thead>"
-                         f"<tbody>{body}</tbody></table>")
+            parts.append(f"<div class='scroll'><table><caption>{html.escape(caption)}</caption><thead><tr>{head}</tr>"
+                         f"</thead><tbody>{body}</tbody></table></div>")
         elif kind == "fig":
             data = base64.b64encode(block[3]).decode("ascii")
             parts.append(f"<figure><img alt='{html.escape(block[2])}' src='data:image/png;base64,{data}'>"

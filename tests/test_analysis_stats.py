@@ -219,3 +219,16 @@ def test_importance_and_best_config_per_arm():
     assert best["arm"].to_list() == ["generation", "mixed", "understanding"]
     top = runs.filter(pl.col("arm") == "mixed").sort("metrics.test/vqa/overall", descending=True).row(0, named=True)
     assert best.filter(pl.col("arm") == "mixed")["run_id"].item() == top["run_id"]
+
+
+def test_single_task_arm_at_one_level_pairs_with_the_baseline_level():
+    """As in a space of variants: understanding-only exists only at strength 0, mixed at 0, 0.3 and 0.6."""
+    runs = runs_frame(SyntheticSweep(name="variants", arms=("understanding", "mixed"), train_images=(500,),
+                                     seeds=tuple(range(5)), affine_strengths=(0.0, 0.3, 0.6), eval_steps=(500,),
+                                     effects=Effects(understanding_benefit=0.05, alignment_slope=-0.1)))
+    runs = runs.filter((pl.col("arm") == "mixed") | (pl.col("params.alignment.affine_strength") == 0.0))
+    benefit = next(r for r in mutual_benefit(runs).headlines if r.metric == "test/vqa/overall")
+    assert benefit.n == 5 and benefit.ci_low <= 0.05 <= benefit.ci_high  # only strength 0 of mixed is compared
+    report = alignment(runs)
+    rho = next(r for r in report.headlines if r.group == {"factor": "strength"})
+    assert rho.n == 15 and rho.verdict == "supported"

@@ -1,0 +1,207 @@
+"""Loading runs from a real MLflow store, `uvlm report` end to end, and the HTML rendered in headless Chromium.
+
+The store is a sqlite MLflow store in tmp_path with synthetic sweeps written in the layout of
+docs/ARCHITECTURE.md by analysis.synthetic.write_sweep (the real sweep's runs: tests/test_report_smoke.py).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from analysis import frames
+from analysis.frames import list_sweeps, load_history, load_runs
+from analysis.synthetic import Effects, SyntheticSweep, write_sweep
+from search.cli import main
+from trainables.errors import UserError
+
+MIXING = SyntheticSweep(name="mixing", train_images=(250, 1000), seeds=(0, 1, 2, 3), fail_fraction=0.1, images=True,
+                        eval_steps=(250, 500), searched={"optim.lr": (1e-4, 1e-2, True)},
+                        effects=Effects(understanding_benefit=0.05, generation_benefit=0.03))
+TRANSFER = SyntheticSweep(name="transfer", study="transfer", arms=("understanding", "mixed"), train_images=(500,),
+                          seeds=(0, 1, 2), hide=True, freezing=("none", "lm_frozen"), eval_steps=(500,))
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    import logging
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    write_sweep(uri, MIXING)
+    write_sweep(uri, TRANSFER)
+    return uri
+
+
+@pytest.fixture(scope="module")
+def mixing_report(store, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("report") / "mixing"
+    assert main(["report", "mixing", "--tracking-uri", store, "--out", str(out)]) == 0
+    return out
+
+
+# ----------------------------------------------------------------------------- frames
+
+@pytest.mark.parametrize("sweep", ["mixing", "transfer"])
+def test_sql_and_client_readers_give_the_same_frames(store, sweep):
+    sql = load_runs(sweep, store, method="sql")
+    assert_frame_equal(sql, load_runs(sweep, store, method="client"))
+    assert_frame_equal(load_history(sweep, store, method="sql"), load_history(sweep, store, method="client"))
+
+
+def test_runs_frame_layout(store):
+    runs = load_runs("mixing", store)
+    assert runs.height == 3 * 2 * 4
+    assert runs.columns[:len(frames.FIXED_COLUMNS)] == list(frames.FIXED_COLUMNS)
+    for column in frames.FIXED_COLUMNS:
+        assert f"    {column} " in frames.__doc__, f"column {column} is not documented"
+    assert runs.schema["seed"] == pl.Int64 and runs.schema["params.data.train_images"] == pl.Int64
+    assert runs.schema["params.optim.lr"] == pl.Float64 and runs.schema["params.data.hide_control"] == pl.Boolean
+    assert runs.schema["metrics.test/vqa/overall"] == pl.Float64
+    assert set(runs["status"].unique()) <= {"FINISHED", "FAILED"}
+    assert runs.filter(pl.col("status") == "FAILED")["error"].str.contains("NaN").all()
+    assert set(runs["tags.uvlm.role"].unique()) == {"trial"}  # the parent run is not a row
+    history = load_history("mixing", store, metrics=["test/vqa/overall"])
+    assert history.columns == ["run_id", "metric", "step", "timestamp", "value"]
+    finished = runs.filter(pl.col("status") == "FINISHED")
+    last = history.filter(pl.col("step") == 500).join(finished.select("run_id", "metrics.test/vqa/overall"), on="run_id")
+    assert last.height == finished.height
+    np.testing.assert_allclose(last["value"], last["metrics.test/vqa/overall"])
+
+
+def test_unknown_sweep_lists_the_sweeps(store, capsys):
+    assert list_sweeps(store) == ["mixing", "transfer"]
+    with pytest.raises(UserError, match=r"no sweep named 'mixng'.*did you mean 'mixing'.*sweeps there: mixing, transfer"):
+        load_runs("mixng", store)
+    assert main(["report", "mixng", "--tracking-uri", store]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("uvlm: error: no sweep named 'mixng'") and "Traceback" not in error
+
+
+def test_missing_store_is_a_user_error(tmp_path):
+    missing = f"sqlite:///{tmp_path / 'nothing.db'}"
+    with pytest.raises(UserError, match="no MLflow store"):
+        load_runs("mixing", missing)
+    assert not (tmp_path / "nothing.db").exists()
+
+
+# ----------------------------------------------------------------------------- the report
+
+def test_report_files_and_artifacts(store, mixing_report):
+    out = mixing_report
+    for name in ("report.md", "report.html", "findings.json", "results.csv", "results.parquet", "runs.parquet",
+                 "importance.csv", "best_configs.csv", "pairs_finding1_understanding_pairs.csv",
+                 "figures/benefit_vs_size.png", "figures/attribute_bars.png", "figures/learning_curves.png",
+                 "figures/parallel_coordinates.png", "figures/generated_images.png"):
+        assert (out / name).is_file(), name
+    markdown = (out / "report.md").read_text()
+    assert "Finding 2 is not addressed by this sweep" in markdown and "alignment factor" in markdown
+    assert "The alignment curve is not drawn" in markdown and "Transfer bars are not drawn" in markdown
+    assert "Seeds: 4 (0, 1, 2, 3)" in markdown and "Data sizes (training images): 250, 1000." in markdown
+    assert "Budget rule: steps = 1500" in markdown and "failed" in markdown
+    findings = json.loads((out / "findings.json").read_text())
+    assert findings["runs"]["total"] == 24 and findings["findings"]["2"]["addressed"] is False
+    from mlflow import MlflowClient
+
+    client = MlflowClient(store)
+    parent = client.search_runs([client.get_experiment_by_name("mixing").experiment_id], "tags.`uvlm.role` = 'sweep'")[0]
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/report.html", "report/findings.json", "report/report.md", "report/figures"} <= logged
+
+
+def test_report_numbers_match_an_independent_recomputation(store, mixing_report):
+    """The headline understanding benefit, recomputed with plain numpy from MlflowClient data."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(store)
+    experiment = client.get_experiment_by_name("mixing").experiment_id
+    values: dict[tuple[str, int, str], float] = {}
+    for run in client.search_runs([experiment], "tags.`uvlm.role` = 'trial' and attributes.status = 'FINISHED'"):
+        key = (run.data.params["data.arm"], int(run.data.params["seed"]), run.data.params["data.train_images"])
+        values[key] = client.get_metric_history(run.info.run_id, "test/vqa/overall")[-1].value
+    differences = [values[("mixed", seed, size)] - values[("understanding", seed, size)]
+                   for (arm, seed, size) in values if arm == "mixed" and ("understanding", seed, size) in values]
+    findings = json.loads((mixing_report / "findings.json").read_text())
+    headline = next(r for r in findings["findings"]["1"]["results"]
+                    if r["headline"] and r["metric"] == "test/vqa/overall" and "trend" not in r["name"])
+    assert headline["n"] == len(differences)
+    assert headline["estimate"] == pytest.approx(float(np.mean(differences)), abs=1e-12)
+    assert headline["ci_low"] <= 0.05 <= headline["ci_high"] and headline["verdict"] == "supported"
+    results = pl.read_csv(mixing_report / "results.csv")
+    assert results.filter(pl.col("headline") & (pl.col("metric") == "test/vqa/overall")).height == 2  # benefit, trend
+
+
+def test_transfer_report(store, tmp_path):
+    assert main(["report", "transfer", "--tracking-uri", store, "--out", str(tmp_path), "--no-log"]) == 0
+    markdown = (tmp_path / "report.md").read_text()
+    assert "(figures/transfer.png)" in markdown and "transfer lives in the LM" in markdown
+    assert "The trend of the understanding benefit with data size is not computed" in markdown
+    assert "No hyperparameter was searched" in markdown
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (make install-test installs it)")
+def test_html_renders_with_every_figure_in_headless_chromium(mixing_report, tmp_path):
+    html = (mixing_report / "report.html").read_text()
+    assert "src='data:image/png;base64," in html and "http" not in html.split("<body>")[1].split("sqlite")[0]
+    check = tmp_path / "check.html"
+    script = ("<script>window.addEventListener('load',()=>{const i=[...document.images];"
+              "const ok=i.filter(x=>x.complete&&x.naturalWidth>0).length;"
+              "document.title='figures-loaded '+ok+'/'+i.length;});</script>")
+    check.write_text(html.replace("</body>", script + "</body>"))
+    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([*flags, "--virtual-time-budget=5000", "--dump-dom", check.as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    images = html.count("<img ")
+    assert images == 5
+    assert f"<title>figures-loaded {images}/{images}</title>" in dom
+    shot = tmp_path / "report.png"
+    subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1200,3000", (mixing_report / "report.html").as_uri()],
+                   capture_output=True, timeout=120)
+    assert shot.stat().st_size > 50_000
+    shutil.copy(shot, mixing_report / "screenshot.png")
+
+
+# ----------------------------------------------------------------------------- a tracking server
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_server_uri_reads_the_same_frame(store, tmp_path):
+    """Through `mlflow server` (HTTP, the MlflowClient reader) the frame equals the direct SQL read."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store, "--host",
+                               "127.0.0.1", "--port", str(port), "--workers", "1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        import urllib.request
+
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        uri = f"http://127.0.0.1:{port}"
+        expected = load_runs("mixing", store)
+        served = load_runs("mixing", uri)
+        assert_frame_equal(expected.drop("experiment_id"), served.drop("experiment_id"))
+        assert_frame_equal(load_history("transfer", store), load_history("transfer", uri))
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
