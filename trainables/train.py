@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -243,6 +244,10 @@ class Recipe:
                                   enabled=config.runtime.precision.value == "bf16" and session.device.type == "cuda")
         params = [p for p in self.model.parameters() if p.requires_grad]
         n_gen, world = self.model.space.num_tokens, session.world_size
+        from tqdm import tqdm
+
+        bar = tqdm(total=self.steps, initial=self.step, desc="train", unit="step", mininterval=10,
+                   disable=not self.rank0, file=sys.stderr)
         while self.step < self.steps:
             started = time.perf_counter()
             global_batch = [self.examples[i] for i in self.order.batch(self.step, config.optim.batch_size)]
@@ -264,8 +269,11 @@ class Recipe:
             self.samples += len(global_batch)
             self.train_seconds += time.perf_counter() - started
             self.window += torch.tensor([loss.item(), text.item(), image.item(), 1.0], dtype=torch.float64) / world
+            bar.update(1)
             if self.step % every == 0 and self.step < self.steps:
-                self.evaluate(limit=config.eval.max_eval_records)
+                metrics, _ = self.evaluate(limit=config.eval.max_eval_records)
+                bar.set_postfix_str(f"loss {metrics['train/loss']:.3f} vqa {metrics.get('test/vqa/overall', float('nan')):.3f}")
+        bar.close()
 
     # -- evaluate -----------------------------------------------------------------------------
     def train_metrics(self) -> dict[str, float]:

@@ -1,0 +1,102 @@
+"""The training recipe and `uvlm train` on a tiny generated dataset: files, metric names, arms, budget, NaN, determinism."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from search.cli import main
+from trainables.config import load_config
+from trainables.data.prepare import ensure_dataset
+from trainables.data.records import ATTRIBUTES, Task
+from trainables.launch import loop_config
+from trainables.rundata import Order, RunData, total_steps
+from trainables.train import NonFiniteLoss, run_local
+
+torch.set_num_threads(1)
+
+SMALL = {"data.generate_train_images": 48, "data.generate_test_images": 12, "data.test_images": 12,
+         "optim.batch_size": 16, "eval.every_steps": 15, "eval.max_eval_records": 8, "eval.grid_images": 4}
+
+
+@pytest.fixture(scope="module")
+def data_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "smartwatch"
+    ensure_dataset(load_config(None, {**SMALL, "data.path": str(path)}).data)
+    return path
+
+
+def small(data_path, **overrides):
+    return load_config(None, {**SMALL, "data.path": str(data_path), "runtime.cache_dir": str(data_path.parent / "cache"), **overrides})
+
+
+def test_uvlm_train_writes_metrics_grid_and_mlflow_run(data_path, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("UVLM_WORKDIR", str(tmp_path / "work"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    out = tmp_path / "run"
+    sets = [f"{k}={v}" for k, v in {**SMALL, "data.path": data_path, "budget.value": 30}.items()]
+    code = main(["train", "--no-ray", "--out", str(out), "--name", "e2e", *[a for s in sets for a in ("--set", s)]])
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    for attribute in (*ATTRIBUTES, "overall"):
+        assert f"test/vqa/{attribute}" in metrics and f"baseline/vqa/{attribute}" in metrics
+    for name in ("test/caption/score", "baseline/caption/score", "test/gen/cosine", "test/gen/probe/overall",
+                 "probe/true/overall", "train/loss", "train/samples", "time/train_seconds", "time/step_seconds"):
+        assert name in metrics, name
+    assert metrics["step"] == 30 and metrics["train/samples"] == 30 * 16
+    assert (out / "generated.png").stat().st_size > 0 and (out / "config.yaml").is_file()
+    assert "baseline" in capsys.readouterr().out
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}")
+    run = client.search_runs([client.get_experiment_by_name("uvlm-train").experiment_id])[0]
+    assert run.info.status == "FINISHED" and run.info.run_name == "e2e"
+    assert run.data.params["generation.space"] == "patch" and run.data.params["budget.value"] == "30.0"
+    assert run.data.metrics["test/vqa/overall"] == pytest.approx(metrics["test/vqa/overall"])
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "test/vqa/overall")]
+    assert steps == [15, 30]
+    artifacts = {f.path for f in client.list_artifacts(run.info.run_id)}
+    assert {"metrics.json", "generated.png", "config.yaml"} <= artifacts
+
+
+def test_same_config_same_metrics(data_path, tmp_path):
+    config = small(data_path, **{"budget.value": 8, "eval.every_steps": 100, "generation.space": "vq", "generation.loss": "ce"})
+    first = run_local(loop_config(config, tmp_path / "a", None))
+    second = run_local(loop_config(config, tmp_path / "b", None))
+    timing = {"time/train_seconds", "time/step_seconds"}
+    assert {k: v for k, v in first.items() if k not in timing} == {k: v for k, v in second.items() if k not in timing}
+    assert "test/gen/token_accuracy" in first
+
+
+def test_nan_loss_stops_the_run_and_names_the_step(data_path, tmp_path):
+    config = small(data_path, **{"budget.value": 20, "optim.lr": 1e30, "optim.warmup_ratio": 0})
+    with pytest.raises(NonFiniteLoss, match="at step"):
+        run_local(loop_config(config, tmp_path, None))
+
+
+def test_arms_share_understanding_records_and_budgets_are_explicit(data_path):
+    und = RunData(small(data_path, **{"data.arm": "understanding", "data.train_images": 20}), data_path)
+    mixed = RunData(small(data_path, **{"data.arm": "mixed", "data.train_images": 20, "data.generation_ratio": 2.0}), data_path)
+    gen = RunData(small(data_path, **{"data.arm": "generation", "data.train_images": 20}), data_path)
+    for task in (Task.VQA, Task.CAPTION):
+        assert [r.record_id for r in und.train.records[task]] == [r.record_id for r in mixed.train.records[task]]
+        assert len(und.train.records[task]) == 20 and not gen.train.records[task]
+    assert not und.train.records[Task.GENERATION]
+    assert len(mixed.train.records[Task.GENERATION]) == 40 and len(gen.train.records[Task.GENERATION]) == 20
+    assert und.vqa_reference == gen.vqa_reference  # the constant baseline is the same in every arm
+    config = small(data_path, **{"budget.unit": "epochs", "budget.value": 2})
+    assert total_steps(config, 100) == 13  # ceil(2 * 100 / 16)
+    assert total_steps(small(data_path, **{"budget.unit": "samples", "budget.value": 160}), 999) == 10
+    order = Order(10, seed=3)
+    assert sorted(order.batch(0, 10)) == list(range(10)) and order.batch(1, 4) == Order(10, seed=3).batch(1, 4)
+
+
+def test_bad_inputs_are_user_errors(data_path, tmp_path, capsys):
+    assert main(["train", "--no-ray", "--set", "understanding.encoder=sigclip"]) == 2
+    assert "siglip" in capsys.readouterr().err
+    assert main(["train", "--no-ray", "--set", f"data.path={data_path}", "--set", "data.train_images=100000",
+                 "--set", "data.generate_train_images=48", "--set", "data.generate_test_images=12", "--out", str(tmp_path)]) == 2
+    assert "training images" in capsys.readouterr().err
