@@ -86,7 +86,12 @@ class SlotSearcher(Searcher):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         inner = self._inner_of(trial_id)
         if inner is not None and _finite(result.get(self.metric)):
-            inner.on_trial_result(trial_id, result)
+            import optuna
+
+            try:
+                inner.on_trial_result(trial_id, result)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass  # a trial Tune reruns after a resume, already told to Optuna before the crash
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         inner = self._inner_of(trial_id)

@@ -28,6 +28,7 @@ import hashlib
 import json
 import math
 import re
+import types
 import typing
 from dataclasses import dataclass
 from itertools import product
@@ -387,8 +388,8 @@ def _model_at(parts: list[str]) -> type[BaseModel]:
             node = node.model_fields[part].annotation
         elif typing.get_origin(node) is dict:
             node = typing.get_args(node)[1]
-        members = [arg for arg in typing.get_args(node) if isinstance(arg, type) and issubclass(arg, BaseModel)]
-        node = members[0] if members else node
+        if typing.get_origin(node) in (typing.Union, types.UnionType):  # `Objective | None` -> Objective
+            node = next(arg for arg in typing.get_args(node) if arg is not type(None))
     return node
 
 

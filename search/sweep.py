@@ -40,6 +40,7 @@ RAY_ENV = {
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",  # no actor warning per Train run
     "RAY_DEDUP_LOGS": "1",
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",  # no CSV/JSON/TensorBoard loggers per trial: MLflow has it all
+    "TUNE_GLOBAL_CHECKPOINT_S": "2",  # snapshot often: a trial started after the last snapshot reruns on --resume
     "RAY_AIR_NEW_OUTPUT": "0",  # with verbose=0, Tune prints no tables (SweepCallback prints a line per change)
 }
 # Ray puts Unix sockets under its temp folder; their paths must stay below the OS limit (107 bytes).
@@ -107,7 +108,10 @@ def sweep_name(plan: Plan, name: str | None) -> str:
 
 
 def run_sweep(plan: Plan, options: SweepOptions) -> Summary:
-    """Run (or resume) the sweep of `plan`; returns the summary of all its trials so far."""
+    """Run (or resume) the sweep of `plan`; returns the summary of all its trials so far.
+
+    Everything that can be checked is checked before anything is written to MLflow.
+    """
     started = time.monotonic()
     name = sweep_name(plan, options.name)
     folder = workspace.workdir(options.workdir)
@@ -115,6 +119,10 @@ def run_sweep(plan: Plan, options: SweepOptions) -> Summary:
     storage = Path(options.storage or folder / "ray_results").resolve()
     experiment_dir = storage / name
     resolve_body(options.body or DEFAULT_BODY)  # fail now on a bad --trainable, not in every trial
+    if not options.address:
+        concurrency_for(plan, cluster_resources(None, plan.space.resources.gpus_per_worker > 0), options.max_concurrent)
+    if options.resume and _missing_store(uri):
+        raise UserError(f"no sweep named {name!r} to resume: {uri} does not exist yet")
 
     client = tracking.connect(uri)
     experiment = tracking.experiment_id(client, name, create=False)
@@ -133,6 +141,7 @@ def run_sweep(plan: Plan, options: SweepOptions) -> Summary:
                         f"start it afresh under another --name")
 
     cluster = start_ray(options.address, folder, options.verbose)
+    parent_id = None
     try:
         concurrency = concurrency_for(plan, cluster, options.max_concurrent)
         slots = resolved_slots(plan)
@@ -140,7 +149,7 @@ def run_sweep(plan: Plan, options: SweepOptions) -> Summary:
         experiment = tracking.experiment_id(client, name, _artifact_location(options.tracking_uri, folder))
         parent_id = _open_parent(client, experiment, name, plan, parent, concurrency, cluster)
         if options.resume:
-            tracking.close_stale(client, experiment, "driver stopped before the trial ended")
+            tracking.close_stale(client, experiment, "the sweep driver stopped before the trial ended")
         else:
             _drop_stale_studies(name, folder)
         context = TrialContext(
@@ -153,14 +162,18 @@ def run_sweep(plan: Plan, options: SweepOptions) -> Summary:
         _fit(plan, name, options.resume, experiment_dir, context, concurrency, folder)
     finally:
         stop_ray(options.address)
-    if experiment is not None:
-        tracking.close_stale(client, experiment, "the sweep stopped before the trial ended")
-    summary = summarize(client, experiment, name, len(plan.slots), time.monotonic() - started)
-    _close_parent(client, experiment, parent_id, summary)
+        if parent_id is not None:  # whatever happened, no run of this sweep stays RUNNING
+            tracking.close_stale(client, experiment, "the sweep stopped before the trial ended")
+            summary = summarize(client, experiment, name, len(plan.slots), time.monotonic() - started)
+            _close_parent(client, experiment, parent_id, summary)
     print(f"uvlm: {summary.line()}", file=sys.stderr)
     for failure in summary.failures:
         print(f"uvlm:   failed: {failure}", file=sys.stderr)
     return summary
+
+
+def _missing_store(uri: str) -> bool:
+    return uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists()
 
 
 def _fit(plan: Plan, name: str, resume: bool, experiment_dir: Path, context: TrialContext, concurrency: int,
@@ -181,8 +194,10 @@ def _fit(plan: Plan, name: str, resume: bool, experiment_dir: Path, context: Tri
             from ray.tune.schedulers import ASHAScheduler
 
             max_steps = max(int(plan.config(slot).budget.value) for slot in plan.first_of_each_cell())
+            # max_t above the last step: ASHA stops trials at rungs only, never at their own end, so a trial
+            # that runs its whole budget ends itself and its run ends FINISHED.
             scheduler = ASHAScheduler(time_attr="step", metric=objective.metric, mode=objective.mode.value,
-                                      max_t=max_steps, grace_period=space.early_stopping.grace_steps,
+                                      max_t=max_steps + 1, grace_period=space.early_stopping.grace_steps,
                                       reduction_factor=space.early_stopping.reduction_factor)
         tuner = tune.Tuner(
             trainable,
@@ -230,6 +245,12 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     client = tracking.client(context.tracking_uri)
     tags = trial_tags(context, slot, trial_id, train_config)
     existing = tracking.trial_run(client, context.experiment_id, trial_id)
+    if existing is not None and existing.info.status in ("FINISHED", "FAILED"):
+        # Ended before the driver was killed, after Tune's last snapshot: MLflow knows, so don't run it again.
+        if existing.info.status == "FAILED":
+            raise RuntimeError(f"failed before the sweep was resumed: {existing.data.tags.get('uvlm.error', '')}")
+        tune.report(dict(existing.data.metrics))
+        return
     if existing is None:
         run_id = tracking.start_run(client, context.experiment_id, f"{context.sweep}-{slot['index']:04d}",
                                     {**tags, "uvlm.attempt": 1})

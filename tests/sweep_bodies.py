@@ -49,3 +49,34 @@ def flaky(config, out_dir, *, run_name, storage_path, mlflow_run=None, callbacks
     if config.data.arm.value == "understanding" and config.seed == 1:
         metrics["test/vqa/overall"] = float("nan")
     return metrics
+
+
+def chatty(config, out_dir, *, run_name, storage_path, mlflow_run=None, callbacks=()):
+    """Logs STEPS evaluations of METRICS metrics each, as fast as it can (the store under concurrent load)."""
+    from ray import tune
+
+    from search import tracking
+
+    client = tracking.client(mlflow_run["tracking_uri"])
+    tracking.log_params(client, mlflow_run["run_id"], config.flatten())
+    metrics = {}
+    for step in range(1, CHATTY_STEPS + 1):
+        metrics = {f"test/m{index:02d}": step * 0.01 + index for index in range(CHATTY_METRICS)}
+        tracking.log_metrics(client, mlflow_run["run_id"], metrics, step=step)
+    tune.report({"step": CHATTY_STEPS, **metrics})
+    return {"step": CHATTY_STEPS, **metrics}
+
+
+CHATTY_STEPS, CHATTY_METRICS = 20, 30
+
+
+def ladder(config, out_dir, *, run_name, storage_path, mlflow_run=None, callbacks=()):
+    """Reports an objective every 10 steps up to budget.value; the higher the seed, the worse (ASHA prunes it)."""
+    from ray import tune
+
+    metrics = {}
+    for step in range(10, int(config.budget.value) + 1, 10):
+        time.sleep(0.3)
+        metrics = {"step": step, "test/vqa/overall": 1.0 - 0.1 * config.seed + 0.001 * step}
+        tune.report(metrics)
+    return metrics
