@@ -34,7 +34,7 @@ def make(overrides: list[str], n_images: int = 6):
         vq = fit_kmeans_vq(to_float_images(images), config.generation.image_size, config.generation.patch_size, 16, 0, None, "t")
     model = build_model(config, tok, 64, vq)
     counts = apply_trainability(model, config.lm, config.trainability)
-    model.fit_target_stats(to_float_images(images))
+    model.fit_stats(to_float_images(images))
     return config, tok, images, model, counts
 
 
@@ -116,7 +116,8 @@ def test_greedy_text_with_kv_cache_equals_full_recompute():
         ids = torch.tensor([example.ids])
         produced = []
         for _ in range(6):
-            embeds = model.embed(ids, ids == tok.image, batch.und_images[row : row + 1])
+            und_mask = (ids == tok.image) & (torch.arange(ids.shape[1]) < len(example.ids))  # generated ids are text
+            embeds = model.embed(ids, und_mask, batch.und_images[row : row + 1])
             hidden = model.backbone(inputs_embeds=embeds, use_cache=False).last_hidden_state
             next_id = int(model.lm.get_output_embeddings()(hidden[:, -1]).argmax(-1))
             if next_id == tok.eos:
@@ -221,7 +222,7 @@ def test_pretrained_lm_and_tokenizer_from_a_local_folder(tmp_path):
     model = build_model(config, tok, 64)
     counts = apply_trainability(model, config.lm, config.trainability)
     assert model.lm.get_input_embeddings().num_embeddings >= tok.vocab_size and 0 < counts["lm"][0] < counts["lm"][1]
-    model.fit_target_stats(to_float_images(images))
+    model.fit_stats(to_float_images(images))
     out = model(mixed_batch(tok, images, model))
     assert torch.isfinite(out["text_sum"]) and out["text_count"] > 0
 

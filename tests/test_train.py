@@ -100,3 +100,31 @@ def test_bad_inputs_are_user_errors(data_path, tmp_path, capsys):
     assert main(["train", "--no-ray", "--set", f"data.path={data_path}", "--set", "data.train_images=100000",
                  "--set", "data.generate_train_images=48", "--set", "data.generate_test_images=12", "--out", str(tmp_path)]) == 2
     assert "training images" in capsys.readouterr().err
+
+
+def test_resume_from_a_checkpoint_continues_exactly(data_path, tmp_path):
+    from trainables.train import CHECKPOINT_FILE, LocalSession, Recipe
+
+    class Keeping(LocalSession):
+        """Keeps every reported checkpoint; resumes from `start` when given."""
+
+        def __init__(self, out_dir, start=None):
+            super().__init__(out_dir)
+            self.kept_steps, self.start = {}, start
+
+        def report(self, metrics, checkpoint_dir):
+            if checkpoint_dir is not None:
+                keep = tmp_path / f"ckpt-{id(self)}-{metrics['step']}"
+                keep.mkdir()
+                (keep / CHECKPOINT_FILE).write_bytes((checkpoint_dir / CHECKPOINT_FILE).read_bytes())
+                self.kept_steps[metrics["step"]] = keep
+
+        def checkpoint(self):
+            return self.start
+
+    config = loop_config(small(data_path, **{"budget.value": 16, "eval.every_steps": 8}), tmp_path / "a", None)
+    first = Keeping(tmp_path / "a")
+    whole = Recipe(config, first).run()
+    resumed = Recipe({**config, "out_dir": str(tmp_path / "b")}, Keeping(tmp_path / "b", first.kept_steps[8])).run()
+    timing = {"time/train_seconds", "time/step_seconds"}
+    assert {k: v for k, v in resumed.items() if k not in timing} == {k: v for k, v in whole.items() if k not in timing}

@@ -2,7 +2,7 @@
 
 One causal LM reads and writes images:
 
-  understanding   image -> encoder (frozen) -> affine_u -> projector -> LM input embeddings,
+  understanding   image -> encoder (frozen) -> standardise -> affine_u -> projector -> LM input embeddings,
                   then the question; the LM answers in text.
   generation      prompt -> LM -> after <boi>, one image token per position: head(hidden) is
                   the next token (codebook logits, or a feature vector), and the ground-truth
@@ -95,6 +95,11 @@ class UnifiedVLM(nn.Module):
         # centred vectors and fixes only their direction, so decoding rescales to the typical norm.
         self.register_buffer("gen_centre", torch.zeros(Dg))
         self.register_buffer("gen_norm", torch.ones(()))
+        # Mean and scale of the training images' understanding features: standardised features
+        # vary around 0 instead of sharing one large component (raw pixel patches are mostly
+        # white background), which the LM otherwise fails to read within the budget.
+        self.register_buffer("und_mean", torch.zeros(Du))
+        self.register_buffer("und_scale", torch.ones(()))
 
     # -- pieces -------------------------------------------------------------------------------
     @property
@@ -108,15 +113,18 @@ class UnifiedVLM(nn.Module):
         return self
 
     @torch.no_grad()
-    def fit_target_stats(self, images: torch.Tensor) -> None:
-        """images (N, 3, H, W) float: a sample of training images; sets gen_centre and gen_norm."""
+    def fit_stats(self, images: torch.Tensor) -> None:
+        """images (N, 3, H, W) float: a sample of training images; sets und_mean/und_scale, gen_centre/gen_norm."""
+        features = self.encoder(images).reshape(-1, self.und_mean.shape[0])  # (N*Nu, Du)
+        self.und_mean.copy_(features.mean(0))
+        self.und_scale.copy_((features - self.und_mean).std().clamp(min=1e-6))
         target = self.affine_g(self.space.encode(images).features).reshape(-1, self.gen_centre.shape[0])
         self.gen_centre.copy_(target.mean(0))
         self.gen_norm.copy_((target - self.gen_centre).norm(dim=-1).mean())
 
     def understanding_embeds(self, images: torch.Tensor) -> torch.Tensor:  # (Bu, 3, H, W) -> (Bu, Nu, H)
         with torch.no_grad():
-            features = self.encoder(images)  # (Bu, Nu, Du)
+            features = (self.encoder(images) - self.und_mean) / self.und_scale  # (Bu, Nu, Du), standardised
         return self.projector(self.affine_u(features))
 
     def target_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -176,7 +176,7 @@ class Recipe:
         if config.generation.vq_pretrained_path:
             from trainables.vq import load_vq
 
-            return load_vq(config.generation.vq_pretrained_path)
+            return load_vq(config.generation.vq_pretrained_path, config.generation.image_size)
         from trainables.vq import fit_kmeans_vq
 
         g = config.generation
@@ -188,7 +188,7 @@ class Recipe:
         model = build_model(config, self.tok, self.data.image_size, self._setup_vq())
         self.param_counts = apply_trainability(model, config.lm, config.trainability)
         sample = self.data.train.images[:512] if len(self.data.train.images) else self.data.test.images[:512]
-        model.fit_target_stats(to_float_images(sample))
+        model.fit_stats(to_float_images(sample))
         return model.to(self.session.device)
 
     def _setup_optimiser(self):
@@ -304,7 +304,7 @@ class Recipe:
 
     def _save_checkpoint(self, folder: Path) -> None:
         trainable = {name for name, p in self.model.named_parameters() if p.requires_grad}
-        state = {name: t for name, t in self.model.state_dict().items() if name in trainable or name.startswith("gen_")}
+        state = {name: t for name, t in self.model.state_dict().items() if name in trainable or name.startswith(("gen_", "und_"))}
         torch.save({"model": state, "optimiser": self.optimiser.state_dict(), "scheduler": self.scheduler.state_dict(),
                     "step": self.step, "samples": self.samples, "train_seconds": self.train_seconds}, folder / CHECKPOINT_FILE)
 

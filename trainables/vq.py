@@ -88,8 +88,8 @@ def fit_kmeans_vq(images: torch.Tensor, image_size: int, patch_size: int, codebo
     return KMeansVQ(codebook, image_size, patch_size)
 
 
-def load_vq(path: str) -> nn.Module:
-    """A LlamaGen-style VQ checkpoint from a local path (paper scale)."""
+def load_vq(path: str, image_size: int) -> nn.Module:
+    """A LlamaGen-style VQ checkpoint from a local path (paper scale), encoding images at `image_size`."""
     from trainables.llamagen import load_llamagen_vq
 
-    return load_llamagen_vq(path)
+    return load_llamagen_vq(path, image_size)
