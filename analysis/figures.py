@@ -174,21 +174,23 @@ def transfer_bars(report: FindingReport | str, runs: pl.DataFrame):
               ("understanding", False, "understanding-only", "#1f77b4")]
     order = ["none", "adapters_frozen", "lm_frozen"]
     freezings = sorted(prepared["freezing"].unique().to_list(), key=lambda f: (order.index(f) if f in order else 9, f))
-    figure, axis = plt.subplots(figsize=(max(6, 3 * len(freezings) + 2), 4.5))
-    width = 0.8 / len(groups)
-    for index, (arm, control, label, colour) in enumerate(groups):
-        xs, ys, lows, highs = [], [], [], []
+    bars = []
+    for arm, control, label, colour in groups:
+        values = {}
         for position, freezing in enumerate(freezings):
             rows = prepared.filter((pl.col("arm") == arm) & (pl.col("hide_control") == control) & (pl.col("freezing") == freezing))
-            if rows.is_empty():
-                continue
-            estimate, low, high = _mean_ci(rows[column].to_numpy(), rows["seed"].to_numpy())
-            xs.append(position + (index - 1) * width)
-            ys.append(estimate)
-            lows.append(estimate - low)
-            highs.append(high - estimate)
-        if xs:
-            axis.bar(xs, ys, width, yerr=[lows, highs], capsize=3, color=colour, label=label)
+            if not rows.is_empty():
+                values[position] = _mean_ci(rows[column].to_numpy(), rows["seed"].to_numpy())
+        if values:
+            bars.append((label, colour, values))
+    figure, axis = plt.subplots(figsize=(max(6, 3 * len(freezings) + 2), 4.5))
+    width = 0.8 / len(bars)
+    for index, (label, colour, values) in enumerate(bars):
+        offset = (index - (len(bars) - 1) / 2) * width
+        estimates = np.array([v[0] for v in values.values()])
+        axis.bar([p + offset for p in values], estimates, width, capsize=3, color=colour, label=label,
+                 yerr=[estimates - [v[1] for v in values.values()], [v[2] for v in values.values()] - estimates])
+    axis.set_xlim(-0.6, len(freezings) - 0.4)
     names = {"none": "LM and adapters train", "lm_frozen": "LM frozen", "adapters_frozen": "adapters frozen"}
     axis.set_xticks(range(len(freezings)), [names.get(f, f) for f in freezings])
     axis.set(xlabel="freezing policy", ylabel=f"{HIDDEN_METRIC} ({SCORE})",
@@ -266,7 +268,9 @@ def image_grids(images: dict[str, tuple[str, np.ndarray]]):
     """The generated-image grids (artifact generated.png) of the best run per arm: label -> (caption, image)."""
     if not images:
         raise Skip("Generated-image grids are not shown: no best run has a generated.png artifact.")
-    figure, axes = plt.subplots(1, len(images), figsize=(5 * len(images), 5.6), squeeze=False, layout="constrained")
+    aspect = max(image.shape[0] / image.shape[1] for _, image in images.values())
+    figure, axes = plt.subplots(1, len(images), figsize=(5 * len(images), 5 * aspect + 1.2), squeeze=False,
+                                layout="constrained")
     for axis, (label, (caption, image)) in zip(axes[0], images.items()):
         axis.imshow(image)
         axis.set_title(f"{label}\n{caption}", fontsize=9)

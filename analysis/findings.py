@@ -34,6 +34,8 @@ GENERATION_METRICS = ("test/gen/probe/overall", *(f"test/gen/probe/{a}" for a in
                       "test/gen/token_accuracy")
 HIDDEN_METRIC = "test/vqa_hidden/overall"
 FINISHED = "FINISHED"
+MIN_SEEDS_FOR_VERDICT = 3
+"""With 2 seeds any interval rests on two numbers (zero width when they agree): no verdict."""
 
 # Design columns derived once in `prepare` from the parameters they summarise.
 DERIVED = {
@@ -165,7 +167,7 @@ def paired(prepared: pl.DataFrame, metric: str, treatment: dict[str, Any], contr
         if sides[label].is_empty():
             arms = ", ".join(sorted(prepared["arm"].drop_nulls().unique().to_list())) or "none"
             raise InsufficientData(f"no finished run with {_describe(selection)} and a value of {metric!r} "
-                                   f"(arms in this sweep: {arms})")
+                                   f"(arms among the runs considered: {arms})")
     keys = [k for k in keys if k not in treatment and k not in control]
     shared = []
     for key in keys:
@@ -181,12 +183,13 @@ def paired(prepared: pl.DataFrame, metric: str, treatment: dict[str, Any], contr
     if joined.is_empty():
         raise InsufficientData(f"no pair of finished runs with {_describe(treatment)} and {_describe(control)} "
                                f"share a seed and cell on {metric!r}")
-    return (joined.with_columns((pl.col("treatment") - pl.col("control")).alias("difference"))
-            .with_columns(pl.lit(metric).alias("metric")).sort("seed", *keys))
+    return (joined.with_columns((pl.col("treatment") - pl.col("control")).alias("difference"),
+                                pl.lit(metric).alias("metric"), pl.lit(",".join(["seed", *shared])).alias("matched_on"))
+            .sort("seed", *keys))
 
 
-def _test_text(kind: str, keys: list[str]) -> str:
-    matched = ", ".join(["seed", *(k.removeprefix("params.") for k in keys)])
+def _test_text(kind: str, pairs: pl.DataFrame) -> str:
+    matched = ", ".join(k.removeprefix("params.") for k in pairs["matched_on"][0].split(","))
     what = {"mean": "mean paired difference; p: t-test on per-seed means",
             "slope": "OLS slope of the paired difference on ln(train images); p: t-test on per-seed slopes",
             "spearman": "Spearman rank correlation; p: scipy's test on all points"}[kind]
@@ -196,11 +199,16 @@ def _test_text(kind: str, keys: list[str]) -> str:
 
 def _result(finding: int, name: str, metric: str, comparison: str, estimate: stats.Estimate, test: str,
             direction: int, group: dict[str, Any] | None = None, headline: bool = False, note: str = "") -> Result:
+    verdict = stats.verdict(estimate.ci_low, estimate.ci_high, direction)
+    if estimate.n_seeds < MIN_SEEDS_FOR_VERDICT and verdict != stats.INCONCLUSIVE:
+        verdict = stats.INCONCLUSIVE
+        note = "; ".join(n for n in (note, f"{estimate.n_seeds} seeds: too few for a verdict "
+                                           f"(at least {MIN_SEEDS_FOR_VERDICT} needed)") if n)
     notes = "; ".join(n for n in (note, estimate.note) if n)
     return Result(finding=finding, name=name, metric=metric, comparison=comparison, estimate=estimate.estimate,
                   ci_low=estimate.ci_low, ci_high=estimate.ci_high, n=estimate.n, n_seeds=estimate.n_seeds, test=test,
                   p_value=estimate.p_value, expected="> 0" if direction > 0 else "< 0",
-                  verdict=stats.verdict(estimate.ci_low, estimate.ci_high, direction), note=notes,
+                  verdict=verdict, note=notes,
                   group=group or {}, headline=headline)
 
 
@@ -261,7 +269,7 @@ def mutual_benefit(runs: pl.DataFrame) -> FindingReport:
             tables.append(pairs)
             attribute = metric.rsplit("/", 1)[-1]
             report.results.append(_result(1, f"{side} benefit", metric, comparison, _mean(pairs),
-                                          _test_text("mean", keys), +1, {"attribute": attribute},
+                                          _test_text("mean", pairs), +1, {"attribute": attribute},
                                           headline=metric == primary))
             if metric != primary:
                 continue
@@ -279,12 +287,12 @@ def _size_results(report: FindingReport, pairs: pl.DataFrame, side: str, metric:
     for size in sorted(pairs["size"].drop_nulls().unique().to_list()):
         subset = pairs.filter(pl.col("size") == size)
         report.results.append(_result(1, f"{side} benefit by data size", metric, comparison, _mean(subset),
-                                      _test_text("mean", keys), +1, {"size": size}))
+                                      _test_text("mean", pairs), +1, {"size": size}))
     clean = pairs.filter(pl.col("size").is_not_null() & (pl.col("size") > 0))
     slope = stats.bootstrap_slope(np.log(clean["size"].to_numpy()), clean["difference"].to_numpy(), clean["seed"].to_numpy())
     report.results.append(_result(1, f"{side} benefit trend with data size", metric,
                                   f"slope of ({comparison}) per unit ln(train images)", slope,
-                                  _test_text("slope", keys), +1, {"trend": "ln(size)"}, headline=True))
+                                  _test_text("slope", pairs), +1, {"trend": "ln(size)"}, headline=True))
 
 
 # ----------------------------------------------------------------------------- finding 2
@@ -323,7 +331,7 @@ def alignment(runs: pl.DataFrame) -> FindingReport:
             for value in sorted(pairs[factor].unique().to_list()):
                 subset = pairs.filter(pl.col(factor) == value)
                 report.results.append(_result(2, f"{side} benefit by {factor}", metric, comparison, _mean(subset),
-                                              _test_text("mean", keys), +1, {factor: value}))
+                                              _test_text("mean", pairs), +1, {factor: value}))
             if factor == "pair":
                 pairs = pairs.join(prepared.select("run_id", "matched"), on="run_id", how="left")
                 if pairs["matched"].n_unique() < 2:
@@ -334,7 +342,7 @@ def alignment(runs: pl.DataFrame) -> FindingReport:
             rho = stats.bootstrap_spearman(x, pairs["difference"].to_numpy(), pairs["seed"].to_numpy())
             report.results.append(_result(2, f"{side} benefit vs {label}", metric,
                                           f"Spearman ρ of ({comparison}) with {label}", rho,
-                                          _test_text("spearman", keys), direction, {"factor": factor}, headline=True))
+                                          _test_text("spearman", pairs), direction, {"factor": factor}, headline=True))
     return report
 
 
@@ -372,7 +380,7 @@ def transfer(runs: pl.DataFrame) -> FindingReport:
                 break
             tables.append(pairs)
             note = "LM and adapters train" if main else ""
-            report.results.append(_result(3, name, metric, comparison, _mean(pairs), _test_text("mean", keys), +1,
+            report.results.append(_result(3, name, metric, comparison, _mean(pairs), _test_text("mean", pairs), +1,
                                           {"attribute": metric.rsplit("/", 1)[-1], **main}, metric == HIDDEN_METRIC, note))
         if tables:
             report.tables[f"finding3_{name.replace(' ', '_').replace('-', '_')}"] = pl.concat(tables, how="diagonal_relaxed")
@@ -396,7 +404,7 @@ def _freezing_results(report: FindingReport, hidden: pl.DataFrame, keys: list[st
         per_label[label] = pairs
         expected = "under the paper's claim this is near zero" if label == "lm_frozen" else ""
         report.results.append(_result(3, f"transfer over control, freezing={label}", HIDDEN_METRIC,
-                                      "mixed − mixed control", _mean(pairs), _test_text("mean", keys), +1,
+                                      "mixed − mixed control", _mean(pairs), _test_text("mean", pairs), +1,
                                       {"freezing": label}, note=expected))
     report.tables["finding3_transfer_by_freezing"] = pl.concat(
         [p.with_columns(pl.lit(k).alias("freezing_label")) for k, p in per_label.items()], how="diagonal_relaxed") \
@@ -412,11 +420,12 @@ def _freezing_results(report: FindingReport, hidden: pl.DataFrame, keys: list[st
     if both.is_empty():
         report.skipped.append("The contrast LM-frozen versus adapters-frozen has no seed with both.")
         return
-    both = both.with_columns((pl.col("difference") - pl.col("frozen_lm")).alias("difference"))
+    both = both.with_columns((pl.col("difference") - pl.col("frozen_lm")).alias("difference"),
+                             pl.lit(",".join(on)).alias("matched_on"))
     who = "adapters frozen (LM trains)" if learner == "adapters_frozen" else "everything trains"
     report.results.append(_result(3, "transfer lives in the LM", HIDDEN_METRIC,
                                   f"transfer with {who} − transfer with the LM frozen", _mean(both),
-                                  _test_text("mean", on[1:]), +1, {"contrast": f"{learner} − lm_frozen"}, headline=True))
+                                  _test_text("mean", both), +1, {"contrast": f"{learner} − lm_frozen"}, headline=True))
 
 
 def all_findings(runs: pl.DataFrame) -> dict[int, FindingReport | str]:

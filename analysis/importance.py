@@ -11,7 +11,8 @@ scikit-learn is installed.
 
 A parameter counts as searched when it varies between finished runs, is not a
 crossed factor, and is neither determined by the seed alone (e.g. a seed-derived
-affine seed) nor by the crossed factors alone (e.g. a loss implied by the space).
+affine seed) nor by the crossed factors alone (e.g. a loss implied by the space,
+or the settings a named variant bundles: the cell tag identifies those).
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ def searched_params(runs: pl.DataFrame) -> list[str]:
     for column in (c for c in runs.columns if c.startswith("params.")):
         if column in factors or column == "params.seed" or done[column].n_unique() < 2:
             continue
-        if _determined_by(done, column, ["seed"]) or (factors and _determined_by(done, column, factors)):
+        cell = factors + (["cell"] if done["cell"].n_unique() > 1 else [])
+        if _determined_by(done, column, ["seed"]) or (cell and _determined_by(done, column, cell)):
             continue
         found.append(column.removeprefix("params."))
     return found

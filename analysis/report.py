@@ -32,7 +32,7 @@ import polars as pl
 
 from analysis import figures as figs
 from analysis import stats
-from analysis.findings import FINISHED, FindingReport, Result, all_findings
+from analysis.findings import FINISHED, MIN_SEEDS_FOR_VERDICT, FindingReport, Result, all_findings
 from analysis.frames import factor_names, load_history, load_runs, sweep_parent
 from analysis.importance import best_configs, objective_for, param_importance, searched_params
 from trainables.errors import UserError
@@ -131,7 +131,7 @@ def build_report(sweep: str, tracking_uri: str | None = None, out_dir: str | Pat
 # ----------------------------------------------------------------------------- sections
 
 def _results_frame(results: list[Result], headline_only: bool = False) -> pl.DataFrame:
-    rows = [{**({"finding": r.finding} if headline_only else {}), "result": r.name, "group": ", ".join(f"{k}={_fmt(v)}" for k, v in r.group.items()),
+    rows = [{**({"finding": r.finding} if headline_only else {}), "result": r.name, "group": ", ".join(f"{k}={_fmt(v, 3)}" for k, v in r.group.items()),
              "comparison": r.comparison, "metric": r.metric, "estimate": _fmt(r.estimate, 4),
              "95% CI": f"[{_fmt(r.ci_low, 4)}, {_fmt(r.ci_high, 4)}]", "n (seeds)": f"{r.n} ({r.n_seeds})",
              "p": _fmt(r.p_value, 3), "expected": r.expected, "verdict": VERDICT_MARK[r.verdict]}
@@ -145,7 +145,8 @@ def _summary(document: Document, findings: dict[int, FindingReport | str]) -> No
     if headlines:
         document.table(_results_frame(headlines, headline_only=True),
                        "Verdict: the 95% interval over seeds excludes zero in the paper's direction (supported), "
-                       "in the opposite direction (CONTRADICTED), or neither (inconclusive).")
+                       "in the opposite direction (CONTRADICTED), or neither (inconclusive); with fewer than "
+                       f"{MIN_SEEDS_FOR_VERDICT} seeds there is no verdict (inconclusive).")
     for number, finding in findings.items():
         if isinstance(finding, str):
             document.p(f"Finding {number} is not addressed by this sweep: {finding}.")

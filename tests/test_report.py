@@ -80,6 +80,15 @@ def test_runs_frame_layout(store):
     np.testing.assert_allclose(last["value"], last["metrics.test/vqa/overall"])
 
 
+@pytest.mark.parametrize("values, dtype, parsed", [
+    (["1", "None", "3"], pl.Int64, [1, None, 3]), (["True", "false", ""], pl.Boolean, [True, False, None]),
+    (["0.5", "1"], pl.Float64, [0.5, 1.0]), (["['weather=raining']", "[]"], pl.String, ["['weather=raining']", "[]"]),
+    (["None", "null"], pl.String, [None, None])])
+def test_parameters_are_parsed_once(values, dtype, parsed):
+    column = frames.typed(pl.Series("params.x", values, pl.String))
+    assert column.dtype == dtype and column.to_list() == parsed
+
+
 def test_unknown_sweep_lists_the_sweeps(store, capsys):
     assert list_sweeps(store) == ["mixing", "transfer"]
     with pytest.raises(UserError, match=r"no sweep named 'mixng'.*did you mean 'mixing'.*sweeps there: mixing, transfer"):

@@ -9,7 +9,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "report",
         help="write the findings report of a finished sweep",
-        description="Read the sweep's trial runs from MLflow, estimate the three findings with 95%% bootstrap "
+        description="Read the sweep's trial runs from MLflow, estimate the three findings with 95% bootstrap "
                     "intervals over seeds, and write report.md, a self-contained report.html, findings.json, "
                     "tables (CSV/Parquet) and figures; they are also logged on the sweep's parent run.",
     )
