@@ -49,7 +49,7 @@ def test_ddp_two_gloo_workers_match_one_worker(local_ray, data_path, tmp_path):
     two = fit(config(data_path, **{"budget.value": 12, "runtime.num_workers": 2}), tmp_path / "two",
               run_name="ddp2", storage_path=tmp_path / "ray")
     for key in ("train/loss", "train/text_loss", "train/image_loss"):
-        assert two[key] == pytest.approx(one[key], rel=1e-4), key
+        assert two[key] == pytest.approx(one[key], rel=1e-4), (key, one, two)
     assert two["train/samples"] == one["train/samples"] == 12 * 16
     assert two["test/gen/cosine"] == pytest.approx(one["test/gen/cosine"], abs=1e-3)
     assert two["test/vqa/overall"] == pytest.approx(one["test/vqa/overall"], abs=0.02)
