@@ -504,6 +504,11 @@ def _check_configs(plan: Plan) -> None:
                 except UserError as error:
                     raise UserError(f"space file {name}: search.params.{key} value {value!r} "
                                     f"(cell {slot.cell.key or '(no factors)'}): {error}") from None
+    if plan.space.early_stopping.enabled:
+        for index, config in configs.items():
+            if config.budget.unit.value != "steps":
+                raise UserError(f"space file {name}: early_stopping needs budget.unit: steps (ASHA counts training "
+                                f"steps); cell {plan.cells[index].key or '(no factors)'} has {config.budget.unit.value!r}")
     by_path: dict[str, tuple[str, dict[str, Any]]] = {}
     for slot in plan.first_of_each_cell():
         data = configs[slot.cell.index].data

@@ -259,6 +259,7 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
         attempt = int(existing.data.tags.get("uvlm.attempt", "1")) + 1
         tracking.reopen(client, run_id, {**tags, "uvlm.attempt": attempt})
     out_dir = Path(context.out_root) / trial_id
+    began = time.monotonic()
     try:
         body = resolve_body(context.body)
         metrics = body(train_config, out_dir, run_name=trial_id, storage_path=context.train_storage,
@@ -272,6 +273,7 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
             tracking.log_params(client, run_id, train_config.flatten())
         tracking.finish(client, run_id, "FAILED", error)
         raise
+    metrics = {**metrics, "time/fit_seconds": time.monotonic() - began}  # the body's wall time, for the overhead benchmark
     _complete_run(client, run_id, out_dir, Path(context.train_storage) / trial_id, metrics)
     tracking.finish(client, run_id, "FINISHED")
     tune.report({key: value for key, value in metrics.items() if isinstance(value, (int, float))})
@@ -299,7 +301,7 @@ def _complete_run(client, run_id: str, out_dir: Path, train_dir: Path, metrics: 
     for name in ("config.yaml", "metrics.json", "generated.png", "affine.pt"):
         if (out_dir / name).is_file() and name not in logged:
             client.log_artifact(run_id, str(out_dir / name))
-    checkpoints = sorted(train_dir.glob("checkpoint_*"))
+    checkpoints = sorted(path for path in train_dir.glob("checkpoint_*") if path.is_dir())
     if checkpoints and "uvlm.checkpoint" not in run.data.tags:
         tracking.set_tags(client, run_id, {"uvlm.checkpoint": str(checkpoints[-1])})
 

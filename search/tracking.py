@@ -20,14 +20,12 @@ import time
 import traceback
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from trainables.errors import UserError
 
-TRAIN_EXPERIMENT = "uvlm-train"
 # MLflow's limits (mlflow.utils.validation): values beyond them are refused.
 MAX_PARAM_LENGTH = 6000
 MAX_TAG_LENGTH = 8000
@@ -203,29 +201,6 @@ def git_commit(folder: Path | None = None) -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return head + ("+dirty" if dirty else "")
-
-
-@contextlib.contextmanager
-def single_run(config, run_name: str, tracking_uri: str, artifact_location: str | None = None) -> Iterator[dict[str, str]]:
-    """One `uvlm train` run in experiment uvlm-train, in the trial shape: yields {"tracking_uri", "run_id"}.
-
-    The run ends FINISHED when the block ends, FAILED (with uvlm.error) when it
-    raises, KILLED on Ctrl-C.
-    """
-    client = connect(tracking_uri)
-    experiment = experiment_id(client, TRAIN_EXPERIMENT, artifact_location)
-    tags = {"uvlm.role": "train", "uvlm.arm": config.data.arm.value, "uvlm.seed": config.seed,
-            "uvlm.git_commit": git_commit()}
-    run_id = start_run(client, experiment, run_name, tags)
-    try:
-        yield {"tracking_uri": tracking_uri, "run_id": run_id}
-    except KeyboardInterrupt:
-        finish(client, run_id, "KILLED", tags={"uvlm.interrupted": "keyboard interrupt"})
-        raise
-    except BaseException as error:
-        finish(client, run_id, "FAILED", error)
-        raise
-    finish(client, run_id, "FINISHED")
 
 
 def clip(value: Any, limit: int) -> str:

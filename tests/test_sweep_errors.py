@@ -80,6 +80,8 @@ BAD_SPACES = [
      "unknown config key 'data.armm'"),
     ("two-datasets-one-path", mutated(factors={"data.generate_train_images": [100, 200]}), "want different datasets"),
     ("samples-without-search", mutated(search={"samples": 3}), "search.samples > 1 repeats identical runs"),
+    ("asha-without-steps", mutated(fixed={"budget.unit": "epochs", "budget.value": 1}, early_stopping={"enabled": True}),
+     "early_stopping needs budget.unit: steps"),
     ("bad-early-stopping", mutated(early_stopping={"enabled": True, "reduction_factor": 1}), "early_stopping.reduction_factor"),
 ]
 
