@@ -7,6 +7,7 @@ docs/ARCHITECTURE.md by analysis.synthetic.write_sweep (the real sweep's runs: t
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -147,8 +148,23 @@ def test_report_numbers_match_an_independent_recomputation(store, mixing_report)
     assert headline["n"] == len(differences)
     assert headline["estimate"] == pytest.approx(float(np.mean(differences)), abs=1e-12)
     assert headline["ci_low"] <= 0.05 <= headline["ci_high"] and headline["verdict"] == "supported"
+    pairs = pl.read_csv(mixing_report / "pairs_finding1_understanding_pairs.csv").filter(
+        (pl.col("metric") == "test/vqa/overall") & (pl.col("seed") == 0) & (pl.col("size") == 1000))
+    if ("mixed", 0, "1000") in values and ("understanding", 0, "1000") in values:  # one paired difference, by hand
+        assert pairs["difference"].item() == pytest.approx(values[("mixed", 0, "1000")] - values[("understanding", 0, "1000")])
     results = pl.read_csv(mixing_report / "results.csv")
     assert results.filter(pl.col("headline") & (pl.col("metric") == "test/vqa/overall")).height == 2  # benefit, trend
+
+
+def test_sweep_without_trials_is_a_user_error(tmp_path, capsys):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("empty", artifact_location=(tmp_path / "artifacts").as_uri())
+    client.set_terminated(client.create_run(experiment, tags={"uvlm.role": "sweep"}).info.run_id)
+    assert main(["report", "empty", "--tracking-uri", uri]) == 2
+    assert "has no trial runs yet" in capsys.readouterr().err
 
 
 def test_transfer_report(store, tmp_path):
@@ -162,7 +178,8 @@ def test_transfer_report(store, tmp_path):
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (make install-test installs it)")
 def test_html_renders_with_every_figure_in_headless_chromium(mixing_report, tmp_path):
     html = (mixing_report / "report.html").read_text()
-    assert "src='data:image/png;base64," in html and "http" not in html.split("<body>")[1].split("sqlite")[0]
+    assert "src='data:image/png;base64," in html
+    assert not re.search(r"(src|href)=['\"](?!data:)", html) and "<link" not in html  # self-contained
     check = tmp_path / "check.html"
     script = ("<script>window.addEventListener('load',()=>{const i=[...document.images];"
               "const ok=i.filter(x=>x.complete&&x.naturalWidth>0).length;"
