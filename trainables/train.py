@@ -122,7 +122,9 @@ class Recipe:
         self.logger = None
 
     def run(self) -> dict[str, float]:
+        started = time.perf_counter()
         self.setup()
+        self.setup_seconds = time.perf_counter() - started
         try:
             self.train()
             return self.report()
@@ -147,7 +149,8 @@ class Recipe:
         self.steps = total_steps(config, len(self.examples))
         self.order = Order(len(self.examples), config.seed)
         self.optimiser, self.scheduler = self._setup_optimiser()
-        self.step, self.samples, self.train_seconds = 0, 0, 0.0
+        self.step, self.samples, self.train_seconds, self.eval_seconds = 0, 0, 0.0, 0.0
+        self.step_times: list[float] = []  # this session's step durations (the median is the steady state)
         self.window = torch.zeros(4, dtype=torch.float64)  # loss, text, image, steps since the last evaluation
         self._resume()
         self.ddp = self._setup_ddp()
@@ -202,12 +205,13 @@ class Recipe:
         if not groups:
             raise UserError("nothing to train: the LM, both projectors and the head are all frozen")
         optimiser = torch.optim.AdamW(groups, weight_decay=config.optim.weight_decay)
-        warmup = max(1, round(config.optim.warmup_ratio * self.steps))
+        total = self.steps
+        warmup = max(1, round(config.optim.warmup_ratio * total))
 
         def schedule(step: int) -> float:  # linear warm-up, then cosine to 0
             if step < warmup:
                 return (step + 1) / warmup
-            return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, self.steps - warmup)))
+            return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
         return optimiser, torch.optim.lr_scheduler.LambdaLR(optimiser, schedule)
 
@@ -267,7 +271,8 @@ class Recipe:
             self.scheduler.step()
             self.step += 1
             self.samples += len(global_batch)
-            self.train_seconds += time.perf_counter() - started
+            self.step_times.append(time.perf_counter() - started)
+            self.train_seconds += self.step_times[-1]
             self.window += torch.tensor([loss.item(), text.item(), image.item(), 1.0], dtype=torch.float64) / world
             bar.update(1)
             if self.step % every == 0 and self.step < self.steps:
@@ -289,11 +294,18 @@ class Recipe:
         """Rank 0 scores the model; every rank reports (Ray Train needs all), rank 0 with a checkpoint."""
         metrics, pictures = self.train_metrics(), None
         if self.rank0:
+            started = time.perf_counter()
             test_metrics, pictures = self.evaluator.run(self.model, limit)
             metrics |= test_metrics
+            self.eval_seconds += time.perf_counter() - started
             if final:
-                metrics |= self.fixed | {"time/train_seconds": self.train_seconds,
-                                         "time/step_seconds": self.train_seconds / max(self.step, 1)}
+                metrics |= self.fixed | {
+                    "time/train_seconds": self.train_seconds,
+                    "time/step_seconds": self.train_seconds / max(self.step, 1),
+                    "time/step_seconds_median": float(np.median(self.step_times)) if self.step_times else 0.0,
+                    "time/setup_seconds": self.setup_seconds,
+                    "time/eval_seconds": self.eval_seconds,
+                }
             if self.logger:
                 self.logger.metrics(metrics, self.step)
         with tempfile.TemporaryDirectory(prefix="uvlm-ckpt-") as folder:
