@@ -128,3 +128,16 @@ def test_resume_from_a_checkpoint_continues_exactly(data_path, tmp_path):
     resumed = Recipe({**config, "out_dir": str(tmp_path / "b")}, Keeping(tmp_path / "b", first.kept_steps[8])).run()
     timing = {"time/train_seconds", "time/step_seconds"}
     assert {k: v for k, v in resumed.items() if k not in timing} == {k: v for k, v in whole.items() if k not in timing}
+
+
+# Recorded with the commit that added this test (in-process, one thread); a silent change in the
+# data, the model, the loss or the scorers moves these.
+PINNED_300 = {"train/loss": 0.5418, "test/vqa/overall": 0.4169, "test/gen/cosine": 0.6400}
+
+
+@pytest.mark.slow
+def test_300_step_run_keeps_its_recorded_metrics(data_path, tmp_path):
+    metrics = run_local(loop_config(small(data_path, **{"budget.value": 300, "eval.every_steps": 1000}), tmp_path, None))
+    assert metrics["train/loss"] == pytest.approx(PINNED_300["train/loss"], rel=0.02)
+    assert metrics["test/vqa/overall"] == pytest.approx(PINNED_300["test/vqa/overall"], abs=0.03)
+    assert metrics["test/gen/cosine"] == pytest.approx(PINNED_300["test/gen/cosine"], abs=0.02)
