@@ -9,7 +9,8 @@ the data size does not drown the searched ones. PED-ANOVA is the default evaluat
 (no extra dependency); fANOVA is used when `evaluator="fanova"` and
 scikit-learn is installed.
 
-A parameter counts as searched when it varies between finished runs, is not a
+A parameter counts as searched when it is a TrainConfig key (not a value the
+trainable derives and logs, such as a parameter count), varies between finished runs, is not a
 crossed factor, and is neither determined by the seed alone (e.g. a seed-derived
 affine seed) nor by the crossed factors alone (e.g. a loss implied by the space,
 or the settings a named variant bundles: the cell tag identifies those).
@@ -25,6 +26,7 @@ from typing import Any
 import polars as pl
 
 from analysis.frames import factor_names
+from trainables.config import TrainConfig
 
 OBJECTIVES = {"understanding": ("test/vqa/overall",), "mixed": ("test/vqa/overall",),
               "generation": ("test/gen/probe/overall", "test/gen/cosine")}
@@ -46,7 +48,8 @@ def searched_params(runs: pl.DataFrame) -> list[str]:
     done = runs.filter(pl.col("status") == FINISHED)
     factors = [f"params.{f}" for f in factor_names(runs) if f"params.{f}" in runs.columns]
     found = []
-    for column in (c for c in runs.columns if c.startswith("params.")):
+    config_keys = {f"params.{key}" for key in TrainConfig().flatten()}  # not derived values the trainable logs
+    for column in (c for c in runs.columns if c in config_keys):
         if column in factors or column == "params.seed" or done[column].n_unique() < 2:
             continue
         cell = factors + (["cell"] if done["cell"].n_unique() > 1 else [])

@@ -128,6 +128,7 @@ def bootstrap_spearman(x, y, clusters, resamples: int = RESAMPLES, seed: int = 0
     per_seed = [_weighted_spearman(np.ones((1, (clusters == c).sum())), x[clusters == c], y[clusters == c])[0]
                 for c in np.unique(clusters)]
     low, high = _union_t(percentile_interval(boot, len(per_seed)), np.array(per_seed))
+    low, high = max(low, -1.0), min(high, 1.0)  # a correlation's interval stays within [-1, 1]
     p_value = float(scipy_stats.spearmanr(x, y).pvalue) if np.ptp(y) > 0 else math.nan
     n_seeds = len(np.unique(clusters))
     return Estimate(float(estimate), low, high, len(x), n_seeds, p_value, _few_seeds_note(n_seeds))
