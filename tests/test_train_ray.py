@@ -60,3 +60,26 @@ def test_fit_raises_a_clear_error_on_nan(local_ray, data_path, tmp_path):
     bad = config(data_path, **{"budget.value": 20, "optim.lr": 1e30, "optim.warmup_ratio": 0})
     with pytest.raises(RunFailed, match="NonFiniteLoss.*at step"):
         fit(bad, tmp_path / "nan", run_name="nan", storage_path=tmp_path / "ray")
+
+
+@pytest.mark.slow
+def test_uvlm_train_through_ray_in_a_subprocess(data_path, tmp_path):
+    import json
+    import subprocess
+
+    sets = {**SMALL, "data.path": data_path, "budget.value": 20, "eval.every_steps": 10}
+    command = ["uvlm", "train", "--out", str(tmp_path / "run"), "--name", "ray-e2e"]
+    command += [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
+    env = os.environ | {"UVLM_WORKDIR": str(tmp_path / "work"), "RAY_AUTH_MODE": "disabled"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["step"] == 20 and "test/vqa/overall" in metrics and (tmp_path / "run" / "generated.png").is_file()
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}")
+    run = client.search_runs([client.get_experiment_by_name("uvlm-train").experiment_id])[0]
+    assert run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "test/vqa/overall")] == [10, 20]
