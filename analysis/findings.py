@@ -224,7 +224,7 @@ def _common_limits(prepared: pl.DataFrame, report: FindingReport) -> None:
         report.limits.append(f"{listed} of {prepared.height} runs left out (only finished runs enter an estimate)")
     seeds = prepared.filter(pl.col("status") == FINISHED)["seed"].n_unique()
     if seeds < 5:
-        report.limits.append(f"{seeds} seed{'s' if seeds != 1 else ''}: intervals over so few seeds are indicative only")
+        report.limits.append(f"{seeds} seed{'s' if seeds != 1 else ''}: intervals over so few seeds are wide and indicative")
 
 
 def _arms(prepared: pl.DataFrame) -> set[str]:

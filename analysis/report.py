@@ -267,8 +267,9 @@ def _limits(runs: pl.DataFrame, findings: dict[int, FindingReport | str]) -> lis
         items.append(f"{failed} of {runs.height} runs did not finish and are left out{': ' + listed if listed else ''}.")
     seeds = done["seed"].n_unique()
     if seeds < 5:
-        items.append(f"Only {seeds} seed{'s' if seeds != 1 else ''} per cell: the bootstrap over seeds has few distinct "
-                     "resamples and understates uncertainty; more seeds would make the verdicts firmer.")
+        items.append(f"Only {seeds} seed{'s' if seeds != 1 else ''} per cell: a bootstrap over so few seeds has few distinct "
+                     "resamples, so intervals are widened to the t-interval over per-seed estimates (wide); "
+                     f"below {MIN_SEEDS_FOR_VERDICT} seeds no verdict is given. More seeds would make the verdicts firmer.")
     items.append("Intervals resample seeds (the unit that repeats the whole experiment); runs of one seed share data "
                   "order and initialisation, so they are not treated as independent.")
     items.append("p-values are not corrected for the many comparisons shown; the verdicts rest on the headline intervals.")
