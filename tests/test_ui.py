@@ -1,0 +1,44 @@
+"""`uvlm ui` serves the MLflow UI of the embedded store on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_ui_serves_the_embedded_store(tmp_path):
+    port = free_port()
+    env = {**os.environ, "UVLM_WORKDIR": str(tmp_path / "work")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    process = subprocess.Popen([sys.executable, "-m", "search.cli", "ui", "--port", str(port)], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        first = process.stdout.readline()
+        assert f"at http://127.0.0.1:{port}" in first
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                    assert response.status == 200
+                    break
+            except OSError:
+                assert process.poll() is None, process.stdout.read()
+                time.sleep(1)
+        else:
+            raise AssertionError("the MLflow UI did not answer /health within 120 s")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/experiments/search?max_results=5", timeout=10) as response:
+            assert b"Default" in response.read()
+    finally:
+        os.killpg(process.pid, 9)  # the UI and the server workers it started, by our child's process group
+        process.wait(timeout=30)
+    assert (tmp_path / "work" / "mlflow.db").exists()
