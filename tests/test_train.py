@@ -141,3 +141,16 @@ def test_300_step_run_keeps_its_recorded_metrics(data_path, tmp_path):
     assert metrics["train/loss"] == pytest.approx(PINNED_300["train/loss"], rel=0.02)
     assert metrics["test/vqa/overall"] == pytest.approx(PINNED_300["test/vqa/overall"], abs=0.03)
     assert metrics["test/gen/cosine"] == pytest.approx(PINNED_300["test/gen/cosine"], abs=0.02)
+
+
+def test_hidden_attribute_runs_report_vqa_on_hidden_test_images(tmp_path):
+    from trainables.data.records import is_hidden
+
+    hide = {"data.hide_from_understanding": ["weather=raining"]}
+    config = load_config(None, {**SMALL, "data.path": str(tmp_path / "hidden"), "budget.value": 4, **hide})
+    ensure_dataset(config.data)
+    data = RunData(config, config.data.path)
+    assert data.hide_rules and not any(is_hidden(r.face, data.hide_rules) for r in data.train.records[Task.VQA])
+    assert any(is_hidden(r.face, data.hide_rules) for r in data.train.records[Task.GENERATION])
+    metrics = run_local(loop_config(config, tmp_path / "run", None))
+    assert "test/vqa_hidden/overall" in metrics and "test/vqa_hidden/weather" in metrics
