@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import re
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from search import tracking
-from search.space import NAME_PATTERN, Plan, known_metrics, resolve_paths
+from search.space import NAME_PATTERN, Plan, resolve_paths
 from trainables import workspace
 from trainables.config import load_config
 from trainables.errors import UserError
@@ -38,7 +39,6 @@ DEFAULT_BODY = "trainables.launch:fit"
 RAY_ENV = {
     "RAY_AUTH_MODE": "disabled",  # no token-auth message on a local cluster
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",  # no actor warning per Train run
-    "RAY_DEDUP_LOGS": "1",
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",  # no CSV/JSON/TensorBoard loggers per trial: MLflow has it all
     "TUNE_GLOBAL_CHECKPOINT_S": "2",  # snapshot often: a trial started after the last snapshot reruns on --resume
     "RAY_AIR_NEW_OUTPUT": "0",  # with verbose=0, Tune prints no tables (SweepCallback prints a line per change)
@@ -119,7 +119,9 @@ def run_sweep(plan: Plan, options: SweepOptions) -> Summary:
     storage = Path(options.storage or folder / "ray_results").resolve()
     experiment_dir = storage / name
     resolve_body(options.body or DEFAULT_BODY)  # fail now on a bad --trainable, not in every trial
-    if not options.address:
+    if options.address:
+        _check_reachable(options.address)
+    else:
         concurrency_for(plan, cluster_resources(None, plan.space.resources.gpus_per_worker > 0), options.max_concurrent)
     if options.resume and _missing_store(uri):
         raise UserError(f"no sweep named {name!r} to resume: {uri} does not exist yet")
@@ -161,7 +163,7 @@ def run_sweep(plan: Plan, options: SweepOptions) -> Summary:
               f"MLflow experiment {name!r} at {uri}", file=sys.stderr)
         _fit(plan, name, options.resume, experiment_dir, context, concurrency, folder)
     finally:
-        stop_ray(options.address)
+        stop_ray()
         if parent_id is not None:  # whatever happened, no run of this sweep stays RUNNING
             tracking.close_stale(client, experiment, "the sweep stopped before the trial ended")
             summary = summarize(client, experiment, name, len(plan.slots), time.monotonic() - started)
@@ -348,7 +350,7 @@ def prepare_data(plan: Plan, slots: list[dict[str, Any]]) -> None:
 # ---- Ray ---------------------------------------------------------------------------------------
 
 def start_ray(address: str | None, folder: Path, verbose: bool) -> dict[str, float]:
-    """Start a local Ray (temp folder in the working folder) or join `address`; returns its resources."""
+    """Start a local Ray (temp folder under `folder`) or join the cluster at `address`; returns its resources."""
     for key, value in RAY_ENV.items():
         os.environ.setdefault(key, value)
     import ray
@@ -359,6 +361,7 @@ def start_ray(address: str | None, folder: Path, verbose: bool) -> dict[str, flo
                  logging_level=logging.INFO if verbose else logging.WARNING)
     try:
         if address:
+            _check_reachable(address)
             ray.init(address=address, runtime_env={"env_vars": RAY_ENV}, **quiet)
         else:
             ray.init(address="local", num_cpus=os.cpu_count(), _temp_dir=ray_temp_dir(folder), **quiet)
@@ -371,7 +374,19 @@ def start_ray(address: str | None, folder: Path, verbose: bool) -> dict[str, flo
     return dict(ray.cluster_resources())
 
 
-def stop_ray(address: str | None) -> None:
+def _check_reachable(address: str) -> None:
+    """ray.init retries an unreachable HOST:PORT for many minutes; one TCP connection answers in seconds."""
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():
+        return  # "auto", ray:// client addresses: left to Ray
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as error:
+        raise UserError(f"nothing answers at the Ray cluster address {address!r} ({error.strerror or error}); "
+                        f"start the head with `ray start --head --port {port}`, or drop --address") from None
+
+
+def stop_ray() -> None:
     import ray
 
     if ray.is_initialized():
@@ -390,16 +405,10 @@ def ray_temp_dir(folder: Path) -> str:
 def cluster_resources(address: str | None, gpus_needed: bool = False) -> dict[str, float]:
     """CPUs and GPUs that trials can use: this machine, or the cluster at `address` (joined briefly)."""
     if address:
-        import ray
-
         try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
-        except (ConnectionError, TimeoutError, RuntimeError, ValueError) as error:
-            raise UserError(f"cannot join the Ray cluster at {address!r}: {str(error).splitlines()[0]}") from None
-        try:
-            return dict(ray.cluster_resources())
+            return start_ray(address, Path.cwd(), verbose=False)
         finally:
-            ray.shutdown()
+            stop_ray()
     return {"CPU": float(os.cpu_count() or 1), "GPU": float(_local_gpus()) if gpus_needed else 0.0}
 
 
@@ -475,7 +484,7 @@ def trial_table(plan: Plan) -> dict[str, Any]:
     space = plan.space
     return {
         "study": plan.study, "space_file": plan.path.name, "digest": plan.digest,
-        "factors": {name: list(levels) if isinstance(levels, list) else list(levels) for name, levels in space.factors.items()},
+        "factors": {name: list(levels) for name, levels in space.factors.items()},  # values, or a named factor's labels
         "seeds": space.seeds,
         "searched": {key: param.describe() for key, param in space.search.params.items()},
         "objective": space.objective.model_dump(mode="json") if space.objective else None,
@@ -542,8 +551,6 @@ def _duration(seconds: float) -> str:
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
 
-
-__all__ = ["SweepOptions", "Summary", "run_sweep", "run_trial", "known_metrics"]
 
 
 # ---- dry run -------------------------------------------------------------------------------------

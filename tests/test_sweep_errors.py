@@ -128,6 +128,9 @@ BAD_COMMANDS = [
     ("trainable-without-colon", ["sweep", "{space}", "--trainable", "fit"], "expected MODULE:FUNCTION"),
     ("trainable-missing-module", ["sweep", "{space}", "--trainable", "no_such_module:fit"], "cannot import 'no_such_module'"),
     ("trainable-missing-function", ["sweep", "{space}", "--trainable", "json:no_such"], "has no function 'no_such'"),
+    ("unreachable-cluster", ["sweep", "{space}", "--dry-run", "--address", "127.0.0.1:9"], "nothing answers at the Ray cluster address"),
+    ("unreachable-cluster-run", ["sweep", "{space}", "--address", "127.0.0.1:9", "--trainable", "sweep_bodies:quick"],
+     "nothing answers at the Ray cluster address"),
     ("ui-bad-port", ["ui", "--port", "70000"], "--port must be between 1 and 65535"),
 ]
 
