@@ -43,7 +43,8 @@ class SweepCallback(Callback):
         from tqdm import tqdm
 
         self._client = tracking.client(self.tracking_uri)
-        done = sum(run.info.status in tracking.TERMINAL for run in tracking.runs(self._client, self.experiment_id, "trial"))
+        done = sum(run.info.status in ("FINISHED", "FAILED") or run.data.tags.get("uvlm.pruned") == "true"
+                   for run in tracking.runs(self._client, self.experiment_id, "trial"))  # interrupted ones rerun
         self._bar = tqdm(total=self.total, initial=done, desc=f"sweep {self.sweep}", unit="trial", file=sys.stderr,
                          dynamic_ncols=True, leave=True)
 

@@ -277,10 +277,6 @@ class Plan:
     def config(self, slot: Slot, searched: dict[str, Any] | None = None) -> TrainConfig:
         return load_config(self.base, {**slot.overrides, **(searched or {})})
 
-    def data_configs(self) -> dict[str, Any]:
-        """The distinct DataConfigs of the plan by data.path (searched keys never touch data)."""
-        return {config.data.path: config.data for config in (self.config(slot) for slot in self.first_of_each_cell())}
-
     def first_of_each_cell(self) -> list[Slot]:
         seen: dict[int, Slot] = {}
         for slot in self.slots:
