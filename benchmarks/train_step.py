@@ -3,7 +3,8 @@
     python benchmarks/train_step.py [--steps 300] [--set key=value ...] [--parallel] [--json OUT]
 
 1. bare: the same model, data and global batches in a plain loop in this process
-   (collate + forward + backward + clip + AdamW step), one thread, no Ray, no evaluation.
+   (collate + forward + backward + clip + AdamW step), one thread, no Ray, no evaluation;
+   measured before and after the Ray run, and averaged (the load of a shared machine drifts).
 2. ray:  `trainables.launch.fit` of the same config (1 worker, 1 thread) on a local Ray.
    Its steady-state step time is the median step of the run; the ratio ray/bare should be
    at most 1.10. Start-up = wall time of `fit` minus the run's own setup, training and
@@ -115,8 +116,10 @@ def main() -> None:
     if args.bare_only:
         print(json.dumps({"bare_step_seconds": bare_step_seconds(args.overrides, args.steps)}))
         return
-    figures = {"bare_step_seconds": bare_step_seconds(args.overrides, args.steps)}
-    figures |= ray_run(args.overrides, args.steps)
+    before = bare_step_seconds(args.overrides, args.steps)  # bare before and after Ray: load drifts on shared machines
+    figures = ray_run(args.overrides, args.steps)
+    after = bare_step_seconds(args.overrides, args.steps)
+    figures |= {"bare_step_seconds": (before + after) / 2, "bare_before": before, "bare_after": after}
     figures["ray_over_bare"] = figures["ray_step_seconds"] / figures["bare_step_seconds"]
     if args.parallel:
         figures |= parallel(args.overrides, args.steps)
