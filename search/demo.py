@@ -1,0 +1,277 @@
+"""`uvlm demo`: the main job. The three studies of STUDY.md at CPU scale, one command, resumable.
+
+    validate the three space files -> sweep each (skip finished, resume interrupted) -> report each
+    -> a combined report (reports/index.html, reports/report.md) -> print the findings and where to look
+
+Each study is the shipped space file (spaces/mixing.yaml, alignment.yaml,
+transfer.yaml) run as a sweep named after the study, so `uvlm report mixing`
+and `uvlm sweep spaces/mixing.yaml --resume` address the same sweep. `--smoke`
+runs the same three files shrunk to toy size (one seed, a few steps, tiny
+datasets under the working folder) as sweeps named `<study>-smoke`: it checks
+the whole path in a few minutes and says nothing about the findings.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trainables import workspace
+from trainables.errors import UserError
+
+STUDIES = (("mixing", 1), ("alignment", 2), ("transfer", 3))
+"""Each study's space file stem and the finding (1-3 of STUDY.md) it is designed to address."""
+SPACES = Path(__file__).resolve().parents[1] / "spaces"
+
+# --smoke: every study at toy size. Relative data paths move under <workdir>/smoke-data.
+SMOKE_FIXED = {
+    "data.generate_train_images": 80, "data.generate_test_images": 24, "data.test_images": 24,
+    "budget.unit": "steps", "budget.value": 6, "eval.every_steps": 6, "eval.max_eval_records": 24,
+    "eval.grid_images": 4,
+}
+SMOKE_TRAIN_IMAGES = [20, 40]
+
+
+@dataclass
+class DemoOptions:
+    smoke: bool = False
+    workdir: str | None = None
+    tracking_uri: str | None = None
+    spaces: Path = SPACES
+    """Folder holding mixing.yaml, alignment.yaml and transfer.yaml."""
+    body: str | None = None
+    """The trial body (search.sweep); tests pass a cheap one. Default: the real trainable."""
+
+
+@dataclass
+class StudyRun:
+    study: str
+    finding: int
+    name: str
+    state: str
+    """new | resumed | finished (skipped)."""
+    exit_code: int = 0
+    report: Path | None = None
+
+
+def run_demo(options: DemoOptions) -> int:
+    """Sweep, report and summarise the three studies; 0 when every trial of every study finished."""
+    from search.space import load_space
+    from search.sweep import SweepOptions, dry_run, run_sweep
+
+    began = time.monotonic()
+    folder = workspace.workdir(options.workdir)
+    folder.mkdir(parents=True, exist_ok=True)
+    uri = workspace.tracking_uri(options.tracking_uri, folder)
+    plans = [load_space(_space_path(options, study, folder)) for study, _ in STUDIES]  # all valid before any compute
+    runs = []
+    for (study, finding), plan in zip(STUDIES, plans):
+        name = f"{study}-smoke" if options.smoke else study
+        runs.append(StudyRun(study, finding, name, _state(uri, name)))
+    sweep_options = [SweepOptions(name=run.name, tracking_uri=options.tracking_uri, workdir=str(folder),
+                                  resume=run.state == "resumed", body=options.body) for run in runs]
+    for plan, run, sweep in zip(plans, runs, sweep_options):
+        if run.state == "new":
+            dry_run(plan, sweep)  # datasets, resources and every trial's config, before the first study starts
+    total = sum(len(plan.slots) for plan in plans)
+    _say(f"demo{' (smoke)' if options.smoke else ''}: 3 studies, {total} trials, working folder {folder}")
+    for index, (plan, run, sweep) in enumerate(zip(plans, runs, sweep_options), 1):
+        label = f"[{index}/3] {run.study} (finding {run.finding}): {len(plan.slots)} trials"
+        if run.state == "finished":
+            _say(f"{label}: finished earlier, skipped")
+            continue
+        _say(f"{label}: {'resuming' if run.state == 'resumed' else 'starting'} sweep {run.name!r}")
+        summary = run_sweep(plan, sweep)
+        run.exit_code = summary.exit_code
+        if not summary.complete:
+            _say(f"{run.study}: interrupted; run `uvlm demo{' --smoke' if options.smoke else ''}` again to continue "
+                 f"(finished trials are kept)")
+            return 1
+    reports = folder / "reports"
+    for run in runs:
+        run.report = _report(run.name, uri, reports / run.name)
+    rows = headline_rows(runs)
+    index_md, index_html = write_index(reports, runs, rows, options.smoke, time.monotonic() - began)
+    print(findings_table(rows), flush=True)
+    print(f"\nreport:        {index_html}\n               {index_md} (per study: {reports}/<study>/report.html)")
+    ui = f"uvlm ui --workdir {folder}" if not (options.tracking_uri or _env_uri()) else f"open {uri}"
+    print(f"MLflow UI:     {ui}   (then http://127.0.0.1:5000; one experiment per study)")
+    print(f"Optuna:        pip install optuna-dashboard && optuna-dashboard {workspace.optuna_storage(folder)}")
+    print(f"demo wall time: {_minutes(time.monotonic() - began)}", flush=True)
+    return max(run.exit_code for run in runs)
+
+
+def _env_uri() -> str | None:
+    import os
+
+    return os.environ.get("MLFLOW_TRACKING_URI")
+
+
+def _say(text: str) -> None:
+    print(f"uvlm: {text}", file=sys.stderr, flush=True)
+
+
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+
+
+# ----------------------------------------------------------------------------- space files
+
+def _space_path(options: DemoOptions, study: str, folder: Path) -> Path:
+    path = options.spaces / f"{study}.yaml"
+    if not path.is_file():
+        raise UserError(f"the study file {path} is missing; `uvlm demo` runs from a checkout of the repository "
+                        f"(pip install -e .)")
+    return smoke_space(path, folder / "smoke-spaces") if options.smoke else path
+
+
+def smoke_space(path: Path, out: Path) -> Path:
+    """A copy of a study's space file shrunk to toy size: one seed, a few steps, tiny datasets under the workdir."""
+    tree = yaml.safe_load(path.read_text())
+    data_root = out.parent / "smoke-data"
+
+    def shrink(overrides: dict[str, Any]) -> dict[str, Any]:
+        overrides = dict(overrides)
+        if isinstance(overrides.get("data.path"), str) and not Path(overrides["data.path"]).is_absolute():
+            overrides["data.path"] = str(data_root / Path(overrides["data.path"]).name)
+        if "data.train_images" in overrides:
+            overrides["data.train_images"] = SMOKE_TRAIN_IMAGES[-1]
+        return overrides
+
+    tree["fixed"] = {**shrink(tree.get("fixed", {})), **SMOKE_FIXED}
+    factors = {}
+    for name, levels in (tree.get("factors") or {}).items():
+        if name == "data.train_images":
+            factors[name] = SMOKE_TRAIN_IMAGES
+        elif isinstance(levels, dict):
+            factors[name] = {label: shrink(overrides) for label, overrides in levels.items()}
+        else:
+            factors[name] = levels
+    tree["factors"] = factors
+    tree["seeds"] = 1
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / path.name
+    header = (f"# uvlm demo --smoke: {path.name} shrunk to toy size (one seed, {SMOKE_FIXED['budget.value']} steps).\n"
+              f"# Written by uvlm demo; the study itself: uvlm sweep spaces/{path.name}\n")
+    text = header + yaml.safe_dump(tree, sort_keys=False)
+    if not target.is_file() or target.read_text() != text:  # unchanged text keeps the digest a resume checks
+        target.write_text(text)
+    return target
+
+
+# ----------------------------------------------------------------------------- sweep state
+
+def _state(uri: str, name: str) -> str:
+    """new (no sweep of this name), finished (its parent run ended FINISHED: every trial ran) or resumed."""
+    from search import tracking
+
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        return "new"
+    client = tracking.connect(uri)
+    experiment = tracking.experiment_id(client, name, create=False)
+    if experiment is None:
+        return "new"
+    parents = tracking.runs(client, experiment, "sweep")
+    trials = tracking.runs(client, experiment, "trial")
+    if not parents and not trials:
+        return "new"
+    return "finished" if parents and parents[-1].info.status == "FINISHED" else "resumed"
+
+
+# ----------------------------------------------------------------------------- reports
+
+def _report(name: str, uri: str, out: Path) -> Path:
+    import logging
+
+    from analysis.report import build_report
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    _say(f"report of {name!r} -> {out}")
+    return build_report(name, uri, out)
+
+
+def headline_rows(runs: list[StudyRun]) -> list[dict[str, Any]]:
+    """Each study's own finding: its headline results (estimate, interval, seeds, verdict), or why none."""
+    rows = []
+    for run in runs:
+        data = json.loads((run.report / "findings.json").read_text())
+        finding = data["findings"][str(run.finding)]
+        base = {"study": run.study, "finding": run.finding, "report": f"{run.name}/report.html"}
+        if not finding["addressed"]:
+            rows.append({**base, "result": "not addressed", "comparison": finding["reason"], "metric": "",
+                         "estimate": None, "ci": (None, None), "seeds": 0, "verdict": "-"})
+            continue
+        headlines = [r for r in finding["results"] if r["headline"]]
+        if not headlines:
+            rows.append({**base, "result": "no headline result", "comparison": "; ".join(finding["skipped"][:2]),
+                         "metric": "", "estimate": None, "ci": (None, None), "seeds": 0, "verdict": "-"})
+        for result in headlines:
+            group = ", ".join(f"{k}={v}" for k, v in result["group"].items() if k != "attribute")
+            rows.append({**base, "result": result["name"] + (f" ({group})" if group else ""),
+                         "comparison": result["comparison"], "metric": result["metric"], "estimate": result["estimate"],
+                         "ci": (result["ci_low"], result["ci_high"]), "seeds": result["n_seeds"],
+                         "verdict": result["verdict"]})
+    return rows
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.4f}"
+
+
+def findings_table(rows: list[dict[str, Any]]) -> str:
+    """The findings as fixed-width text: what `uvlm demo` prints at the end."""
+    header = ("finding", "result", "metric", "estimate", "95% CI", "seeds", "verdict")
+    lines = [header] + [
+        (f"{row['finding']} {row['study']}", row["result"], row["metric"], _number(row["estimate"]),
+         f"[{_number(row['ci'][0])}, {_number(row['ci'][1])}]" if row["estimate"] is not None else "-",
+         str(row["seeds"]), row["verdict"]) for row in rows]
+    widths = [max(len(line[column]) for line in lines) for column in range(len(header))]
+    text = ["  ".join(value.ljust(width) for value, width in zip(line, widths)).rstrip() for line in lines]
+    text.insert(1, "  ".join("-" * width for width in widths))
+    return "Findings (95% intervals over seeds; verdict against the paper's direction):\n" + "\n".join(text)
+
+
+def write_index(reports: Path, runs: list[StudyRun], rows: list[dict[str, Any]], smoke: bool,
+                seconds: float) -> tuple[Path, Path]:
+    """reports/report.md and reports/index.html: the findings of the three studies, linking each study's report."""
+    title = "uvlm demo: the three studies at CPU scale" + (" (smoke: toy size, no conclusions)" if smoke else "")
+    intro = ("Each study is one sweep (a space file under spaces/); each row is a headline result of the finding the "
+             "study addresses, with its 95% bootstrap interval over seeds. supported: the interval excludes zero in the "
+             "paper's direction; CONTRADICTED: in the opposite direction; inconclusive: it includes zero (or fewer than "
+             "3 seeds). The per-study reports hold the design, the budget rule, every comparison, figures and limits.")
+    reports.mkdir(parents=True, exist_ok=True)
+    md = [f"# {title}", "", intro, "", "| finding | result | comparison | metric | estimate | 95% CI | seeds | verdict |",
+          "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for row in rows:
+        ci = f"[{_number(row['ci'][0])}, {_number(row['ci'][1])}]" if row["estimate"] is not None else "-"
+        md.append(f"| {row['finding']} ({row['study']}) | {row['result']} | {row['comparison']} | {row['metric']} | "
+                  f"{_number(row['estimate'])} | {ci} | {row['seeds']} | {row['verdict']} |")
+    md += ["", "Reports per study:", ""] + [f"- [{run.study}]({run.name}/report.md) ({run.name}/report.html)" for run in runs]
+    md += ["", f"Written by `uvlm demo{' --smoke' if smoke else ''}` in {_minutes(seconds)} (this session)."]
+    index_md = reports / "report.md"
+    index_md.write_text("\n".join(md) + "\n")
+
+    cells = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(value))}</td>" for value in (
+            f"{row['finding']} ({row['study']})", row["result"], row["comparison"], row["metric"],
+            _number(row["estimate"]),
+            f"[{_number(row['ci'][0])}, {_number(row['ci'][1])}]" if row["estimate"] is not None else "-",
+            row["seeds"], row["verdict"])) + "</tr>" for row in rows)
+    links = "".join(f'<li><a href="{html.escape(run.name)}/report.html">{html.escape(run.study)}</a></li>' for run in runs)
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
+            "body{font-family:sans-serif;max-width:70em;margin:2em auto}table{border-collapse:collapse}"
+            "td,th{border:1px solid #ccc;padding:.3em .6em;font-size:.9em}</style></head><body>"
+            f"<h1>{html.escape(title)}</h1><p>{html.escape(intro)}</p><table><tr>"
+            + "".join(f"<th>{h}</th>" for h in ("finding", "result", "comparison", "metric", "estimate", "95% CI",
+                                                 "seeds", "verdict"))
+            + f"</tr>{cells}</table><h2>Reports per study</h2><ul>{links}</ul></body></html>")
+    index_html = reports / "index.html"
+    index_html.write_text(page)
+    return index_md, index_html
