@@ -16,8 +16,9 @@ install-test:
 
 # The main job on the embedded default store: the three studies at CPU scale, reported (about 30 minutes
 # on 2 cores). Run it again after an interruption: finished trials are not redone.
+# DEMO_ARGS=--smoke runs it at toy size (the fresh-machine check).
 demo: install
-	uvlm demo
+	uvlm demo $(DEMO_ARGS)
 
 # The test suite (CI runs exactly this). pytest's exit code 5 ("no tests collected") is not a failure.
 test: install-test

@@ -30,10 +30,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--tracking-uri", metavar="URI",
                         help="MLflow tracking server or database (default: $MLFLOW_TRACKING_URI, else sqlite in the "
                              "working folder)")
+    parser.add_argument("--trainable", metavar="MODULE:FUNCTION",
+                        help="the function that trains one trial, as in `uvlm sweep` (default: trainables.launch:fit)")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from search.demo import DemoOptions, run_demo
 
-    return run_demo(DemoOptions(smoke=args.smoke, workdir=args.workdir, tracking_uri=args.tracking_uri))
+    return run_demo(DemoOptions(smoke=args.smoke, workdir=args.workdir, tracking_uri=args.tracking_uri,
+                                body=args.trainable))

@@ -1,0 +1,157 @@
+"""`uvlm demo`: the study files fit the CPU budget fairly, --smoke shrinks them validly, the whole job runs (with a
+cheap trial body) to a combined report, a second run skips what finished, and the README's commands are real."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+
+from search.cli import build_parser
+from search.demo import STUDIES, smoke_space
+from search.space import load_space
+from test_sweep_run import ROOT, runs_of, uvlm
+
+STUDY_FILES = [ROOT / "spaces" / f"{study}.yaml" for study, _ in STUDIES]
+
+
+# ----------------------------------------------------------------------------- the CPU-scale design
+
+def test_the_three_studies_fit_the_half_hour_budget_with_three_seeds():
+    plans = [load_space(path) for path in STUDY_FILES]
+    assert sum(len(plan.slots) for plan in plans) <= 45, "about 40-45 trials of ~400 steps fit 30 minutes on 2 cores"
+    for plan in plans:
+        assert len(plan.space.seeds) >= 3, plan.study
+        assert "uvlm demo" in plan.text.split("\n\n")[0]
+
+
+@pytest.mark.parametrize("path", STUDY_FILES, ids=lambda path: path.stem)
+def test_every_arm_of_a_study_has_the_same_budget_optimiser_and_alpha(path):
+    plan = load_space(path)
+    configs = [plan.config(slot).flatten() for slot in plan.slots]
+    for key in ("budget.unit", "budget.value", "optim.lr", "optim.batch_size", "generation.alpha", "data.test_images"):
+        assert len({config[key] for config in configs}) == 1, (plan.study, key)
+    sizes = {config["data.train_images"] or config["data.generate_train_images"] for config in configs}
+    assert max(sizes) <= 1000, "below saturation: time and battery are not learnt to the ceiling at this size"
+
+
+# ----------------------------------------------------------------------------- --smoke
+
+def test_smoke_spaces_are_the_studies_at_toy_size(tmp_path):
+    for path in STUDY_FILES:
+        smoke = smoke_space(path, tmp_path / "smoke-spaces")
+        plan, original = load_space(smoke), load_space(path)
+        assert [[name for name, _ in cell.levels] for cell in plan.cells] == \
+            [[name for name, _ in cell.levels] for cell in original.cells], "the same cells, smaller"
+        assert plan.space.seeds == [0]
+        for slot in plan.slots:
+            config = plan.config(slot)
+            assert config.budget.value <= 10 and config.data.generate_train_images <= 100
+            assert config.data.path.startswith(str(tmp_path / "smoke-data")), "toy data stays in the working folder"
+        again = load_space(smoke_space(path, tmp_path / "smoke-spaces"))
+        assert again.digest == plan.digest, "a rerun writes the same file, so an interrupted smoke sweep can resume"
+
+
+# ----------------------------------------------------------------------------- the whole job, cheap trials
+
+def fake_fit(config, out_dir, *, run_name, storage_path, mlflow_run=None, callbacks=()):
+    """A trial body with the trainable's metric names: mixed helps, misalignment hurts, hiding transfers."""
+    from ray import tune
+
+    from search import tracking
+
+    client = tracking.client(mlflow_run["tracking_uri"])
+    tracking.log_params(client, mlflow_run["run_id"], config.flatten())
+    arm = config.data.arm.value
+    noise = 0.003 * config.seed
+    und = 0.6 + (0.05 - 0.04 * config.alignment.affine_strength if arm == "mixed" else 0.0) + noise
+    gen = 0.5 + (0.03 if arm == "mixed" else 0.0) + noise
+    metrics = {"step": int(config.budget.value), "train/loss": 1.0, "test/vqa/overall": und,
+               "test/caption/score": und, "test/gen/probe/overall": gen, "test/gen/cosine": gen}
+    if config.data.hide_from_understanding:
+        transfer = 0.1 if (arm == "mixed" and not config.data.hide_control) else 0.0
+        lm_trains = config.lm.trainability.value != "frozen"
+        metrics["test/vqa_hidden/overall"] = 0.4 + transfer * (1.0 if lm_trains else 0.1) + noise
+    tracking.log_metrics(client, mlflow_run["run_id"], metrics, step=metrics["step"])
+    tune.report(metrics)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics))
+    return metrics
+
+
+@pytest.mark.slow  # three local Rays and 14 cheap trials: about 1 minute on a quiet 2-core machine, 3 on a busy one
+def test_demo_runs_every_study_reports_them_and_a_rerun_skips_them(tmp_path):
+    args = ("demo", "--smoke", "--workdir", str(tmp_path / "work"), "--trainable", "test_demo:fake_fit")
+    first = uvlm(tmp_path, *args, timeout=600)
+    assert first.returncode == 0, first.stdout + first.stderr
+    for study, finding in STUDIES:
+        assert f"{finding} {study}" in first.stdout, first.stdout
+        assert (tmp_path / "work" / "reports" / f"{study}-smoke" / "report.html").is_file()
+    index = (tmp_path / "work" / "reports" / "index.html").read_text()
+    assert all(f"{study}-smoke/report.html" in index for study, _ in STUDIES)
+    assert "Findings (95% intervals over seeds" in first.stdout
+    assert "uvlm ui --workdir" in first.stdout and "optuna-dashboard sqlite:///" in first.stdout
+    trials = {study: len(runs_of(tmp_path, f"{study}-smoke")) for study, _ in STUDIES}
+    assert trials == {"mixing": 6, "alignment": 4, "transfer": 4}
+
+    second = uvlm(tmp_path, *args, timeout=600)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert second.stderr.count("finished earlier, skipped") == 3, second.stderr
+    assert {study: len(runs_of(tmp_path, f"{study}-smoke")) for study, _ in STUDIES} == trials, "no trial was redone"
+
+
+# ----------------------------------------------------------------------------- the README
+
+README = (ROOT / "README.md").read_text()
+
+
+def readme_blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", README, flags=re.S)
+
+
+def readme_commands() -> list[str]:
+    commands = []
+    for block in readme_blocks("bash"):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split("  #")[0].strip()
+            if line:
+                commands.append(line)
+    return commands
+
+
+def test_readme_quick_start_is_the_makefile_and_ci():
+    makefile = (ROOT / "Makefile").read_text()
+    assert "make demo" in readme_commands()[0] and "make test" in readme_commands()[1]
+    assert re.search(r"^demo: install\n\tuvlm demo", makefile, flags=re.M)
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+@pytest.mark.parametrize("command", [c for c in readme_commands() if c.startswith("uvlm ")])
+def test_every_uvlm_command_in_the_readme_parses(command):
+    argv = shlex.split(command)[1:]
+    args = build_parser().parse_args(argv)  # argparse exits on an unknown command or flag
+    for value in vars(args).values():  # files the command names exist in the repository
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str) and item.startswith(("spaces/", "trainables/")) and "*" not in item \
+                    and "paper/" not in item:
+                assert (ROOT / item).exists(), item
+
+
+def test_readme_space_file_examples_are_valid(tmp_path):
+    example, paper = [yaml.safe_load(block) for block in readme_blocks("yaml")]
+    (tmp_path / "spaces" / "paper").mkdir(parents=True)
+    (tmp_path / "trainables").symlink_to(ROOT / "trainables")
+    written = tmp_path / "spaces" / "mixing-lr.yaml"
+    written.write_text(yaml.safe_dump(example))
+    assert len(load_space(written).slots) == 3 * 3 * 4
+    tree = yaml.safe_load((ROOT / "spaces" / "mixing.yaml").read_text())
+    tree.update(paper)
+    written = tmp_path / "spaces" / "paper" / "mixing.yaml"
+    written.write_text(yaml.safe_dump(tree))
+    plan = load_space(written)
+    config = plan.config(plan.slots[0])
+    assert (config.lm.trainability.value, config.runtime.use_gpu, config.runtime.num_workers) == ("lora", True, 8)
