@@ -199,6 +199,8 @@ def _report(name: str, uri: str, out: Path) -> Path:
 
 def headline_rows(runs: list[StudyRun]) -> list[dict[str, Any]]:
     """Each study's own finding: its headline results (estimate, interval, seeds, verdict), or why none."""
+    from analysis.report import VERDICT_MARK
+
     rows = []
     for run in runs:
         data = json.loads((run.report / "findings.json").read_text())
@@ -213,11 +215,11 @@ def headline_rows(runs: list[StudyRun]) -> list[dict[str, Any]]:
             rows.append({**base, "result": "no headline result", "comparison": "; ".join(finding["skipped"][:2]),
                          "metric": "", "estimate": None, "ci": (None, None), "seeds": 0, "verdict": "-"})
         for result in headlines:
-            group = ", ".join(f"{k}={v}" for k, v in result["group"].items() if k != "attribute")
+            group = ", ".join(f"{k}={v}" for k, v in result["group"].items() if k not in ("attribute", "trend", "factor"))
             rows.append({**base, "result": result["name"] + (f" ({group})" if group else ""),
                          "comparison": result["comparison"], "metric": result["metric"], "estimate": result["estimate"],
                          "ci": (result["ci_low"], result["ci_high"]), "seeds": result["n_seeds"],
-                         "verdict": result["verdict"]})
+                         "verdict": VERDICT_MARK.get(result["verdict"], result["verdict"])})
     return rows
 
 

@@ -104,6 +104,34 @@ def test_demo_runs_every_study_reports_them_and_a_rerun_skips_them(tmp_path):
     assert {study: len(runs_of(tmp_path, f"{study}-smoke")) for study, _ in STUDIES} == trials, "no trial was redone"
 
 
+def test_demo_skips_finished_studies_and_reports_their_findings(tmp_path, capsys):
+    """Three finished sweeps of known effects in the store: nothing is trained, every study is reported."""
+    from analysis.synthetic import Effects, SyntheticSweep, write_sweep
+    from search.demo import DemoOptions, run_demo
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    small = dict(train_images=(250, 1000), seeds=(0, 1, 2), eval_steps=(400,))
+    write_sweep(uri, SyntheticSweep(name="mixing", study="mixing", **small,
+                                    effects=Effects(understanding_benefit=0.05, generation_benefit=-0.05)))
+    write_sweep(uri, SyntheticSweep(name="alignment", study="alignment", arms=("understanding", "mixed"),
+                                    train_images=(500,), seeds=(0, 1, 2), eval_steps=(400,),
+                                    affine_strengths=(0.0, 0.5, 0.9), effects=Effects(alignment_slope=-0.1)))
+    write_sweep(uri, SyntheticSweep(name="transfer", study="transfer", arms=("mixed",), train_images=(500,),
+                                    seeds=(0, 1, 2), eval_steps=(400,), hide=True, freezing=("none", "lm_frozen")))
+    assert run_demo(DemoOptions(workdir=str(tmp_path))) == 0
+    out, err = capsys.readouterr()
+    assert err.count("finished earlier, skipped") == 3
+    table = out[out.index("Findings"):out.index("report:")]
+    assert "1 mixing" in table and "2 alignment" in table and "3 transfer" in table
+    lines = {line.split("  ")[0] + line.split()[-1] for line in table.splitlines()[3:] if line.strip()}
+    assert "1 mixingsupported" in lines and "1 mixingCONTRADICTED" in lines, table  # + on understanding, - on generation
+    assert "2 alignmentsupported" in lines and "3 transfersupported" in lines, table
+    md = (tmp_path / "reports" / "report.md").read_text()
+    assert md.count("| 1 (mixing) |") >= 2 and "[alignment](alignment/report.md)" in md
+    for study, _ in STUDIES:
+        assert (tmp_path / "reports" / study / "report.html").is_file()
+
+
 # ----------------------------------------------------------------------------- the README
 
 README = (ROOT / "README.md").read_text()
