@@ -511,7 +511,7 @@ def trials_record(client, experiment: str) -> list[dict[str, Any]]:
 def summarize(client, experiment: str, name: str, total: int, wall: float) -> Summary:
     counts = {"finished": 0, "failed": 0, "pruned": 0, "stopped": 0}
     failures = []
-    for run in tracking.runs(client, experiment, "trial"):
+    for run in _one_run_per_slot(tracking.runs(client, experiment, "trial")):
         status, tags = run.info.status, run.data.tags
         if status == "FINISHED":
             counts["finished"] += 1
@@ -526,6 +526,27 @@ def summarize(client, experiment: str, name: str, total: int, wall: float) -> Su
     counts["not run"] = max(0, total - sum(counts.values()))
     complete = counts["not run"] == 0 and counts["stopped"] == 0
     return Summary(name, total, counts, wall, complete, failures)
+
+
+def _one_run_per_slot(runs: list) -> list:
+    """The run that decides each slot's outcome.
+
+    After a kill -9 and --resume, Tune may start a slot's interrupted trial under a new
+    trial id: the old run stays KILLED beside the new one. A slot counts once, by its most
+    conclusive run (finished, then failed, then pruned, then stopped).
+    """
+    rank = {"FINISHED": 0, "FAILED": 1}
+    best: dict[str, Any] = {}
+    loose = []
+    for run in runs:
+        slot = run.data.tags.get("uvlm.slot")
+        if slot is None:
+            loose.append(run)
+            continue
+        key = (rank.get(run.info.status, 2 if run.data.tags.get("uvlm.pruned") == "true" else 3), -(run.info.start_time or 0))
+        if slot not in best or key < best[slot][0]:
+            best[slot] = (key, run)
+    return [run for _, run in best.values()] + loose
 
 
 def _drop_stale_studies(name: str, folder: Path) -> None:
