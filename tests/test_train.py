@@ -21,13 +21,6 @@ SMALL = {"data.generate_train_images": 48, "data.generate_test_images": 12, "dat
          "optim.batch_size": 16, "eval.every_steps": 15, "eval.max_eval_records": 8, "eval.grid_images": 4}
 
 
-@pytest.fixture(scope="module")
-def data_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "smartwatch"
-    ensure_dataset(load_config(None, {**SMALL, "data.path": str(path)}).data)
-    return path
-
-
 def small(data_path, **overrides):
     return load_config(None, {**SMALL, "data.path": str(data_path), "runtime.cache_dir": str(data_path.parent / "cache"), **overrides})
 

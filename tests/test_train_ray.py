@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from trainables.config import load_config
-from trainables.data.prepare import ensure_dataset
 from trainables.launch import RunFailed, fit
 
 torch.set_num_threads(1)
@@ -30,13 +29,6 @@ def local_ray():
     yield
     ray.shutdown()
     shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def data_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "smartwatch"
-    ensure_dataset(load_config(None, {**SMALL, "data.path": str(path)}).data)
-    return path
 
 
 def config(data_path, **overrides):
