@@ -170,8 +170,9 @@ def test_kill_9_of_the_driver_then_resume_finishes_every_trial_exactly_once(tmp_
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and driver.poll() is None:
             time.sleep(1)
-            if (tmp_path / "work" / "mlflow.db").exists() and _finished(tmp_path, "crash") >= 2:
-                break
+            if (tmp_path / "work" / "mlflow.db").exists() and _finished(tmp_path, "crash") >= 2 \
+                    and _finished(tmp_path, "crash", "RUNNING") >= 1:
+                break  # kill mid-trial: at least two finished and one still running
         assert driver.poll() is None, driver.stdout.read()
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=30)
@@ -204,12 +205,12 @@ def test_kill_9_of_the_driver_then_resume_finishes_every_trial_exactly_once(tmp_
     assert proposed == expected
 
 
-def _finished(folder: Path, sweep: str) -> int:
+def _finished(folder: Path, sweep: str, status: str = "FINISHED") -> int:
     try:
         with sqlite3.connect(folder / "work" / "mlflow.db", timeout=5) as db:
             (count,) = db.execute(
                 "select count(*) from runs r join tags t on t.run_uuid = r.run_uuid "
-                "where r.status = 'FINISHED' and t.key = 'uvlm.role' and t.value = 'trial'").fetchone()
+                "where r.status = ? and t.key = 'uvlm.role' and t.value = 'trial'", (status,)).fetchone()
             return count
     except sqlite3.Error:
         return 0
