@@ -83,6 +83,10 @@ def _check_server(uri: str, timeout: float = 5.0) -> None:
                         f"to use the embedded store") from None
 
 
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+"""MLflow 3's UI opens an experiment of this kind on its training-runs view, not the GenAI overview."""
+
+
 def experiment_id(client, name: str, artifact_location: str | None = None, create: bool = True) -> str | None:
     """The id of the experiment `name`; created when missing (and `create`); a deleted one is an error."""
     experiment = client.get_experiment_by_name(name)
@@ -90,12 +94,15 @@ def experiment_id(client, name: str, artifact_location: str | None = None, creat
         if experiment.lifecycle_stage == "deleted":
             raise UserError(f"MLflow experiment {name!r} was deleted but still holds its name; restore it "
                             f"(mlflow experiments restore) or pick another --name")
+        for key, value in EXPERIMENT_TAGS.items():
+            if key not in experiment.tags:  # made by an older uvlm or by hand
+                client.set_experiment_tag(experiment.experiment_id, key, value)
         return experiment.experiment_id
     if not create:
         return None
     location = f"{artifact_location.rstrip('/')}/{name}" if artifact_location else None
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
     except Exception:  # noqa: BLE001 - created concurrently by another process
         experiment = client.get_experiment_by_name(name)
         if experiment is None:

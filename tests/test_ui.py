@@ -42,3 +42,15 @@ def test_ui_serves_the_embedded_store(tmp_path):
         os.killpg(process.pid, 9)  # the UI and the server workers it started, by our child's process group
         process.wait(timeout=30)
     assert (tmp_path / "work" / "mlflow.db").exists()
+
+
+def test_sweep_experiments_open_on_the_training_runs_view(tmp_path):
+    """MLflow 3's UI shows an experiment without a kind as a GenAI overview; ours are tagged as model training."""
+    from search import tracking
+
+    client = tracking.connect(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    created = tracking.experiment_id(client, "mixing", str(tmp_path / "artifacts"))
+    assert client.get_experiment(created).tags["mlflow.experimentKind"] == "custom_model_development"
+    older = client.create_experiment("made-by-hand")  # e.g. by an older uvlm
+    assert tracking.experiment_id(client, "made-by-hand") == older
+    assert client.get_experiment(older).tags["mlflow.experimentKind"] == "custom_model_development"

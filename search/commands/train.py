@@ -85,15 +85,11 @@ def start_mlflow_run(uri: str, name: str, config) -> dict[str, str]:
     """Create the run in the driver (workers only log into it)."""
     from mlflow.tracking import MlflowClient
 
+    from search import tracking
     from trainables import workspace
 
     client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name(EXPERIMENT)
-    if experiment is None:
-        location = workspace.artifact_root() if uri.startswith("sqlite:") else None
-        experiment_id = client.create_experiment(EXPERIMENT, artifact_location=location)
-    else:
-        experiment_id = experiment.experiment_id
+    experiment_id = tracking.experiment_id(client, EXPERIMENT, workspace.artifact_root() if uri.startswith("sqlite:") else None)
     tags = {"uvlm.role": "train", "uvlm.arm": config.data.arm.value, "uvlm.seed": str(config.seed)}
     run = client.create_run(experiment_id, run_name=name, tags=tags)
     return {"tracking_uri": uri, "run_id": run.info.run_id}
