@@ -42,6 +42,11 @@ RAY_ENV = {
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",  # no CSV/JSON/TensorBoard loggers per trial: MLflow has it all
     "TUNE_GLOBAL_CHECKPOINT_S": "2",  # snapshot often: a trial started after the last snapshot reruns on --resume
     "RAY_AIR_NEW_OUTPUT": "0",  # with verbose=0, Tune prints no tables (SweepCallback prints a line per change)
+    # Ray Train's controller polls its workers every 2 s by default and exports Prometheus metrics:
+    # polling every 0.2 s without metrics cut the fixed cost of a Train run from ~13 s to ~8.5 s
+    # (measured, 1-step runs on 2 cores); a sweep pays it once per trial.
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+    "RAY_TRAIN_METRICS_ENABLED": "0",
 }
 # Ray puts Unix sockets under its temp folder; their paths must stay below the OS limit (107 bytes).
 MAX_RAY_TEMP_LENGTH = 40

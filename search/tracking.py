@@ -95,7 +95,7 @@ def experiment_id(client, name: str, artifact_location: str | None = None, creat
             raise UserError(f"MLflow experiment {name!r} was deleted but still holds its name; restore it "
                             f"(mlflow experiments restore) or pick another --name")
         for key, value in EXPERIMENT_TAGS.items():
-            if key not in experiment.tags:  # made by an older uvlm or by hand
+            if create and key not in experiment.tags:  # made by an older uvlm or by hand; readers only read
                 client.set_experiment_tag(experiment.experiment_id, key, value)
         return experiment.experiment_id
     if not create:

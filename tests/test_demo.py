@@ -38,9 +38,9 @@ def planned_steps(config) -> int:
 def test_the_three_studies_fit_the_half_hour_budget_with_three_seeds():
     plans = [load_space(path) for path in STUDY_FILES]
     steps = sum(planned_steps(plan.config(slot)) for plan in plans for slot in plan.slots)
-    # Measured on a quiet 2-core machine: 24 trials, 16,800 steps in all, took 31m12s (2 at a time,
-    # ~0.16 s a step, ~30 s of Ray start-up, set-up and evaluation a trial).
-    assert steps <= 14_500, "at most ~14,500 steps in 24 trials fit 30 minutes on 2 cores"
+    # Measured on a 2-core machine: 24 trials of 16,800 steps in all took 31m12s (2 at a time, 0.16 s a
+    # step, ~30 s of Ray start-up, set-up and evaluation a trial); on a slower day, 0.18-0.21 s a step.
+    assert steps <= 12_500, "at most ~12,500 steps in 24 trials fit 30 minutes on 2 cores"
     for plan in plans:
         assert len(plan.space.seeds) >= 3, plan.study
         assert "uvlm demo" in plan.text.split("\n\n")[0]

@@ -62,8 +62,10 @@ def train(config, out_dir: Path, name: str, mlflow_run: dict[str, str], in_proce
         from trainables.train import run_local
 
         return run_local(loop_config(config, out_dir, mlflow_run))
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    from search.sweep import RAY_ENV
+
+    for key, value in RAY_ENV.items():  # the same quiet, quick Ray as a sweep's
+        os.environ.setdefault(key, value)
     import tempfile
 
     import ray
