@@ -193,8 +193,9 @@ def _test_text(kind: str, pairs: pl.DataFrame) -> str:
     what = {"mean": "mean paired difference; p: t-test on per-seed means",
             "slope": "OLS slope of the paired difference on ln(train images); p: t-test on per-seed slopes",
             "spearman": "Spearman rank correlation; p: scipy's test on all points"}[kind]
+    widened = "the t-interval over per-seed estimates" + (" and the Fisher-z interval on all points" if kind == "spearman" else "")
     return (f"{what}; matched on {matched}; 95% interval: expanded percentile bootstrap over seeds "
-            f"({stats.RESAMPLES} resamples), widened to the t-interval over per-seed estimates where wider")
+            f"({stats.RESAMPLES} resamples), widened to {widened} where wider")
 
 
 def _result(finding: int, name: str, metric: str, comparison: str, estimate: stats.Estimate, test: str,

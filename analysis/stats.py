@@ -128,7 +128,11 @@ def bootstrap_spearman(x, y, clusters, resamples: int = RESAMPLES, seed: int = 0
     per_seed = [_weighted_spearman(np.ones((1, (clusters == c).sum())), x[clusters == c], y[clusters == c])[0]
                 for c in np.unique(clusters)]
     low, high = _union_t(percentile_interval(boot, len(per_seed)), np.array(per_seed))
-    low, high = max(low, -1.0), min(high, 1.0)  # a correlation's interval stays within [-1, 1]
+    # With two levels a seed's own correlation is always ±1, and with 3 seeds the bootstrap has 27
+    # resamples: neither widens a pooled rho that no test supports. The Fisher-z interval on all
+    # points does (it needs more than 3 points; fewer leave the whole range).
+    fisher_low, fisher_high = _fisher_interval(float(estimate), len(x))
+    low, high = max(min(low, fisher_low), -1.0), min(max(high, fisher_high), 1.0)  # stays within [-1, 1]
     p_value = float(scipy_stats.spearmanr(x, y).pvalue) if np.ptp(y) > 0 else math.nan
     n_seeds = len(np.unique(clusters))
     return Estimate(float(estimate), low, high, len(x), n_seeds, p_value, _few_seeds_note(n_seeds))
@@ -157,6 +161,15 @@ def _union_t(interval: tuple[float, float], per_seed: np.ndarray, level: float =
     half = scipy_stats.t.ppf(0.5 + level / 2, len(per_seed) - 1) * per_seed.std(ddof=1) / math.sqrt(len(per_seed))
     centre = float(per_seed.mean())
     return min(low, centre - half), max(high, centre + half)
+
+
+def _fisher_interval(rho: float, n: int, level: float = LEVEL) -> tuple[float, float]:
+    """Interval of a Spearman rho from atanh(rho) ~ Normal(atanh(rho), 1.06 / (n - 3)) (Fieller et al., 1957)."""
+    if n <= 3 or not math.isfinite(rho):
+        return -1.0, 1.0
+    z = math.atanh(min(max(rho, -0.999999), 0.999999))
+    half = scipy_stats.norm.ppf(0.5 + level / 2) * math.sqrt(1.06 / (n - 3))
+    return math.tanh(z - half), math.tanh(z + half)
 
 
 def _one_level(x: np.ndarray, clusters: np.ndarray, note: str) -> Estimate | None:
