@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from search.commands.ui import RUNS_VIEW
 from trainables import workspace
 from trainables.errors import UserError
 
@@ -101,8 +102,10 @@ def run_demo(options: DemoOptions) -> int:
     index_md, index_html = write_index(reports, runs, rows, options.smoke, time.monotonic() - began)
     print(findings_table(rows), flush=True)
     print(f"\nreport:        {index_html}\n               {index_md} (per study: {reports}/<study>/report.html)")
-    ui = f"uvlm ui --workdir {folder}" if not (options.tracking_uri or _env_uri()) else f"open {uri}"
-    print(f"MLflow UI:     {ui}   (then http://127.0.0.1:5000; one experiment per study)")
+    if options.tracking_uri or _env_uri():
+        print(f"MLflow UI:     open {uri.rstrip('/')}{RUNS_VIEW}   (one experiment per study)")
+    else:
+        print(f"MLflow UI:     uvlm ui --workdir {folder}   (then http://127.0.0.1:5000{RUNS_VIEW}; one experiment per study)")
     print(f"Optuna:        pip install optuna-dashboard && optuna-dashboard {workspace.optuna_storage(folder)}")
     print(f"demo wall time: {_minutes(time.monotonic() - began)}", flush=True)
     return max(run.exit_code for run in runs)

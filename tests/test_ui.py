@@ -24,7 +24,7 @@ def test_ui_serves_the_embedded_store(tmp_path):
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         first = process.stdout.readline()
-        assert f"at http://127.0.0.1:{port}" in first
+        assert f"at http://127.0.0.1:{port}/#/experiments?workflowType=machine_learning" in first  # not the GenAI view
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             try:

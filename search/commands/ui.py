@@ -15,6 +15,10 @@ The Optuna studies (one per cell of a searched sweep) are in <working folder>/op
 """
 
 
+RUNS_VIEW = "/#/experiments?workflowType=machine_learning"
+"""MLflow 3's UI opens on its GenAI view unless asked for the model-training one, where sweeps and runs are."""
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("ui", help="start the MLflow UI for the embedded store on 127.0.0.1",
                                    description=UI_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -39,14 +43,14 @@ def run(args: argparse.Namespace) -> int:
     uri = workspace.tracking_uri(args.tracking_uri, args.workdir)
     if uri.startswith(("http://", "https://")):
         tracking.connect(uri)
-        print(f"uvlm: {uri} is a tracking server already: open it in a browser", flush=True)
+        print(f"uvlm: {uri} is a tracking server already: open {uri.rstrip('/')}{RUNS_VIEW} in a browser", flush=True)
         return 0
     tracking.connect(uri)  # creates the embedded store once, so the UI never races its migrations
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
                "--port", str(args.port), "--workers", "1"]
     if not (args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")):
         command += ["--default-artifact-root", workspace.artifact_root(args.workdir)]
-    print(f"uvlm: MLflow UI for {uri} at http://127.0.0.1:{args.port} (Ctrl-C stops it)", flush=True)
+    print(f"uvlm: MLflow UI for {uri} at http://127.0.0.1:{args.port}{RUNS_VIEW} (Ctrl-C stops it)", flush=True)
     try:
         return subprocess.call(command)
     except KeyboardInterrupt:
