@@ -84,7 +84,8 @@ def _check_server(uri: str, timeout: float = 5.0) -> None:
 
 
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
-"""MLflow 3's UI opens an experiment of this kind on its training-runs view, not the GenAI overview."""
+"""MLflow 3's UI opens an experiment of this kind on its Runs tab (the model-training view itself is
+asked for in the address: search.commands.ui.RUNS_VIEW)."""
 
 
 def experiment_id(client, name: str, artifact_location: str | None = None, create: bool = True) -> str | None:
@@ -94,9 +95,9 @@ def experiment_id(client, name: str, artifact_location: str | None = None, creat
         if experiment.lifecycle_stage == "deleted":
             raise UserError(f"MLflow experiment {name!r} was deleted but still holds its name; restore it "
                             f"(mlflow experiments restore) or pick another --name")
-        for key, value in EXPERIMENT_TAGS.items():
-            if create and key not in experiment.tags:  # made by an older uvlm or by hand; readers only read
-                client.set_experiment_tag(experiment.experiment_id, key, value)
+        if create:  # made by an older uvlm or by hand; readers only read
+            for key in EXPERIMENT_TAGS.keys() - experiment.tags.keys():
+                client.set_experiment_tag(experiment.experiment_id, key, EXPERIMENT_TAGS[key])
         return experiment.experiment_id
     if not create:
         return None

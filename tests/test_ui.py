@@ -45,7 +45,7 @@ def test_ui_serves_the_embedded_store(tmp_path):
 
 
 def test_sweep_experiments_open_on_the_training_runs_view(tmp_path):
-    """MLflow 3's UI shows an experiment without a kind as a GenAI overview; ours are tagged as model training."""
+    """MLflow 3's UI opens an experiment without a kind on GenAI tabs; ours are tagged as model training (Runs tab)."""
     from search import tracking
 
     client = tracking.connect(f"sqlite:///{tmp_path / 'mlflow.db'}")
