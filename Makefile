@@ -20,6 +20,8 @@ install-test:
 demo: install
 	uvlm demo $(DEMO_ARGS)
 
-# The test suite (CI runs exactly this). pytest's exit code 5 ("no tests collected") is not a failure.
+# The test suite, then the main job at toy size in a throw-away working folder (CI runs exactly this).
+# pytest's exit code 5 ("no tests collected") is not a failure.
 test: install-test
 	$(PYTHON) -m pytest; code=$$?; [ $$code -eq 0 ] || [ $$code -eq 5 ]
+	workdir=$$(mktemp -d); uvlm demo --smoke --workdir $$workdir; code=$$?; rm -rf $$workdir; exit $$code
