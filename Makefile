@@ -20,7 +20,8 @@ install-test:
 demo: install
 	uvlm demo $(DEMO_ARGS)
 
-# The test suite, then the main job at toy size in a throw-away working folder (CI runs exactly this).
+# The test suite, then the main job at toy size in a throw-away working folder (CI runs this, then the
+# fresh-machine check: .ci/run).
 # pytest's exit code 5 ("no tests collected") is not a failure.
 test: install-test
 	$(PYTHON) -m pytest; code=$$?; [ $$code -eq 0 ] || [ $$code -eq 5 ]
