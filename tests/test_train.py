@@ -12,7 +12,8 @@ from trainables.config import load_config
 from trainables.data.prepare import ensure_dataset
 from trainables.data.records import ATTRIBUTES, Task
 from trainables.launch import loop_config
-from trainables.rundata import Order, RunData, total_steps
+from trainables.rundata import Order, RunData, length_groups, total_steps
+from trainables.tokenizer import WordTokenizer
 from trainables.train import NonFiniteLoss, run_local
 
 torch.set_num_threads(1)
@@ -65,6 +66,19 @@ def test_same_config_same_metrics(data_path, tmp_path):
     second = run_local(loop_config(config, tmp_path / "b", None))
     assert untimed(first) == untimed(second)
     assert "test/gen/token_accuracy" in first
+
+
+def test_length_groups_take_the_step_of_one_padded_batch(data_path, tmp_path):
+    runs = {k: run_local(loop_config(small(data_path, **{"budget.value": 6, "eval.every_steps": 100, "runtime.length_groups": k}),
+                                     tmp_path / str(k), None)) for k in (1, 3)}
+    for key in ("train/loss", "train/text_loss", "train/image_loss", "test/gen/cosine"):
+        assert runs[3][key] == pytest.approx(runs[1][key], rel=1e-4, abs=1e-6), key
+    data = RunData(small(data_path), data_path)
+    examples = data.examples(WordTokenizer.build(data.texts), 4, 4, 256)[:7]
+    groups = length_groups(examples, 3)
+    assert [len(g) for g in groups] == [2, 3, 2] and sorted(map(id, sum(groups, []))) == sorted(map(id, examples))
+    assert max(len(e.ids) for e in groups[0]) <= min(len(e.ids) for e in groups[1])
+    assert [len(g) for g in length_groups(examples[:2], 4)] == [1, 1]  # never an empty group
 
 
 def test_nan_loss_stops_the_run_and_names_the_step(data_path, tmp_path):

@@ -221,6 +221,9 @@ class RuntimeConfig(StrictModel):
     """Ray Train workers (DDP)."""
     use_gpu: bool = False
     threads_per_worker: int = Field(default=1, gt=0)
+    length_groups: int = Field(default=2, gt=0)
+    """Each worker's share of a batch runs as this many forward/backward passes over records of similar
+    length, each padded only to its own longest record: the same gradient with less padding."""
     precision: Precision = Precision.FP32
     """bf16 autocast on GPUs."""
     cache_dir: str | None = None

@@ -145,3 +145,12 @@ def global_counts(examples: list[Example], n_gen: int) -> tuple[int, int]:
     """Answer tokens and image tokens of a global batch: the loss denominators on every worker."""
     text = sum(sum(1 for label in e.labels[1:] if label != IGNORE) for e in examples)
     return text, n_gen * sum(e.generation for e in examples)
+
+
+def length_groups(examples: list[Example], groups: int) -> list[list[Example]]:
+    """Records sorted by length, cut into `groups` runs of near-equal size (no empty ones): each is
+    padded only to its own longest record, and together they give the batch's gradient."""
+    ordered = sorted(examples, key=lambda e: len(e.ids))
+    n = len(ordered)
+    cuts = [round(i * n / groups) for i in range(groups + 1)]
+    return [ordered[a:b] for a, b in zip(cuts, cuts[1:]) if b > a]

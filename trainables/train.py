@@ -13,6 +13,7 @@ the step of one worker on the same global batch.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -32,8 +33,8 @@ from trainables.errors import UserError
 from trainables.evaluate import Evaluator
 from trainables.freezing import apply_trainability
 from trainables.model import UnifiedVLM, build_model
-from trainables.rundata import Order, RunData, global_counts, total_steps
-from trainables.sequences import collate
+from trainables.rundata import Order, RunData, global_counts, length_groups, total_steps
+from trainables.sequences import Example, collate
 from trainables.spaces import needs_vq
 from trainables.tokenizer import PretrainedTokenizer, TextTokenizer, WordTokenizer
 
@@ -149,6 +150,7 @@ class Recipe:
         self.steps = total_steps(config, len(self.examples))
         self.order = Order(len(self.examples), config.seed)
         self.optimiser, self.scheduler = self._setup_optimiser()
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.step, self.samples, self.train_seconds, self.eval_seconds = 0, 0, 0.0, 0.0
         self.step_times: list[float] = []  # this session's step durations (the median is the steady state)
         self.window = torch.zeros(4, dtype=torch.float64)  # loss, text, image, steps since the last evaluation
@@ -242,12 +244,8 @@ class Recipe:
 
     # -- train --------------------------------------------------------------------------------
     def train(self) -> None:
-        config, session = self.config, self.session
+        config, world = self.config, self.session.world_size
         every = config.eval.every_steps
-        autocast = torch.autocast(session.device.type, dtype=torch.bfloat16,
-                                  enabled=config.runtime.precision.value == "bf16" and session.device.type == "cuda")
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        n_gen, world = self.model.space.num_tokens, session.world_size
         from tqdm import tqdm
 
         bar = tqdm(total=self.steps, initial=self.step, desc="train", unit="step", mininterval=10,
@@ -255,30 +253,47 @@ class Recipe:
         while self.step < self.steps:
             started = time.perf_counter()
             global_batch = [self.examples[i] for i in self.order.batch(self.step, config.optim.batch_size)]
-            text_n, image_n = global_counts(global_batch, n_gen)
-            batch = collate(global_batch[session.rank :: world], self.data.train.images, self.tok).to(session.device)
-            with autocast:
-                out = self.ddp(batch)
-            text = out["text_sum"] * (world / max(text_n, 1))
-            image = out["image_sum"] * (world / max(image_n, 1))
-            loss = text + self.model.alpha * image
-            if not torch.isfinite(loss.detach()):
-                raise NonFiniteLoss(f"the training loss became {loss.item()} at step {self.step + 1}; try a lower optim.lr")
-            self.optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, config.optim.grad_clip)
-            self.optimiser.step()
+            loss, text, image = self.train_step(global_batch)
             self.scheduler.step()
             self.step += 1
             self.samples += len(global_batch)
             self.step_times.append(time.perf_counter() - started)
             self.train_seconds += self.step_times[-1]
-            self.window += torch.tensor([loss.item(), text.item(), image.item(), 1.0], dtype=torch.float64) / world
+            self.window += torch.tensor([loss, text, image, 1.0], dtype=torch.float64) / world
             bar.update(1)
             if self.step % every == 0 and self.step < self.steps:
                 metrics, _ = self.evaluate(limit=config.eval.max_eval_records)
                 bar.set_postfix_str(f"loss {metrics['train/loss']:.3f} vqa {metrics.get('test/vqa/overall', float('nan')):.3f}")
         bar.close()
+
+    def train_step(self, global_batch: list[Example]) -> tuple[float, float, float]:
+        """One optimiser step on the step's global batch: this worker's share, in length groups whose
+        gradients add up to the share's. -> this worker's (loss, text loss, image loss)."""
+        config, session, model = self.config, self.session, self.model
+        text_n, image_n = global_counts(global_batch, model.space.num_tokens)
+        groups = length_groups(global_batch[session.rank :: session.world_size], config.runtime.length_groups)
+        autocast = torch.autocast(session.device.type, dtype=torch.bfloat16,
+                                  enabled=config.runtime.precision.value == "bf16" and session.device.type == "cuda")
+        self.optimiser.zero_grad(set_to_none=True)
+        totals = torch.zeros(2, dtype=torch.float64)
+        for index, group in enumerate(groups):
+            batch = collate(group, self.data.train.images, self.tok).to(session.device)
+            last = index == len(groups) - 1
+            no_sync = self.ddp.no_sync() if not last and self.ddp is not model else contextlib.nullcontext()
+            with no_sync:  # DDP all-reduces once, in the last group's backward
+                with autocast:
+                    out = self.ddp(batch)
+                text = out["text_sum"] * (session.world_size / max(text_n, 1))
+                image = out["image_sum"] * (session.world_size / max(image_n, 1))
+                loss = text + model.alpha * image
+                if not torch.isfinite(loss.detach()):
+                    raise NonFiniteLoss(f"the training loss became {loss.item()} at step {self.step + 1}; try a lower optim.lr")
+                loss.backward()
+            totals += torch.tensor([text.item(), image.item()], dtype=torch.float64)
+        torch.nn.utils.clip_grad_norm_(self.trainable, config.optim.grad_clip)
+        self.optimiser.step()
+        text, image = totals.tolist()
+        return text + model.alpha * image, text, image
 
     # -- evaluate -----------------------------------------------------------------------------
     def train_metrics(self) -> dict[str, float]:
