@@ -41,9 +41,9 @@ from trainables.workspace import workdir
 
 HISTORY_METRICS = ["test/vqa/overall", "test/gen/probe/overall", "train/loss"]
 BUDGET_RULES = {"steps": "equal optimiser steps in every arm", "samples": "equal training records seen in every arm",
-                "epochs": "passes over each run's own records: a mixed run sees every understanding record an "
-                          "understanding-only run sees and every generation record a generation-only run sees, "
-                          "so it takes more steps"}
+                "epochs": "passes over each run's own records: every run sees each record it shares with another "
+                          "run as often, and a run with more records (a mixed arm, or added generation records) "
+                          "takes more steps"}
 VERDICT_MARK = {stats.SUPPORTED: "supported", stats.CONTRADICTED: "CONTRADICTED", stats.INCONCLUSIVE: "inconclusive"}
 
 
