@@ -35,7 +35,8 @@ def planned_steps(config) -> int:
     assert budget.unit.value == "epochs", "a demo study budgets in steps or epochs"
     options = smartwatch_options(config.data)
     images = config.data.train_images or config.data.generate_train_images
-    hidden = sum(is_hidden(sample_image(options.seed, "train", index)[0], options.rules) for index in range(images))
+    hidden = sum(is_hidden(sample_image(options.seed, "train", index)[0], options.rules)
+                 for index in range(images)) if options.rules else 0
     understanding = 2 * (images - hidden)
     generation = images - (hidden if config.data.hide_control else 0)
     records = {"understanding": understanding, "generation": generation, "mixed": understanding + generation}
@@ -116,7 +117,7 @@ def fake_fit(config, out_dir, *, run_name, storage_path, mlflow_run=None, callba
     return metrics
 
 
-@pytest.mark.slow  # three local Rays and 14 cheap trials: about 1 minute on a quiet 2-core machine, 3 on a busy one
+@pytest.mark.slow  # three local Rays and 8 cheap trials: about 1 minute on a quiet 2-core machine, 3 on a busy one
 def test_demo_runs_every_study_reports_them_and_a_rerun_skips_them(tmp_path):
     args = ("demo", "--smoke", "--workdir", str(tmp_path / "work"), "--trainable", "test_demo:fake_fit")
     first = uvlm(tmp_path, *args, timeout=600)
@@ -129,7 +130,7 @@ def test_demo_runs_every_study_reports_them_and_a_rerun_skips_them(tmp_path):
     assert "Findings (95% intervals over seeds" in first.stdout
     assert "uvlm ui --workdir" in first.stdout and "optuna-dashboard sqlite:///" in first.stdout
     trials = {study: len(runs_of(tmp_path, f"{study}-smoke")) for study, _ in STUDIES}
-    assert trials == {"mixing": 6, "alignment": 4, "transfer": 4}
+    assert trials == {"mixing": 3, "alignment": 3, "transfer": 2}  # the cells of each study, one seed
 
     second = uvlm(tmp_path, *args, timeout=600)
     assert second.returncode == 0, second.stdout + second.stderr

@@ -151,6 +151,9 @@ class Recipe:
         self.order = Order(len(self.examples), config.seed)
         self.optimiser, self.scheduler = self._setup_optimiser()
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        device = self.session.device.type
+        self.autocast = torch.autocast(device, dtype=torch.bfloat16,
+                                       enabled=config.runtime.precision.value == "bf16" and device == "cuda")
         self.step, self.samples, self.train_seconds, self.eval_seconds = 0, 0, 0.0, 0.0
         self.step_times: list[float] = []  # this session's step durations (the median is the steady state)
         self.window = torch.zeros(4, dtype=torch.float64)  # loss, text, image, steps since the last evaluation
@@ -272,16 +275,14 @@ class Recipe:
         config, session, model = self.config, self.session, self.model
         text_n, image_n = global_counts(global_batch, model.space.num_tokens)
         groups = length_groups(global_batch[session.rank :: session.world_size], config.runtime.length_groups)
-        autocast = torch.autocast(session.device.type, dtype=torch.bfloat16,
-                                  enabled=config.runtime.precision.value == "bf16" and session.device.type == "cuda")
         self.optimiser.zero_grad(set_to_none=True)
-        totals = torch.zeros(2, dtype=torch.float64)
+        text_total = image_total = 0.0
         for index, group in enumerate(groups):
             batch = collate(group, self.data.train.images, self.tok).to(session.device)
             last = index == len(groups) - 1
             no_sync = self.ddp.no_sync() if not last and self.ddp is not model else contextlib.nullcontext()
             with no_sync:  # DDP all-reduces once, in the last group's backward
-                with autocast:
+                with self.autocast:
                     out = self.ddp(batch)
                 text = out["text_sum"] * (session.world_size / max(text_n, 1))
                 image = out["image_sum"] * (session.world_size / max(image_n, 1))
@@ -289,11 +290,10 @@ class Recipe:
                 if not torch.isfinite(loss.detach()):
                     raise NonFiniteLoss(f"the training loss became {loss.item()} at step {self.step + 1}; try a lower optim.lr")
                 loss.backward()
-            totals += torch.tensor([text.item(), image.item()], dtype=torch.float64)
+            text_total, image_total = text_total + text.item(), image_total + image.item()
         torch.nn.utils.clip_grad_norm_(self.trainable, config.optim.grad_clip)
         self.optimiser.step()
-        text, image = totals.tolist()
-        return text + model.alpha * image, text, image
+        return text_total + model.alpha * image_total, text_total, image_total
 
     # -- evaluate -----------------------------------------------------------------------------
     def train_metrics(self) -> dict[str, float]:
