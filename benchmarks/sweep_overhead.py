@@ -1,22 +1,22 @@
-"""Benchmark: a sweep's orchestration overhead, its wall time against its trials' own time.
+"""Benchmark: what a sweep spends besides training, against a baseline run in the same process.
 
-    python benchmarks/sweep_overhead.py [--steps 40] [--seeds 2] [--space spaces/smoke.yaml]
+    python benchmarks/sweep_overhead.py [--space spaces/mixing.yaml] [--seeds 2] [--steps N]
+    python benchmarks/sweep_overhead.py --workdir uvlm-work      # measure the sweeps of a finished `uvlm demo`
 
-Runs the space (default: the smoke space; `--steps` overrides budget.value so that
-trials last as long as wanted, e.g. about two minutes) as a real `uvlm sweep`
-process in a fresh working folder, then reads its MLflow runs and prints:
+Runs the space twice as real `uvlm sweep` processes, each in a fresh working folder: once with the
+default trial body (`trainables.launch:fit_in_trial`: a one-worker trial trains in its reused Tune
+trial process) and once with the baseline body `trainables.launch:fit` (a TorchTrainer worker group
+per trial, as before). Then it reads each sweep's MLflow runs and prints, per sweep:
 
-  wall                 the sweep command, process start to exit (Ray start, data, trials, summary)
-  fit (sum)            the trials' own time: wall time of `trainables.launch.fit` (time/fit_seconds)
-  train loop (sum)     the training loops alone (time/train_seconds)
-  orchestration ratio  wall x concurrency / sum(fit): what Tune, Optuna, MLflow and the trial
-                       drivers add around the trainable (1.00 = nothing; target <= 1.15)
-  total ratio          wall x concurrency / sum(train loop): the above plus the trainable's own
-                       start-up (TorchTrainer, data, model) and evaluations
-  per-trial start-up   median of (fit - train loop): the trainable's fixed cost per trial;
-                       median of (trial run - fit): the trial driver's own cost (MLflow open/close)
+  wall          the sweep, process start to exit (Ray start, data, trials, summary); with --workdir,
+                the parent run's start to end
+  train loop    sum over trials of the training steps alone (time/train_seconds)
+  ratio         wall x concurrency / sum(train loop): 1.00 = nothing but training steps (target <= 1.10)
+  fixed median  per trial, everything that is not a training step: the trial's MLflow run from
+  fixed p90     start to end minus its training steps (set-up, evaluations, checkpoints, MLflow)
+  eval median   per trial, the evaluations alone (time/eval_seconds), included in the fixed cost
 
-Figures on a shared 2-core machine vary with its load: run it on an idle one.
+and the new/baseline ratios. Figures on a shared 2-core machine vary with its load: run it on an idle one.
 """
 
 from __future__ import annotations
@@ -34,79 +34,100 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+BODIES = {"default": "trainables.launch:fit_in_trial", "baseline": "trainables.launch:fit"}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--space", default=str(ROOT / "spaces" / "smoke.yaml"))
-    parser.add_argument("--steps", type=int, default=None, help="override budget.value (training steps per trial)")
-    parser.add_argument("--seeds", type=int, default=None, help="override the number of seeds")
-    parser.add_argument("--folder", default=None, help="where to run (default: a fresh temporary folder)")
+    parser.add_argument("--space", default=str(ROOT / "spaces" / "mixing.yaml"))
+    parser.add_argument("--steps", type=int, default=None, help="override the budget (training steps per trial)")
+    parser.add_argument("--seeds", type=int, default=2, help="seeds per cell (default 2)")
+    parser.add_argument("--only", choices=sorted(BODIES), help="run one body only")
+    parser.add_argument("--workdir", help="measure every sweep in this finished working folder instead (runs nothing)")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = parser.parse_args()
 
-    folder = Path(args.folder or tempfile.mkdtemp(prefix="uvlm-bench-sweep-"))
-    folder.mkdir(parents=True, exist_ok=True)
-    tree = yaml.safe_load(Path(args.space).read_text())
-    if args.steps:
-        tree.setdefault("fixed", {}).update({"budget.unit": "steps", "budget.value": args.steps,
-                                             "eval.every_steps": max(1, args.steps // 2)})
-    if args.seeds:
-        tree["seeds"] = args.seeds
-    space = folder / "bench.yaml"
-    space.write_text(yaml.safe_dump(tree, sort_keys=False))
-
-    env = {**os.environ, "UVLM_WORKDIR": str(folder / "work")}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "search.cli", "sweep", str(space)], cwd=folder, env=env,
-                            stderr=subprocess.PIPE, text=True)
-    wall = time.monotonic() - started
-    if result.returncode != 0:
-        print(result.stderr[-4000:], file=sys.stderr)
-        return result.returncode
-
-    figures = measure(folder, wall)
+    if args.workdir:
+        figures = {name: measure(Path(args.workdir), name, None) for name in sweep_names(Path(args.workdir))}
+    else:
+        figures = {}
+        for label, body in BODIES.items():
+            if args.only and label != args.only:
+                continue
+            folder = Path(tempfile.mkdtemp(prefix=f"uvlm-bench-{label}-"))
+            wall, code, stderr = run_sweep(folder, Path(args.space), args.steps, args.seeds, body)
+            if code != 0:
+                print(stderr[-4000:], file=sys.stderr)
+                return code
+            figures[label] = measure(folder / "work", "bench", wall)
     print(report(figures))
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
     return 0
 
 
-def measure(folder: Path, wall: float) -> dict[str, float]:
+def run_sweep(folder: Path, space_path: Path, steps: int | None, seeds: int, body: str) -> tuple[float, int, str]:
+    tree = yaml.safe_load(space_path.read_text())
+    tree["seeds"] = seeds
+    if steps:
+        tree.setdefault("fixed", {}).update({"budget.unit": "steps", "budget.value": steps})
+    for key in ("data.path",):  # the space's relative data folders, shared by both runs (generated once)
+        if key in tree.get("fixed", {}):
+            tree["fixed"][key] = str(ROOT / tree["fixed"][key])
+    space = folder / "bench.yaml"
+    space.write_text(yaml.safe_dump(tree, sort_keys=False))
+    env = {**os.environ, "UVLM_WORKDIR": str(folder / "work")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "search.cli", "sweep", str(space), "--trainable", body],
+                            cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    return time.monotonic() - started, result.returncode, result.stderr
+
+
+def sweep_names(workdir: Path) -> list[str]:
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(f"sqlite:///{folder / 'work' / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("bench")
-    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    return [e.name for e in client.search_experiments() if e.name not in ("Default", "uvlm-train")]
+
+
+def measure(workdir: Path, sweep: str, wall: float | None) -> dict[str, float]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(sweep)
+    runs = client.search_runs([experiment.experiment_id], max_results=5000)
     parent = next(run for run in runs if run.data.tags.get("uvlm.role") == "sweep")
     trials = [run for run in runs if run.data.tags.get("uvlm.role") == "trial" and run.info.status == "FINISHED"]
     concurrency = int(parent.data.tags["uvlm.concurrency"])
-    fit = [run.data.metrics["time/fit_seconds"] for run in trials]
+    if wall is None:
+        wall = (parent.info.end_time - parent.info.start_time) / 1000
     train = [run.data.metrics["time/train_seconds"] for run in trials]
-    run_time = [(run.info.end_time - run.info.start_time) / 1000 for run in trials]
+    fixed = sorted((run.info.end_time - run.info.start_time) / 1000 - t for run, t in zip(trials, train))
+    evals = [run.data.metrics.get("time/eval_seconds", 0.0) for run in trials]
     return {
         "trials": len(trials), "concurrency": concurrency, "wall_seconds": wall,
-        "fit_seconds_sum": sum(fit), "train_seconds_sum": sum(train),
-        "fit_seconds_median": statistics.median(fit), "train_seconds_median": statistics.median(train),
-        "orchestration_ratio": wall * concurrency / sum(fit),
-        "total_ratio": wall * concurrency / sum(train),
-        "trainable_startup_seconds_median": statistics.median(f - t for f, t in zip(fit, train)),
-        "driver_seconds_median": statistics.median(r - f for r, f in zip(run_time, fit)),
+        "train_seconds_sum": sum(train), "ratio": wall * concurrency / sum(train),
+        "fixed_seconds_median": statistics.median(fixed), "fixed_seconds_p90": fixed[min(len(fixed) - 1, int(0.9 * len(fixed)))],
+        "eval_seconds_median": statistics.median(evals),
     }
 
 
-def report(figures: dict[str, float]) -> str:
-    return "\n".join([
-        f"trials {figures['trials']}, {figures['concurrency']} at a time",
-        f"wall                    {figures['wall_seconds']:8.1f} s",
-        f"fit (sum)               {figures['fit_seconds_sum']:8.1f} s   (median per trial {figures['fit_seconds_median']:.1f} s)",
-        f"train loop (sum)        {figures['train_seconds_sum']:8.1f} s   (median per trial {figures['train_seconds_median']:.1f} s)",
-        f"orchestration ratio     {figures['orchestration_ratio']:8.3f}     (wall x concurrency / sum fit; target <= 1.15)",
-        f"total ratio             {figures['total_ratio']:8.3f}     (wall x concurrency / sum train loop)",
-        f"trainable start-up      {figures['trainable_startup_seconds_median']:8.1f} s   per trial (fit - train loop, median)",
-        f"trial driver            {figures['driver_seconds_median']:8.1f} s   per trial (MLflow run - fit, median)",
-    ])
+def report(figures: dict[str, dict[str, float]]) -> str:
+    columns = [("trials", "{:.0f}"), ("concurrency", "{:.0f}"), ("wall_seconds", "{:.1f}"), ("train_seconds_sum", "{:.1f}"),
+               ("ratio", "{:.3f}"), ("fixed_seconds_median", "{:.1f}"), ("fixed_seconds_p90", "{:.1f}"),
+               ("eval_seconds_median", "{:.1f}")]
+    heads = ["sweep", "trials", "at once", "wall s", "train loop s", "ratio", "fixed median s", "fixed p90 s", "eval median s"]
+    rows = [[name] + [fmt.format(values[key]) for key, fmt in columns] for name, values in figures.items()]
+    widths = [max(len(str(row[i])) for row in [heads] + rows) for i in range(len(heads))]
+    lines = ["  ".join(str(cell).rjust(width) for cell, width in zip(row, widths)) for row in [heads] + rows]
+    if "default" in figures and "baseline" in figures:
+        new, old = figures["default"], figures["baseline"]
+        lines.append(f"default / baseline: wall {new['wall_seconds'] / old['wall_seconds']:.2f}x, "
+                     f"ratio {new['ratio'] / old['ratio']:.2f}x, fixed median {new['fixed_seconds_median'] / old['fixed_seconds_median']:.2f}x")
+    lines.append("ratio = wall x concurrency / sum of training-step seconds (target <= 1.10); "
+                 "fixed = a trial's MLflow run time minus its training steps (target median <= 4 s, p90 <= 8 s)")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

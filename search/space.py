@@ -251,7 +251,8 @@ class Slot:
     cell: Cell
     seed: int
     sample: int
-    overrides: dict[str, Any]  # fixed + factor levels + resources + seed (dotted keys)
+    overrides: dict[str, Any]  # fixed + factor levels + resources + seed (dotted keys), as written
+    config: TrainConfig  # built from base + overrides once, relative paths made absolute (trials run elsewhere)
 
 
 @dataclass
@@ -275,7 +276,7 @@ class Plan:
         return hashlib.sha256(self.text.encode()).hexdigest()[:16]
 
     def config(self, slot: Slot, searched: dict[str, Any] | None = None) -> TrainConfig:
-        return load_config(self.base, {**slot.overrides, **(searched or {})})
+        return slot.config.with_overrides(searched or {})
 
     def first_of_each_cell(self) -> list[Slot]:
         seen: dict[int, Slot] = {}
@@ -322,14 +323,23 @@ def load_space(path: str | Path) -> Plan:
     base = _load_base(path, space.base)
     _check_keys(path, space)
     cells = _cells(space)
-    slots = [
-        Slot(index=index, cell=cell, seed=seed, sample=sample,
-             overrides={**space.fixed, **cell.overrides, **space.resources.overrides(), "seed": seed})
-        for index, (sample, seed, cell) in enumerate(product(range(space.search.samples), space.seeds, cells))
-    ]
+    root = Path.cwd()
+    slots = []
+    for index, (sample, seed, cell) in enumerate(product(range(space.search.samples), space.seeds, cells)):
+        overrides = {**space.fixed, **cell.overrides, **space.resources.overrides(), "seed": seed}
+        slots.append(Slot(index=index, cell=cell, seed=seed, sample=sample, overrides=overrides,
+                          config=_slot_config(path, base, overrides, cell, root)))
     plan = Plan(path=path, text=text, space=space, base=base, cells=cells, slots=slots)
     _check_configs(plan)
     return plan
+
+
+def _slot_config(path: Path, base: dict[str, Any], overrides: dict[str, Any], cell: Cell, root: Path) -> TrainConfig:
+    try:
+        config = load_config(base, overrides)
+        return load_config(base, resolve_paths(overrides, config, root))
+    except UserError as error:
+        raise UserError(f"space file {path.name}: cell {cell.key or '(no factors)'}: {error}") from None
 
 
 def resolve_paths(overrides: dict[str, Any], config: TrainConfig, root: Path) -> dict[str, Any]:
@@ -484,12 +494,7 @@ def _cells(space: SpaceFile) -> list[Cell]:
 def _check_configs(plan: Plan) -> None:
     """Every cell's config is valid, every searched endpoint is, and each data.path means one dataset."""
     name = plan.path.name
-    configs: dict[int, TrainConfig] = {}
-    for slot in plan.first_of_each_cell():
-        try:
-            configs[slot.cell.index] = plan.config(slot)
-        except UserError as error:
-            raise UserError(f"space file {name}: cell {slot.cell.key or '(no factors)'}: {error}") from None
+    configs = {slot.cell.index: slot.config for slot in plan.first_of_each_cell()}
     for key, param in plan.space.search.params.items():
         for slot in plan.first_of_each_cell():
             if not condition_holds(param.when, configs[slot.cell.index].flatten()):

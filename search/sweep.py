@@ -2,12 +2,9 @@
 
     plan -> check store, Ray, resources, data -> parent MLflow run -> Tuner(SlotSearcher) -> summary
 
-Each Tune trial is a *trial driver* (`run_trial`, a function trainable that
-holds no CPU) which opens the trial's nested MLflow run and calls the body that
-trains: by default `trainables.launch.fit`, which runs the trainable's
-TorchTrainer and reports to Tune through `TuneReportCallback`. The body is a
-parameter (`--trainable MODULE:FUNCTION`), so tests run the orchestration with
-cheap bodies.
+Each Tune trial runs `search.trial.run_trial` (the trial driver: its nested
+MLflow run and the body that trains); `search.cluster` starts and stops Ray.
+This module orchestrates, keeps the sweep's parent run and summarises.
 
 Identity: `--name` (default: the space file's stem) names the MLflow
 experiment, the Ray experiment folder and the Optuna studies. A name that
@@ -16,40 +13,20 @@ exists is resumed with `--resume`, never silently reused.
 
 from __future__ import annotations
 
-import hashlib
-import importlib
-import logging
-import math
 import os
 import re
-import socket
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from search import cluster as ray_cluster
 from search import tracking
-from search.space import NAME_PATTERN, Plan, resolve_paths
+from search.space import NAME_PATTERN, Plan
+from search.trial import DEFAULT_BODY, TrialContext, resolve_body, run_trial
 from trainables import workspace
-from trainables.config import load_config
 from trainables.errors import UserError
-
-DEFAULT_BODY = "trainables.launch:fit"
-RAY_ENV = {
-    "RAY_AUTH_MODE": "disabled",  # no token-auth message on a local cluster
-    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",  # no actor warning per Train run
-    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",  # no CSV/JSON/TensorBoard loggers per trial: MLflow has it all
-    "TUNE_GLOBAL_CHECKPOINT_S": "2",  # snapshot often: a trial started after the last snapshot reruns on --resume
-    "RAY_AIR_NEW_OUTPUT": "0",  # with verbose=0, Tune prints no tables (SweepCallback prints a line per change)
-    # Ray Train's controller polls its workers every 2 s by default and exports Prometheus metrics:
-    # polling every 0.2 s without metrics cut the fixed cost of a Train run from ~13 s to ~8.5 s
-    # (measured, 1-step runs on 2 cores); a sweep pays it once per trial.
-    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
-    "RAY_TRAIN_METRICS_ENABLED": "0",
-}
-# Ray puts Unix sockets under its temp folder; their paths must stay below the OS limit (107 bytes).
-MAX_RAY_TEMP_LENGTH = 40
 
 
 @dataclass
@@ -63,7 +40,7 @@ class SweepOptions:
     """Ray results folder (shared by all nodes on a cluster); default <workdir>/ray_results."""
     workdir: str | None = None
     body: str | Callable | None = None
-    """The function that trains one trial, or 'module:function'; default trainables.launch:fit."""
+    """The function that trains one trial, or 'module:function'; default trainables.launch:fit_in_trial."""
     verbose: bool = False
     """Forward Ray's and the workers' logs to the console."""
 
@@ -89,22 +66,6 @@ class Summary:
         return 0 if self.complete and not self.counts.get("failed") else 1
 
 
-@dataclass
-class TrialContext:
-    """What every trial driver needs, shipped once through the object store."""
-
-    sweep: str
-    study: str
-    tracking_uri: str
-    experiment_id: str
-    parent_run_id: str
-    base: dict[str, Any]
-    slots: list[dict[str, Any]]  # per slot: overrides (paths absolute), cell key, levels, seed, sample
-    out_root: str
-    train_storage: str
-    body: str | Callable
-
-
 def sweep_name(plan: Plan, name: str | None) -> str:
     name = name or plan.path.stem
     if not re.match(NAME_PATTERN, name):
@@ -125,9 +86,9 @@ def run_sweep(plan: Plan, options: SweepOptions) -> Summary:
     experiment_dir = storage / name
     resolve_body(options.body or DEFAULT_BODY)  # fail now on a bad --trainable, not in every trial
     if options.address:
-        _check_reachable(options.address)
+        ray_cluster.check_reachable(options.address)
     else:
-        concurrency_for(plan, cluster_resources(None, plan.space.resources.gpus_per_worker > 0), options.max_concurrent)
+        concurrency_for(plan, ray_cluster.resources(None, plan.space.resources.gpus_per_worker > 0), options.max_concurrent)
     if options.resume and _missing_store(uri):
         raise UserError(f"no sweep named {name!r} to resume: {uri} does not exist yet")
 
@@ -147,12 +108,11 @@ def run_sweep(plan: Plan, options: SweepOptions) -> Summary:
         raise UserError(f"sweep {name!r} has no Ray experiment state at {experiment_dir} to resume from; "
                         f"start it afresh under another --name")
 
-    cluster = start_ray(options.address, folder, options.verbose)
+    cluster = ray_cluster.start(options.address, folder, options.verbose)
     parent_id = None
     try:
         concurrency = concurrency_for(plan, cluster, options.max_concurrent)
-        slots = resolved_slots(plan)
-        prepare_data(plan, slots)
+        prepare_data(plan)
         experiment = tracking.experiment_id(client, name, _artifact_location(options.tracking_uri, folder))
         parent_id = _open_parent(client, experiment, name, plan, parent, concurrency, cluster)
         if options.resume:
@@ -161,14 +121,14 @@ def run_sweep(plan: Plan, options: SweepOptions) -> Summary:
             _drop_stale_studies(name, folder)
         context = TrialContext(
             sweep=name, study=plan.study, tracking_uri=uri, experiment_id=experiment, parent_run_id=parent_id,
-            base=plan.base, slots=slots, out_root=str(folder / "runs" / name),
-            train_storage=str(storage / f"{name}.train"), body=options.body or DEFAULT_BODY,
+            slots=plan.slots, out_root=str(folder / "runs" / name),
+            train_storage=str(storage / f"{name}.train"), experiment_dir=str(experiment_dir), body=options.body or DEFAULT_BODY,
         )
         print(f"uvlm: sweep {name!r}: {len(plan.slots)} trials ({_shape(plan)}), {concurrency} at a time; "
               f"MLflow experiment {name!r} at {uri}", file=sys.stderr)
         _fit(plan, name, options.resume, experiment_dir, context, concurrency, folder)
     finally:
-        stop_ray()
+        ray_cluster.stop()
         if parent_id is not None:  # whatever happened, no run of this sweep stays RUNNING
             tracking.close_stale(client, experiment, "the sweep stopped before the trial ended")
             summary = summarize(client, experiment, name, len(plan.slots), time.monotonic() - started)
@@ -189,8 +149,9 @@ def _fit(plan: Plan, name: str, resume: bool, experiment_dir: Path, context: Tri
     from ray import tune
 
     from search.progress import SweepCallback
+    from search.trial import resources
 
-    trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), {"memory": 1})
+    trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), resources(plan.slots[0].config, context.body))
     if resume:
         tuner = tune.Tuner.restore(str(experiment_dir), trainable=trainable, resume_unfinished=True, resume_errored=False)
     else:
@@ -200,7 +161,7 @@ def _fit(plan: Plan, name: str, resume: bool, experiment_dir: Path, context: Tri
         if space.early_stopping.enabled:
             from ray.tune.schedulers import ASHAScheduler
 
-            max_steps = max(int(plan.config(slot).budget.value) for slot in plan.first_of_each_cell())
+            max_steps = max(int(slot.config.budget.value) for slot in plan.first_of_each_cell())
             # max_t above the last step: ASHA stops trials at rungs only, never at their own end, so a trial
             # that runs its whole budget ends itself and its run ends FINISHED.
             scheduler = ASHAScheduler(time_attr="step", metric=objective.metric, mode=objective.mode.value,
@@ -216,6 +177,7 @@ def _fit(plan: Plan, name: str, resume: bool, experiment_dir: Path, context: Tri
             run_config=tune.RunConfig(
                 name=name, storage_path=str(experiment_dir.parent), verbose=0,
                 failure_config=tune.FailureConfig(max_failures=0),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # --resume needs the last one only
                 callbacks=[SweepCallback(name, context.tracking_uri, context.experiment_id, len(plan.slots),
                                          early_stopping=space.early_stopping.enabled,
                                          metric=objective.metric if objective else None)],
@@ -229,201 +191,23 @@ def build_searcher(plan: Plan, name: str, folder: Path):
 
     objective = plan.space.objective
     refs = [SlotRef(slot.index, slot.cell.index, slot.cell.key) for slot in plan.slots]
-    cell_values = {slot.cell.index: plan.config(slot).flatten() for slot in plan.first_of_each_cell()}
+    cell_values = {slot.cell.index: slot.config.flatten() for slot in plan.first_of_each_cell()}
     return SlotSearcher(refs, cell_values, plan.space.search,
                         metric=objective.metric if objective else None,
                         mode=objective.mode.value if objective else None,
                         study_prefix=name, storage_url=workspace.optuna_storage(folder))
 
 
-def run_trial(config: dict[str, Any], context: TrialContext) -> None:
-    """The Tune function trainable of one trial: open its MLflow run, train, end the run, report.
-
-    A body that raises, or returns a non-finite metric, ends the run FAILED
-    with the error and fails the Tune trial; the sweep goes on.
-    """
-    from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    trial_id = tune.get_context().get_trial_id()
-    slot = context.slots[config["slot"]]
-    searched = config.get("searched") or {}
-    train_config = load_config(context.base, {**slot["overrides"], **searched})
-    client = tracking.client(context.tracking_uri)
-    tags = trial_tags(context, slot, trial_id, train_config)
-    existing = tracking.trial_run(client, context.experiment_id, trial_id)
-    if existing is not None and existing.info.status in ("FINISHED", "FAILED"):
-        # Ended before the driver was killed, after Tune's last snapshot: MLflow knows, so don't run it again.
-        if existing.info.status == "FAILED":
-            raise RuntimeError(f"failed before the sweep was resumed: {existing.data.tags.get('uvlm.error', '')}")
-        tune.report(dict(existing.data.metrics))
-        return
-    if existing is None:
-        run_id = tracking.start_run(client, context.experiment_id, f"{context.sweep}-{slot['index']:04d}",
-                                    {**tags, "uvlm.attempt": 1})
-    else:
-        run_id = existing.info.run_id
-        attempt = int(existing.data.tags.get("uvlm.attempt", "1")) + 1
-        tracking.reopen(client, run_id, {**tags, "uvlm.attempt": attempt})
-    out_dir = Path(context.out_root) / trial_id
-    began = time.monotonic()
-    try:
-        body = resolve_body(context.body)
-        metrics = body(train_config, out_dir, run_name=trial_id, storage_path=context.train_storage,
-                       mlflow_run={"tracking_uri": context.tracking_uri, "run_id": run_id},
-                       callbacks=[TuneReportCallback()])
-        bad = sorted(key for key, value in (metrics or {}).items() if isinstance(value, float) and not math.isfinite(value))
-        if bad:
-            raise FloatingPointError(f"non-finite final metrics: {', '.join(bad)}")
-    except Exception as error:
-        if not client.get_run(run_id).data.params:
-            tracking.log_params(client, run_id, train_config.flatten())
-        tracking.finish(client, run_id, "FAILED", error)
-        raise
-    metrics = {**metrics, "time/fit_seconds": time.monotonic() - began}  # the body's wall time, for the overhead benchmark
-    _complete_run(client, run_id, out_dir, Path(context.train_storage) / trial_id, metrics)
-    tracking.finish(client, run_id, "FINISHED")
-    tune.report({key: value for key, value in metrics.items() if isinstance(value, (int, float))})
-
-
-def trial_tags(context: TrialContext, slot: dict[str, Any], trial_id: str, config) -> dict[str, Any]:
-    """The nested run's tags (docs/ARCHITECTURE.md, "MLflow layout")."""
-    tags = {
-        "mlflow.parentRunId": context.parent_run_id, "uvlm.role": "trial", "uvlm.sweep": context.sweep,
-        "uvlm.study": context.study, "uvlm.trial_id": trial_id, "uvlm.slot": slot["index"],
-        "uvlm.arm": config.data.arm.value, "uvlm.seed": config.seed, "uvlm.cell": slot["cell"],
-        "uvlm.sample": slot["sample"],
-    }
-    tags.update({f"uvlm.factor.{name}": label for name, label in slot["levels"]})
-    return tags
-
-
-def _complete_run(client, run_id: str, out_dir: Path, train_dir: Path, metrics: dict[str, float]) -> None:
-    """What rank 0 did not log: final metrics, the run's artifacts, and the checkpoint path tag."""
-    run = client.get_run(run_id)
-    missing = {key: value for key, value in metrics.items() if key not in run.data.metrics}
-    if missing:
-        tracking.log_metrics(client, run_id, missing, step=int(metrics.get("step", 0) or 0))
-    logged = {artifact.path for artifact in client.list_artifacts(run_id)}
-    for name in ("config.yaml", "metrics.json", "generated.png", "affine.pt"):
-        if (out_dir / name).is_file() and name not in logged:
-            client.log_artifact(run_id, str(out_dir / name))
-    checkpoints = sorted(path for path in train_dir.glob("checkpoint_*") if path.is_dir())
-    if checkpoints and "uvlm.checkpoint" not in run.data.tags:
-        tracking.set_tags(client, run_id, {"uvlm.checkpoint": str(checkpoints[-1])})
-
-
-def resolve_body(body: str | Callable) -> Callable:
-    """'module:function' -> the function; UserError when it cannot be imported."""
-    if callable(body):
-        return body
-    module_name, _, attribute = body.partition(":")
-    if not module_name or not attribute:
-        raise UserError(f"--trainable {body!r}: expected MODULE:FUNCTION, e.g. {DEFAULT_BODY}")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise UserError(f"--trainable {body!r}: cannot import {module_name!r} ({error})") from None
-    function = getattr(module, attribute, None)
-    if not callable(function):
-        raise UserError(f"--trainable {body!r}: {module_name!r} has no function {attribute!r}")
-    return function
-
-
-def resolved_slots(plan: Plan) -> list[dict[str, Any]]:
-    """Each slot's overrides with relative paths made absolute (trials run elsewhere)."""
-    root = Path.cwd()
-    return [
-        {"index": slot.index, "cell": slot.cell.key, "levels": list(slot.cell.levels), "seed": slot.seed,
-         "sample": slot.sample, "overrides": resolve_paths(slot.overrides, plan.config(slot), root)}
-        for slot in plan.slots
-    ]
-
-
-def prepare_data(plan: Plan, slots: list[dict[str, Any]]) -> None:
+def prepare_data(plan: Plan) -> None:
     """Generate or check each distinct dataset once, in the driver, before trials start."""
     from trainables.data.prepare import ensure_dataset
 
     seen = set()
-    for slot in slots:
-        config = load_config(plan.base, slot["overrides"])
-        if config.data.path not in seen:
-            seen.add(config.data.path)
-            ensure_dataset(config.data)
-
-
-# ---- Ray ---------------------------------------------------------------------------------------
-
-def start_ray(address: str | None, folder: Path, verbose: bool) -> dict[str, float]:
-    """Start a local Ray (temp folder under `folder`) or join the cluster at `address`; returns its resources."""
-    for key, value in RAY_ENV.items():
-        os.environ.setdefault(key, value)
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    quiet = dict(include_dashboard=False, log_to_driver=verbose, configure_logging=True,
-                 logging_level=logging.INFO if verbose else logging.WARNING)
-    try:
-        if address:
-            _check_reachable(address)
-            ray.init(address=address, runtime_env={"env_vars": RAY_ENV}, **quiet)
-        else:
-            ray.init(address="local", num_cpus=os.cpu_count(), _temp_dir=ray_temp_dir(folder), **quiet)
-    except (ConnectionError, TimeoutError, RuntimeError, ValueError) as error:
-        raise UserError(f"cannot {'join the Ray cluster at ' + repr(address) if address else 'start Ray'}: "
-                        f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
-    if not verbose:
-        for logger_name in ("ray", "ray.tune", "ray.train"):
-            logging.getLogger(logger_name).setLevel(logging.ERROR)
-    return dict(ray.cluster_resources())
-
-
-def _check_reachable(address: str) -> None:
-    """ray.init retries an unreachable HOST:PORT for many minutes; one TCP connection answers in seconds."""
-    host, _, port = address.rpartition(":")
-    if "://" in address or not host or not port.isdigit():
-        return  # "auto", ray:// client addresses: left to Ray
-    try:
-        socket.create_connection((host, int(port)), timeout=5).close()
-    except OSError as error:
-        raise UserError(f"nothing answers at the Ray cluster address {address!r} ({error.strerror or error}); "
-                        f"start the head with `ray start --head --port {port}`, or drop --address") from None
-
-
-def stop_ray() -> None:
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-
-
-def ray_temp_dir(folder: Path) -> str:
-    """<workdir>/ray when its path is short enough for Ray's sockets, else a short one under /tmp."""
-    path = folder / "ray"
-    if len(str(path)) > MAX_RAY_TEMP_LENGTH:
-        path = Path("/tmp") / f"uvlm-ray-{hashlib.sha1(str(folder).encode()).hexdigest()[:10]}"
-    path.mkdir(parents=True, exist_ok=True)
-    return str(path)
-
-
-def cluster_resources(address: str | None, gpus_needed: bool = False) -> dict[str, float]:
-    """CPUs and GPUs that trials can use: this machine, or the cluster at `address` (joined briefly)."""
-    if address:
-        try:
-            return start_ray(address, Path.cwd(), verbose=False)
-        finally:
-            stop_ray()
-    return {"CPU": float(os.cpu_count() or 1), "GPU": float(_local_gpus()) if gpus_needed else 0.0}
-
-
-def _local_gpus() -> int:
-    try:
-        import torch
-
-        return torch.cuda.device_count()
-    except Exception:  # noqa: BLE001 - no usable torch/CUDA means no GPUs
-        return 0
+    for slot in plan.slots:
+        data = slot.config.data
+        if data.path not in seen:
+            seen.add(data.path)
+            ensure_dataset(data)
 
 
 def concurrency_for(plan: Plan, cluster: dict[str, float], requested: int | None) -> int:
@@ -586,9 +370,8 @@ def dry_run(plan: Plan, options: SweepOptions) -> str:
     name = sweep_name(plan, options.name)
     if options.body:
         resolve_body(options.body)
-    cluster = cluster_resources(options.address, gpus_needed=plan.space.resources.gpus_per_worker > 0)
+    cluster = ray_cluster.resources(options.address, gpus_needed=plan.space.resources.gpus_per_worker > 0)
     concurrency = concurrency_for(plan, cluster, options.max_concurrent)
-    slots = resolved_slots(plan)
     space = plan.space
     resources = space.resources
     lines = [
@@ -605,18 +388,18 @@ def dry_run(plan: Plan, options: SweepOptions) -> str:
     lines.append(f"  early stopping (ASHA): {'on, grace ' + str(space.early_stopping.grace_steps) + ' steps' if space.early_stopping.enabled else 'off'}")
     if space.budget.time_budget_s:
         lines.append(f"  time budget: {_duration(space.budget.time_budget_s)}")
-    lines += [f"  data: {line}" for line in check_data(plan, slots)]
+    lines += [f"  data: {line}" for line in check_data(plan)]
     lines.append(table_text(plan))
     return "\n".join(lines)
 
 
-def check_data(plan: Plan, slots: list[dict[str, Any]]) -> list[str]:
+def check_data(plan: Plan) -> list[str]:
     """Each distinct dataset: present and matching, or what will be generated (nothing is generated here)."""
     from trainables.data.prepare import ensure_dataset
 
     found, seen = [], set()
-    for slot in slots:
-        data = load_config(plan.base, slot["overrides"]).data
+    for slot in plan.slots:
+        data = slot.config.data
         if data.path in seen:
             continue
         seen.add(data.path)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from search.space import condition_holds, format_value, load_space, resolve_paths
+from search.space import condition_holds, format_value, load_space
 from trainables.errors import UserError
 
 SPACES = sorted((Path(__file__).resolve().parents[1] / "spaces").glob("*.yaml"))
@@ -51,8 +51,8 @@ def test_named_factor_sets_keys_together_and_overrides_fixed(tmp_path):
     keys = [cell.key for cell in plan.cells]
     assert keys == ["pair=patch-vq", "pair=hidden"]
     first, second = (plan.config(slot) for slot in plan.slots)
-    assert first.generation.space.value == "vq" and first.data.path == "data/a"
-    assert second.data.path == "data/b" and second.data.hide_from_understanding == ["weather=raining"]
+    assert first.generation.space.value == "vq" and first.data.path == str(Path.cwd() / "data" / "a")
+    assert second.data.path == str(Path.cwd() / "data" / "b") and second.data.hide_from_understanding == ["weather=raining"]
 
 
 def test_resources_set_the_runtime_section(tmp_path):
@@ -89,11 +89,11 @@ def test_conditions_match_plain_values():
     assert not condition_holds({"data.arm": "understanding"}, values)
 
 
-def test_relative_paths_become_absolute(tmp_path):
-    plan = load_space(write(tmp_path, {"study": "t", "fixed": {"data.path": "data/x"}}))
-    slot = plan.slots[0]
-    resolved = resolve_paths(slot.overrides, plan.config(slot), tmp_path)
-    assert resolved["data.path"] == str(tmp_path / "data" / "x")
+def test_relative_paths_become_absolute(tmp_path, monkeypatch):
+    space = write(tmp_path, {"study": "t", "fixed": {"data.path": "data/x"}})
+    monkeypatch.chdir(tmp_path / "..")  # a slot's config is resolved against the folder the plan is loaded in
+    slot = load_space(space).slots[0]
+    assert slot.config.data.path == str(tmp_path.parent / "data" / "x") and slot.overrides["data.path"] == "data/x"
 
 
 def test_digest_changes_with_the_file(tmp_path):

@@ -20,7 +20,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from search.sweep import ray_temp_dir
+from search.cluster import temp_dir as ray_temp_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_DATA = {"data.path": "data/tiny", "data.generate_train_images": 20, "data.generate_test_images": 10,

@@ -46,7 +46,9 @@ def test_smoke_trials_carry_the_trainables_metrics_and_artifacts(smoke):
         assert steps[:2] == [20, 40], "an evaluation every 20 steps, logged per step"
         artifacts = {artifact.path for artifact in client(folder).list_artifacts(run.info.run_id)}
         assert {"config.yaml", "metrics.json", "generated.png"} <= artifacts
-        assert Path(run.data.tags["uvlm.checkpoint"]).is_dir()
+        checkpoint = Path(run.data.tags["uvlm.checkpoint"])  # one-worker trials train in their Tune trial's process
+        assert checkpoint.is_dir() and checkpoint.parent.parent == folder / "work" / "ray_results" / "smoke"
+    assert not (folder / "work" / "ray_results" / "smoke.train").exists(), "no TorchTrainer ran"
     hidden = [run for run in trials if run.data.tags["uvlm.cell"] == "variant=mixed-hidden"]
     assert all("test/vqa_hidden/overall" in run.data.metrics for run in hidden)
 

@@ -52,6 +52,8 @@ def test_uvlm_train_writes_metrics_grid_and_mlflow_run(data_path, tmp_path, monk
     assert run.data.metrics["test/vqa/overall"] == pytest.approx(metrics["test/vqa/overall"])
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "test/vqa/overall")]
     assert steps == [15, 30]
+    curve = client.get_metric_history(run.info.run_id, "train/loss")  # a point every eval.log_every_steps (10)
+    assert [m.step for m in curve] == [10, 20, 30] and all(m.value > 0 for m in curve)
     artifacts = {f.path for f in client.list_artifacts(run.info.run_id)}
     assert {"metrics.json", "generated.png", "config.yaml"} <= artifacts
 
@@ -60,9 +62,12 @@ def untimed(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if not k.startswith("time/")}
 
 
-def test_same_config_same_metrics(data_path, tmp_path):
+def test_same_config_same_metrics_whatever_ran_before_in_the_process(data_path, tmp_path):
+    """Sweep trials reuse their process (Tune actor reuse): a run must not depend on what ran there before."""
     config = small(data_path, **{"budget.value": 8, "eval.every_steps": 100, "generation.space": "vq", "generation.loss": "ce"})
+    other = small(data_path, **{"budget.value": 5, "eval.every_steps": 100, "seed": 3, "data.arm": "understanding"})
     first = run_local(loop_config(config, tmp_path / "a", None))
+    run_local(loop_config(other, tmp_path / "other", None))
     second = run_local(loop_config(config, tmp_path / "b", None))
     assert untimed(first) == untimed(second)
     assert "test/gen/token_accuracy" in first

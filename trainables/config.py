@@ -216,6 +216,8 @@ class EvalConfig(StrictModel):
     """Cap on test records per task in intermediate evaluations (the final one uses all)."""
     grid_images: int = Field(default=16, gt=0)
     """Generated images in the saved grid."""
+    log_every_steps: int = Field(default=10, gt=0)
+    """The training losses' curve: their mean over every N steps, sent to MLflow in one batch per evaluation."""
 
 
 class RuntimeConfig(StrictModel):
@@ -257,6 +259,10 @@ class TrainConfig(StrictModel):
                     f"understanding.encoder {self.understanding.encoder.value!r}; use {want}"
                 )
         return self
+
+    def with_overrides(self, overrides: dict[str, Any]) -> TrainConfig:
+        """This config with dotted overrides applied (e.g. Optuna's values), validated again."""
+        return load_config(self.model_dump(mode="json"), overrides) if overrides else self
 
     def flatten(self) -> dict[str, Any]:
         """Dotted names to plain values, e.g. {'data.arm': 'mixed', 'lm.hidden_size': 128}."""

@@ -29,10 +29,14 @@ class RunLogger:
             self.client.log_batch(self.run_id, params=params[start : start + 100])
 
     def metrics(self, metrics: dict[str, float], step: int) -> None:
+        self.curve(tuple(metrics), [(step, list(metrics.values()))])
+
+    def curve(self, names: tuple[str, ...], points: list[tuple[int, list[float]]]) -> None:
+        """Several metrics at many steps, e.g. the training losses' curve, in as few calls as possible."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        rows = [Metric(key, float(value), now, step) for key, value in metrics.items()]
+        rows = [Metric(name, float(value), now, step) for step, values in points for name, value in zip(names, values)]
         for start in range(0, len(rows), MAX_BATCH):
             self.client.log_batch(self.run_id, metrics=rows[start : start + MAX_BATCH])
 

@@ -1,9 +1,10 @@
 """The training recipe of one run: setup -> train -> evaluate -> report, per Ray Train worker.
 
 `train_loop_per_worker(loop_config)` is the Ray Train worker function
-(`trainables.launch.fit` builds the TorchTrainer around it); `run_local` runs
-the same recipe in-process (`uvlm train --no-ray`). loop_config =
-{"train": TrainConfig JSON dict, "out_dir": str, "mlflow": {"tracking_uri", "run_id"} | None}.
+(`trainables.launch.fit` builds the TorchTrainer around it); `run_in_tune_trial`
+runs the same recipe in a Tune trial's own process (a sweep's one-worker
+trials); `run_local` runs it in-process without Ray (`uvlm train --no-ray`).
+loop_config = {"train": TrainConfig, "out_dir": str, "mlflow": {"tracking_uri", "run_id"} | None}.
 
 DDP: every worker builds the same global batch of the step and takes every
 W-th record of it; losses are sums divided by the *global* answer/image token
@@ -39,6 +40,8 @@ from trainables.spaces import needs_vq
 from trainables.tokenizer import PretrainedTokenizer, TextTokenizer, WordTokenizer
 
 CHECKPOINT_FILE = "state.pt"
+TRAIN_CURVE = ("train/loss", "train/text_loss", "train/image_loss")
+"""Logged to MLflow as a curve (a point every eval.log_every_steps), not once per evaluation."""
 
 
 class NonFiniteLoss(UserError):
@@ -74,26 +77,28 @@ class LocalSession:
 
 
 class RaySession:
-    """A Ray Train worker: ray.train.report / get_checkpoint, device from Ray."""
+    """A Ray Train worker (`ray.train`), or the one worker that is a Ray Tune trial's own process
+    (`ray.tune`): the same report / get_checkpoint / Checkpoint API, with rank and device from Train."""
 
-    def __init__(self):
+    def __init__(self, api=None, device: torch.device | None = None):
         import ray.train
-        import ray.train.torch
 
-        context = ray.train.get_context()
-        self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
-        self.device = ray.train.torch.get_device()
+        self.api = api or ray.train
+        if self.api is ray.train:
+            import ray.train.torch
+
+            context = ray.train.get_context()
+            self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
+            self.device = ray.train.torch.get_device()
+        else:
+            self.rank, self.world_size, self.device = 0, 1, device or torch.device("cpu")
 
     def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
-        import ray.train
-
-        checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
-        ray.train.report(metrics, checkpoint=checkpoint)
+        checkpoint = self.api.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        self.api.report(metrics, checkpoint=checkpoint)
 
     def checkpoint(self) -> Path | None:
-        import ray.train
-
-        found = ray.train.get_checkpoint()
+        found = self.api.get_checkpoint()
         if found is None:
             return None
         with found.as_directory() as folder:
@@ -107,6 +112,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     Recipe(loop_config, RaySession()).run()
 
 
+def run_in_tune_trial(loop_config: dict[str, Any]) -> dict[str, float]:
+    """The recipe as the one worker of a Ray Tune trial, in the trial's process: -> the final metrics."""
+    from ray import tune
+
+    device = torch.device("cuda" if loop_config["train"].runtime.use_gpu else "cpu")
+    return Recipe(loop_config, RaySession(tune, device)).run()
+
+
 def run_local(loop_config: dict[str, Any]) -> dict[str, float]:
     """The same recipe in this process (no Ray): returns the final metrics."""
     return Recipe(loop_config, LocalSession(Path(loop_config["out_dir"]))).run()
@@ -115,7 +128,7 @@ def run_local(loop_config: dict[str, Any]) -> dict[str, float]:
 # -- the recipe ---------------------------------------------------------------------------------
 class Recipe:
     def __init__(self, loop_config: dict[str, Any], session: Session):
-        self.config = TrainConfig.model_validate(loop_config["train"])
+        self.config: TrainConfig = loop_config["train"]
         self.out_dir = Path(loop_config["out_dir"])
         self.mlflow = loop_config.get("mlflow")
         self.session = session
@@ -157,6 +170,8 @@ class Recipe:
         self.step, self.samples, self.train_seconds, self.eval_seconds = 0, 0, 0.0, 0.0
         self.step_times: list[float] = []  # this session's step durations (the median is the steady state)
         self.window = torch.zeros(4, dtype=torch.float64)  # loss, text, image, steps since the last evaluation
+        self.curve_window = torch.zeros(4, dtype=torch.float64)  # the same since the last curve point
+        self.curve: list[tuple[int, torch.Tensor]] = []  # (step, means) not yet sent to MLflow
         self._resume()
         self.ddp = self._setup_ddp()
         self.fixed: dict[str, float] = {}
@@ -262,7 +277,12 @@ class Recipe:
             self.samples += len(global_batch)
             self.step_times.append(time.perf_counter() - started)
             self.train_seconds += self.step_times[-1]
-            self.window += torch.tensor([loss, text, image, 1.0], dtype=torch.float64) / world
+            losses = torch.tensor([loss, text, image, 1.0], dtype=torch.float64)
+            self.window += losses / world
+            self.curve_window += losses  # rank 0's own estimate of the global means (its share's sums x W / global counts)
+            if self.step % config.eval.log_every_steps == 0:
+                self.curve.append((self.step, self.curve_window[:3] / self.curve_window[3]))
+                self.curve_window.zero_()
             bar.update(1)
             if self.step % every == 0 and self.step < self.steps:
                 metrics, _ = self.evaluate(limit=config.eval.max_eval_records)
@@ -321,8 +341,12 @@ class Recipe:
                     "time/setup_seconds": self.setup_seconds,
                     "time/eval_seconds": self.eval_seconds,
                 }
+                if self.session.device.type == "cuda":
+                    metrics["memory/peak_gb"] = torch.cuda.max_memory_allocated(self.session.device) / 2**30
             if self.logger:
-                self.logger.metrics(metrics, self.step)
+                self.logger.metrics({k: v for k, v in metrics.items() if k not in TRAIN_CURVE}, self.step)
+                self.logger.curve(TRAIN_CURVE, [(step, means.tolist()) for step, means in self.curve])
+                self.curve.clear()
         with tempfile.TemporaryDirectory(prefix="uvlm-ckpt-") as folder:
             if self.rank0:
                 self._save_checkpoint(Path(folder))

@@ -62,25 +62,18 @@ def train(config, out_dir: Path, name: str, mlflow_run: dict[str, str], in_proce
         from trainables.train import run_local
 
         return run_local(loop_config(config, out_dir, mlflow_run))
-    from search.sweep import RAY_ENV
-
-    for key, value in RAY_ENV.items():  # the same quiet, quick Ray as a sweep's
-        os.environ.setdefault(key, value)
-    import tempfile
-
-    import ray
-
+    from search import cluster
     from trainables import workspace
 
     runtime = config.runtime
     needed = runtime.num_workers * runtime.threads_per_worker
-    temp_dir = tempfile.mkdtemp(prefix="uvr", dir="/tmp")  # short: Ray's socket paths have a length limit
-    ray.init(address="local", num_cpus=max(needed, os.cpu_count() or 1), num_gpus=None if runtime.use_gpu else 0,
-             include_dashboard=False, _temp_dir=temp_dir, log_to_driver=True, configure_logging=False)
+    # verbose: the worker's progress bar and errors reach this terminal
+    cluster.start(None, workspace.workdir(), verbose=True, cpus=max(needed, os.cpu_count() or 1),
+                  gpus=None if runtime.use_gpu else 0)
     try:
         return fit(config, out_dir, run_name=name, storage_path=workspace.workdir() / "ray-results", mlflow_run=mlflow_run)
     finally:
-        ray.shutdown()
+        cluster.stop()
 
 
 def start_mlflow_run(uri: str, name: str, config) -> dict[str, str]:

@@ -1,0 +1,148 @@
+"""One sweep trial, as it runs inside Ray: the Tune function trainable (`run_trial`) and its MLflow run.
+
+    slot's TrainConfig (+ Optuna's values) -> open or reopen the nested MLflow run -> body -> complete, end, report
+
+The trial driver runs in a Tune trial actor that Tune reuses from trial to
+trial (`reuse_actors=True`), so torch and transformers are imported once per
+actor and the trainable's content-keyed caches (dataset shards, probes,
+codebooks) outlive a trial. The body that trains is a parameter
+(`--trainable MODULE:FUNCTION`, default `trainables.launch:fit_in_trial`: one
+worker trains in this very process, several run a TorchTrainer worker group),
+so tests run the orchestration with cheap bodies.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from search import tracking
+from search.space import Slot
+from trainables.config import TrainConfig
+from trainables.errors import UserError
+
+DEFAULT_BODY = "trainables.launch:fit_in_trial"
+
+
+@dataclass
+class TrialContext:
+    """What every trial driver needs, shipped once through the object store."""
+
+    sweep: str
+    study: str
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    slots: list[Slot]  # each with its resolved, validated TrainConfig (absolute paths)
+    out_root: str
+    train_storage: str  # TorchTrainer runs (several workers) keep their checkpoints here
+    experiment_dir: str  # Tune's; in-process runs keep their checkpoints in its trial folders
+    body: str | Callable
+
+
+def resources(config: TrainConfig, body: str | Callable) -> dict[str, float]:
+    """What a trial actor holds. A body that trains in the trial's own process (`trains_in_trial`, the
+    default one) with one worker makes the actor that worker: it holds the worker's CPUs (and GPU).
+    Otherwise a TorchTrainer's workers hold them and the actor holds nothing."""
+    runtime = config.runtime
+    if runtime.num_workers == 1 and getattr(resolve_body(body), "trains_in_trial", False):
+        return {"CPU": runtime.threads_per_worker} | ({"GPU": 1} if runtime.use_gpu else {})
+    return {"memory": 1}  # {"CPU": 0} is refused by Tune ("empty head and zero worker bundles")
+
+
+def run_trial(config: dict[str, Any], context: TrialContext) -> None:
+    """The Tune function trainable of one trial: open its MLflow run, train, end the run, report.
+
+    A body that raises, or returns a non-finite metric, ends the run FAILED
+    with the error and fails the Tune trial; the sweep goes on.
+    """
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    trial_id = tune.get_context().get_trial_id()
+    slot = context.slots[config["slot"]]
+    train_config = slot.config.with_overrides(config.get("searched") or {})
+    client = tracking.client(context.tracking_uri)
+    tags = trial_tags(context, slot, trial_id, train_config)
+    existing = tracking.trial_run(client, context.experiment_id, trial_id)
+    if existing is not None and existing.info.status in ("FINISHED", "FAILED"):
+        # Ended before the driver was killed, after Tune's last snapshot: MLflow knows, so don't run it again.
+        if existing.info.status == "FAILED":
+            raise RuntimeError(f"failed before the sweep was resumed: {existing.data.tags.get('uvlm.error', '')}")
+        tune.report(dict(existing.data.metrics))
+        return
+    if existing is None:
+        run_id = tracking.start_run(client, context.experiment_id, f"{context.sweep}-{slot.index:04d}",
+                                    {**tags, "uvlm.attempt": 1})
+    else:
+        run_id = existing.info.run_id
+        attempt = int(existing.data.tags.get("uvlm.attempt", "1")) + 1
+        tracking.reopen(client, run_id, {**tags, "uvlm.attempt": attempt})
+    out_dir = Path(context.out_root) / trial_id
+    began = time.monotonic()
+    try:
+        body = resolve_body(context.body)
+        metrics = body(train_config, out_dir, run_name=trial_id, storage_path=context.train_storage,
+                       mlflow_run={"tracking_uri": context.tracking_uri, "run_id": run_id},
+                       callbacks=[TuneReportCallback()])
+        bad = sorted(key for key, value in (metrics or {}).items() if isinstance(value, float) and not math.isfinite(value))
+        if bad:
+            raise FloatingPointError(f"non-finite final metrics: {', '.join(bad)}")
+    except Exception as error:
+        if not client.get_run(run_id).data.params:
+            tracking.log_params(client, run_id, train_config.flatten())
+        tracking.finish(client, run_id, "FAILED", error)
+        raise
+    metrics = {**metrics, "time/fit_seconds": time.monotonic() - began}  # the body's wall time, for the overhead benchmark
+    checkpoint_dirs = [Path(context.train_storage) / trial_id, *Path(context.experiment_dir).glob(f"*_{trial_id}_*")]
+    _complete_run(client, run_id, out_dir, checkpoint_dirs, metrics)
+    tracking.finish(client, run_id, "FINISHED")
+    tune.report({key: value for key, value in metrics.items() if isinstance(value, (int, float))})
+
+
+def trial_tags(context: TrialContext, slot: Slot, trial_id: str, config: TrainConfig) -> dict[str, Any]:
+    """The nested run's tags (docs/ARCHITECTURE.md, "MLflow layout")."""
+    tags = {
+        "mlflow.parentRunId": context.parent_run_id, "uvlm.role": "trial", "uvlm.sweep": context.sweep,
+        "uvlm.study": context.study, "uvlm.trial_id": trial_id, "uvlm.slot": slot.index,
+        "uvlm.arm": config.data.arm.value, "uvlm.seed": config.seed, "uvlm.cell": slot.cell.key,
+        "uvlm.sample": slot.sample,
+    }
+    tags.update({f"uvlm.factor.{name}": label for name, label in slot.cell.levels})
+    return tags
+
+
+def _complete_run(client, run_id: str, out_dir: Path, checkpoint_dirs: list[Path], metrics: dict[str, float]) -> None:
+    """What rank 0 did not log: final metrics, the run's artifacts, and the checkpoint path tag."""
+    run = client.get_run(run_id)
+    missing = {key: value for key, value in metrics.items() if key not in run.data.metrics}
+    if missing:
+        tracking.log_metrics(client, run_id, missing, step=int(metrics.get("step", 0) or 0))
+    logged = {artifact.path for artifact in client.list_artifacts(run_id)}
+    for name in ("config.yaml", "metrics.json", "generated.png", "affine.pt"):
+        if (out_dir / name).is_file() and name not in logged:
+            client.log_artifact(run_id, str(out_dir / name))
+    checkpoints = sorted(path for folder in checkpoint_dirs for path in folder.glob("checkpoint_*") if path.is_dir())
+    if checkpoints and "uvlm.checkpoint" not in run.data.tags:
+        tracking.set_tags(client, run_id, {"uvlm.checkpoint": str(checkpoints[-1])})
+
+
+def resolve_body(body: str | Callable) -> Callable:
+    """'module:function' -> the function; UserError when it cannot be imported."""
+    if callable(body):
+        return body
+    module_name, _, attribute = body.partition(":")
+    if not module_name or not attribute:
+        raise UserError(f"--trainable {body!r}: expected MODULE:FUNCTION, e.g. {DEFAULT_BODY}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise UserError(f"--trainable {body!r}: cannot import {module_name!r} ({error})") from None
+    function = getattr(module, attribute, None)
+    if not callable(function):
+        raise UserError(f"--trainable {body!r}: {module_name!r} has no function {attribute!r}")
+    return function
