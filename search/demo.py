@@ -208,7 +208,7 @@ def headline_rows(runs: list[StudyRun]) -> list[dict[str, Any]]:
     for run in runs:
         data = json.loads((run.report / "findings.json").read_text())
         finding = data["findings"][str(run.finding)]
-        base = {"study": run.study, "finding": run.finding, "report": f"{run.name}/report.html"}
+        base = {"study": run.study, "finding": run.finding, "report": f"{run.name}/report.html", "half_width": None}
         if not finding["addressed"]:
             rows.append({**base, "result": "not addressed", "comparison": finding["reason"], "metric": "",
                          "estimate": None, "ci": (None, None), "seeds": 0, "verdict": "-"})
@@ -221,8 +221,8 @@ def headline_rows(runs: list[StudyRun]) -> list[dict[str, Any]]:
             group = ", ".join(f"{k}={v}" for k, v in result["group"].items() if k not in ("attribute", "trend", "factor"))
             rows.append({**base, "result": result["name"] + (f" ({group})" if group else ""),
                          "comparison": result["comparison"], "metric": result["metric"], "estimate": result["estimate"],
-                         "ci": (result["ci_low"], result["ci_high"]), "seeds": result["n_seeds"],
-                         "verdict": VERDICT_MARK.get(result["verdict"], result["verdict"])})
+                         "ci": (result["ci_low"], result["ci_high"]), "half_width": result.get("half_width"),
+                         "seeds": result["n_seeds"], "verdict": VERDICT_MARK.get(result["verdict"], result["verdict"])})
     return rows
 
 
@@ -230,17 +230,22 @@ def _number(value: float | None) -> str:
     return "-" if value is None else f"{value:+.4f}"
 
 
+def _half(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
 def findings_table(rows: list[dict[str, Any]]) -> str:
-    """The findings as fixed-width text: what `uvlm demo` prints at the end."""
-    header = ("finding", "result", "metric", "estimate", "95% CI", "seeds", "verdict")
+    """The headline findings as fixed-width text: what `uvlm demo` prints at the end (± = 95% CI half-width)."""
+    header = ("finding", "result", "metric", "estimate", "95% CI", "±", "seeds", "verdict")
     lines = [header] + [
         (f"{row['finding']} {row['study']}", row["result"], row["metric"], _number(row["estimate"]),
          f"[{_number(row['ci'][0])}, {_number(row['ci'][1])}]" if row["estimate"] is not None else "-",
-         str(row["seeds"]), row["verdict"]) for row in rows]
+         _half(row.get("half_width")), str(row["seeds"]), row["verdict"]) for row in rows]
     widths = [max(len(line[column]) for line in lines) for column in range(len(header))]
     text = ["  ".join(value.ljust(width) for value, width in zip(line, widths)).rstrip() for line in lines]
     text.insert(1, "  ".join("-" * width for width in widths))
-    return "Findings (95% intervals over seeds; verdict against the paper's direction):\n" + "\n".join(text)
+    return ("Findings (95% intervals over seeds, ± their half-width; headline results only; verdict against the "
+            "paper's direction):\n" + "\n".join(text))
 
 
 def write_index(reports: Path, runs: list[StudyRun], rows: list[dict[str, Any]], smoke: bool,
