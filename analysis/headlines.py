@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +71,7 @@ def from_parent(sweep: str, tracking_uri: str | None = None) -> dict[str, Headli
     from analysis.frames import sweep_parent
     from trainables.workspace import tracking_uri as resolve_uri
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     uri = resolve_uri(tracking_uri)
     parent = sweep_parent(sweep, uri)["run_id"]
     client = MlflowClient(uri)
@@ -152,6 +154,40 @@ def compute(prepared: pl.DataFrame, history: pl.DataFrame | None, name: str, hea
     result = _result(headline.finding, name, metric, _comparison(headline), estimate, test, _sign(headline), {},
                      headline=True, note=headline.description, statistic=statistic.value)
     return Declared(result, curve, choice)
+
+
+HISTORY_METRICS = ["test/vqa/overall", "test/gen/probe/overall", "train/loss", "train/samples"]
+"""Evaluations read for the report's learning curves, besides each declared headline's metric."""
+
+
+def sweep_findings(sweep: str, tracking_uri: str | None = None):
+    """(runs, history, declared headlines or None, all_findings) of a sweep in the MLflow store."""
+    from analysis.findings import all_findings
+    from analysis.frames import load_history, load_runs
+
+    runs = load_runs(sweep, tracking_uri)
+    if runs.is_empty():
+        raise UserError(f"sweep {sweep!r} has no trial runs yet (uvlm.role=trial); nothing to report")
+    headlines = from_parent(sweep, tracking_uri)
+    wanted = sorted({*HISTORY_METRICS, *(h.metric for h in (headlines or {}).values())})
+    history = load_history(sweep, tracking_uri, metrics=wanted)
+    return runs, history, headlines, all_findings(runs, history, headlines)
+
+
+def power_frame(results: list[Result], half_width: float | None = None) -> pl.DataFrame:
+    """Power of each result: seeds run, SD of the per-seed effect, ±, the effect detectable at 80% power and the
+    seeds a 95% half-width of `half_width` (default TARGET_HALF_WIDTH) needs."""
+    target = _target() if half_width is None else half_width
+
+    def text(value: float | None, digits: int = 4) -> str:
+        return "-" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+    rows = [{"finding": r.finding, "result": r.name, "statistic": r.statistic, "estimate": text(r.estimate),
+             "seeds": r.n_seeds, "SD of the per-seed effect": text(r.sd_paired), "±": text(r.half_width),
+             "detectable at 80% power": text(r.mde_80),
+             f"seeds for ±{target:g}": str(n) if (n := stats.seeds_for_half_width(r.sd_paired, target)) else "-"}
+            for r in results]
+    return pl.DataFrame(rows) if rows else pl.DataFrame()
 
 
 # ----------------------------------------------------------------------------- curves along each run

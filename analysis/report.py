@@ -32,15 +32,13 @@ import polars as pl
 
 from analysis import figures as figs
 from analysis import stats
-from analysis.findings import EXPLORATORY, FINISHED, MIN_SEEDS_FOR_VERDICT, TARGET_HALF_WIDTH, FindingReport, Result, \
-    all_findings
-from analysis.frames import factor_names, load_history, load_runs, sweep_parent
+from analysis.findings import EXPLORATORY, FINISHED, MIN_SEEDS_FOR_VERDICT, TARGET_HALF_WIDTH, FindingReport, Result
+from analysis.frames import factor_names, sweep_parent
+from analysis.headlines import power_frame, sweep_findings
 from analysis.importance import best_configs, objective_for, param_importance, searched_params
-from trainables.errors import UserError
 from trainables.workspace import tracking_uri as resolve_uri
 from trainables.workspace import workdir
 
-HISTORY_METRICS = ["test/vqa/overall", "test/gen/probe/overall", "train/loss"]
 BUDGET_RULES = {"steps": "equal optimiser steps in every arm", "samples": "equal training records seen in every arm",
                 "epochs": "passes over each run's own records: every run sees each record it shares with another "
                           "run as often, and a run with more records (a mixed arm, or added generation records) "
@@ -74,18 +72,10 @@ def build_report(sweep: str, tracking_uri: str | None = None, out_dir: str | Pat
                  log_artifacts: bool = True) -> Path:
     """Write the report of `sweep` into out_dir (default <workdir>/reports/<sweep>); returns the folder."""
     uri = resolve_uri(tracking_uri)
-    runs = load_runs(sweep, uri)
-    if runs.is_empty():
-        raise UserError(f"sweep {sweep!r} has no trial runs yet (uvlm.role=trial); nothing to report")
+    runs, history, headlines, findings = sweep_findings(sweep, uri)
     parent = sweep_parent(sweep, uri)
     out = Path(out_dir) if out_dir else workdir() / "reports" / sweep
     (out / "figures").mkdir(parents=True, exist_ok=True)
-    from analysis.headlines import from_parent
-
-    headlines = from_parent(sweep, uri)
-    wanted = sorted({*HISTORY_METRICS, "train/samples", *(h.metric for h in (headlines or {}).values())})
-    history = load_history(sweep, uri, metrics=wanted)
-    findings = all_findings(runs, history, headlines)
     searched = searched_params(runs)
     importance = param_importance(runs)
     best = best_configs(runs)
@@ -152,15 +142,6 @@ def _results_frame(results: list[Result], headline_only: bool = False) -> pl.Dat
     return pl.DataFrame(rows) if rows else pl.DataFrame()
 
 
-def _power_frame(results: list[Result]) -> pl.DataFrame:
-    rows = [{"finding": r.finding, "result": r.name, "statistic": r.statistic, "seeds": r.n_seeds,
-             "SD of the per-seed effect": _fmt(r.sd_paired, 3), "±": _fmt(r.half_width, 3),
-             "detectable at 80% power": _fmt(r.mde_80, 3),
-             f"seeds for ±{TARGET_HALF_WIDTH:g}": "–" if r.seeds_for_target is None else str(r.seeds_for_target)}
-            for r in results]
-    return pl.DataFrame(rows) if rows else pl.DataFrame()
-
-
 def _summary(document: Document, findings: dict[int, FindingReport | str], declared: bool) -> None:
     document.h(2, "Findings at a glance")
     headlines = [r for f in findings.values() if isinstance(f, FindingReport) for r in f.headlines]
@@ -176,7 +157,7 @@ def _summary(document: Document, findings: dict[int, FindingReport | str], decla
                        "width, on the statistic's own scale (score 0–1; per unit of the x axis for a slope). An "
                        "inconclusive result with a small ± bounds the effect: no effect larger than about ± in "
                        "either direction.")
-        document.table(_power_frame(headlines),
+        document.table(power_frame(headlines),
                        "Power of each headline: the SD over seeds of the per-seed paired effect; the smallest effect "
                        "a two-sided 5% t-test over the seeds run detects with 80% power (noncentral t); the seeds a "
                        f"95% half-width of {TARGET_HALF_WIDTH:g} needs at that SD (t-interval). Use it to size a sweep.")

@@ -155,6 +155,14 @@ def test_end_and_trend_recover_known_effects_and_everything_else_is_exploratory(
     assert all(r.sd_paired > 0 and r.mde_80 > 0 and r.seeds_for_target >= 2 for r in report.headlines)
     curve = report.tables["headline_understanding_benefit_trend_curve"]
     assert sorted(curve["fraction"].unique().to_list()) == [0.2, 0.4, 0.6, 0.8, 1.0]
+    assert sorted(curve["records"].unique().to_list()) == [3200.0, 6400.0, 9600.0, 12800.0, 16000.0]  # train/samples
+
+    from analysis import figures
+
+    figure = figures.benefit_curves({1: report})
+    axis = figure.axes[0]
+    assert axis.get_xlabel().startswith("records seen") and len(axis.lines) == 2  # the benefit, and zero
+    figures.plt.close(figure)
 
 
 def test_trend_slope_is_the_known_slope_when_the_end_benefit_is_zero():

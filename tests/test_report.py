@@ -272,3 +272,11 @@ def test_server_uri_reads_the_same_frame(store, tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_power_command_prints_each_headline(store, capsys):
+    assert main(["power", "transfer", "--tracking-uri", store, "--half-width", "0.05"]) == 0
+    out = capsys.readouterr().out
+    assert "declared in the space file" in out and "seeds for ±0.05" in out and "detectable at 80% power" in out
+    assert "transfer in the LM" in out and "understanding benefit" in out
+    assert main(["power", "transfer", "--tracking-uri", store, "--half-width", "0"]) == 2
