@@ -122,7 +122,8 @@ def test_every_study_declares_its_headlines_and_evaluates_along_its_budget(study
     assert plan.space.headlines, "only declared headlines get verdicts"
     for slot in plan.first_of_each_cell():
         config = plan.config(slot)
-        assert config.eval.max_eval_records >= 1000, "every evaluation scores the same (whole) test split"
+        # a VQA record has at most 4 turns, one prompt each: every evaluation scores the same (whole) test split
+        assert config.eval.max_eval_records >= 4 * config.data.test_images
     if study == "alignment":
         strengths = {plan.config(s).alignment.affine_strength for s in plan.slots if plan.config(s).data.arm.value == "mixed"}
         assert len(strengths) >= 3
@@ -220,3 +221,19 @@ def test_a_headline_that_cannot_be_computed_says_why():
     design = SyntheticSweep(name="mixing", train_images=(500,), seeds=(0, 1, 2), eval_steps=(500,))
     result = findings(design, headlines)[1].headlines[0]
     assert math.isnan(result.estimate) and result.verdict == "inconclusive" and "at least 2" in result.note
+
+
+def test_runs_with_different_evaluation_steps_meet_on_one_grid_of_budget_fractions():
+    import polars as pl
+
+    from analysis.headlines import run_curves
+
+    # transfer.yaml: hidden evaluates every 145 of 723 steps, control every 123 of 615; a third run every 100 of 1000
+    steps = {"hidden": [145, 290, 435, 580, 723], "control": [123, 246, 369, 492, 615], "long": list(range(100, 1001, 100))}
+    rows = [(run, "m", step, step, step / max(points)) for run, points in steps.items() for step in points]
+    history = pl.DataFrame(rows, schema=["run_id", "metric", "step", "timestamp", "value"], orient="row")
+    runs = pl.DataFrame({"run_id": list(steps), "status": ["FINISHED"] * 3})
+    curves = run_curves(runs, history, "m")
+    assert sorted(curves["fraction"].unique().to_list()) == [0.2, 0.4, 0.6, 0.8, 1.0]  # the fewest evaluations: 5
+    np.testing.assert_allclose(curves.sort("run_id", "fraction")["value"].to_numpy(), np.tile([0.2, 0.4, 0.6, 0.8, 1.0], 3),
+                               atol=0.002)  # value = fraction, read back on the grid (0.2 for hidden: clamped 0.2006)
