@@ -485,7 +485,8 @@ def _hidden_levels(report: FindingReport, hidden: pl.DataFrame, own: list[str]) 
             if group.is_empty():
                 continue
             condition = "control" if control else "hidden"
-            estimate = stats.bootstrap_mean(group[column].to_numpy(), group["seed"].to_numpy())
+            # a level's p value (against zero) means nothing: nan keeps it out of the Holm family
+            estimate = replace(stats.bootstrap_mean(group[column].to_numpy(), group["seed"].to_numpy()), p_value=math.nan)
             report.results.append(_result(3, f"accuracy on the hidden value ({attribute})", f"test/vqa_hidden/{attribute}",
                                           f"{arm}, {condition}: share of hidden test images whose {attribute} is "
                                           "answered with the hidden value (a level, not a difference)", estimate,
@@ -552,13 +553,16 @@ def all_findings(runs: pl.DataFrame, history: pl.DataFrame | None = None,
     if headlines:
         from analysis.headlines import declared_results
 
+        for report in out.values():  # only declared headlines get verdicts, in every finding
+            if isinstance(report, FindingReport):
+                report.results[:] = [replace(r, headline=False) for r in report.results]
+                finish(report)
         for number, declared in declared_results(runs, history, headlines).items():
             report = out.get(number)
             if not isinstance(report, FindingReport):
                 report = FindingReport(number, *TITLES[number])
                 report.skipped.append(f"The finding's own analysis is not computed: {out.get(number)}")
                 out[number] = report
-            report.results[:] = [replace(r, headline=False) for r in report.results]
             report.results[:0] = [d.result for d in declared]
             for d in declared:
                 if d.curve is not None:

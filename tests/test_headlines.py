@@ -237,3 +237,14 @@ def test_runs_with_different_evaluation_steps_meet_on_one_grid_of_budget_fractio
     assert sorted(curves["fraction"].unique().to_list()) == [0.2, 0.4, 0.6, 0.8, 1.0]  # the fewest evaluations: 5
     np.testing.assert_allclose(curves.sort("run_id", "fraction")["value"].to_numpy(), np.tile([0.2, 0.4, 0.6, 0.8, 1.0], 3),
                                atol=0.002)  # value = fraction, read back on the grid (0.2 for hidden: clamped 0.2006)
+
+
+def test_declarations_for_one_finding_demote_the_default_headlines_of_every_finding():
+    """An alignment sweep also supports finding 1; with finding 2 declared, finding 1 has no verdicts."""
+    headlines = {"slope": {"finding": 2, "metric": "test/vqa/overall", "statistic": "slope", "expected": "negative",
+                           "against": "alignment.affine_strength", **MIXED_VS_UNDERSTANDING}}
+    design = SyntheticSweep(name="alignment", arms=("understanding", "mixed"), train_images=(500,), seeds=(0, 1, 2),
+                            affine_strengths=(0.0, 0.3, 0.9), eval_steps=(500,))
+    out = findings(design, headlines)
+    assert not out[1].headlines and {r.verdict for r in out[1].results} == {"exploratory"}
+    assert [r.name for r in out[2].headlines] == ["slope"]
