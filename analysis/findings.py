@@ -250,7 +250,7 @@ def _result(finding: int, name: str, metric: str, comparison: str, estimate: sta
         note = "; ".join(n for n in (note, f"{estimate.n_seeds} seeds: too few for a verdict "
                                            f"(at least {MIN_SEEDS_FOR_VERDICT} needed)") if n)
     notes = "; ".join(n for n in (note, estimate.note) if n)
-    half = (estimate.ci_high - estimate.ci_low) / 2
+    half = float(estimate.ci_high - estimate.ci_low) / 2
     return Result(finding=finding, name=name, metric=metric, comparison=comparison, estimate=estimate.estimate,
                   ci_low=estimate.ci_low, ci_high=estimate.ci_high, n=estimate.n, n_seeds=estimate.n_seeds, test=test,
                   p_value=estimate.p_value, expected="> 0" if direction > 0 else "< 0",

@@ -248,3 +248,13 @@ def test_declarations_for_one_finding_demote_the_default_headlines_of_every_find
     out = findings(design, headlines)
     assert not out[1].headlines and {r.verdict for r in out[1].results} == {"exploratory"}
     assert [r.name for r in out[2].headlines] == ["slope"]
+
+
+def test_other_seed_values_give_the_same_intervals():
+    """Seeds are labels: a study run with seeds 10..15 instead of 0..5 (same draws) reports the same intervals."""
+    headlines = {"trend": {"finding": 1, "metric": "test/vqa/overall", "statistic": "trend", **MIXED_VS_UNDERSTANDING}}
+    first = SyntheticSweep(name="mixing", train_images=(500,), seeds=tuple(range(6)), eval_steps=(100, 200, 300, 400, 500),
+                           effects=Effects(benefit_trend=0.02, eval_noise=0.005))
+    other = SyntheticSweep(**{**first.__dict__, "seeds": tuple(range(10, 16))})
+    a, b = (findings(design, headlines)[1].headlines[0] for design in (first, other))
+    assert (a.estimate, a.ci_low, a.ci_high, a.sd_paired) == pytest.approx((b.estimate, b.ci_low, b.ci_high, b.sd_paired))
