@@ -521,6 +521,9 @@ def _check_keys(path: Path, space: SpaceFile) -> None:
     for name, headline in space.headlines.items():
         for key in headline.keys():
             _check_key(path, f"headlines.{name}", key)
+            if key.endswith(PATH_SUFFIXES):
+                raise UserError(f"space file {path.name}: headlines.{name}: {key!r} is a path, logged absolute, so it "
+                                f"cannot select runs; select on the keys the conditions differ in (e.g. data.arm)")
         if headline.metric not in known_metrics():
             raise UserError(f"space file {path.name}: {unknown_choice(f'headlines.{name}.metric', headline.metric, known_metrics())}")
     if space.objective is not None:

@@ -106,6 +106,8 @@ def test_declared_headlines_are_parsed_typed_and_recorded(tmp_path):
      "headlines.h.control.*matches no cell"),
     ({"finding": 1, "metric": "test/vqa/overall", "treatment": {"data.armm": "mixed"}, "control": {"data.arm": "mixed"}},
      "headlines.h.*did you mean 'arm'"),
+    ({"finding": 1, "metric": "test/vqa/overall", "treatment": {"data.path": "data/a"}, "control": {"data.arm": "mixed"}},
+     "'data.path' is a path"),
     ({"finding": 2, "metric": "test/vqa/overall", "statistic": "slope", "against": "alignment.affine_strength",
       **MIXED_VS_UNDERSTANDING}, "one value of 'alignment.affine_strength'"),
     ({"finding": 3, "metric": "test/vqa/overall", "statistic": "did", "across": {"lm.trainability": ["full"]},

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+import yaml
 from polars.testing import assert_frame_equal
 
 from analysis import frames
@@ -280,3 +281,21 @@ def test_power_command_prints_each_headline(store, capsys):
     assert "declared in the space file" in out and "seeds for ±0.05" in out and "detectable at 80% power" in out
     assert "transfer in the LM" in out and "understanding benefit" in out
     assert main(["power", "transfer", "--tracking-uri", store, "--half-width", "0"]) == 2
+
+
+def test_declarations_are_read_from_the_logged_space_file_when_the_trial_table_lacks_them(tmp_path):
+    """Sweeps logged before trial_table.json had a `headlines` key: the space file logged beside it is read."""
+    from mlflow import MlflowClient
+
+    from analysis.headlines import from_parent
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("old", artifact_location=(tmp_path / "artifacts").as_uri())
+    parent = client.create_run(experiment, tags={"uvlm.role": "sweep"}).info.run_id
+    client.log_text(parent, yaml.safe_dump({"study": "old", "headlines": TRANSFER_HEADLINES}), "old.yaml")
+    client.log_dict(parent, {"space_file": "old.yaml", "trials": []}, "trial_table.json")
+    declared = from_parent("old", uri)
+    assert set(declared) == set(TRANSFER_HEADLINES) and declared["transfer in the LM"].statistic.value == "did"
+    client.log_dict(parent, {"space_file": "old.yaml", "headlines": {}}, "trial_table.json")
+    assert from_parent("old", uri) is None  # the trial table's own (empty) record wins
