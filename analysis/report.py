@@ -32,7 +32,7 @@ import polars as pl
 
 from analysis import figures as figs
 from analysis import stats
-from analysis.findings import EXPLORATORY, FINISHED, MIN_SEEDS_FOR_VERDICT, TARGET_HALF_WIDTH, FindingReport, Result
+from analysis.findings import EXPLORATORY, FINISHED, OTHER_ATTRIBUTES, MIN_SEEDS_FOR_VERDICT, TARGET_HALF_WIDTH, FindingReport, Result
 from analysis.frames import factor_names, sweep_parent
 from analysis.headlines import power_frame, sweep_findings
 from analysis.importance import best_configs, objective_for, param_importance, searched_params
@@ -230,6 +230,8 @@ def _finding(document: Document, number: int, finding: FindingReport | str) -> N
         document.p(f"Not addressed by this sweep: {finding}.")
         return
     document.p(f"Claim: {finding.claim}")
+    if number == 3:
+        document.ul(_hidden_value_sentences(finding))
     if finding.results:
         document.table(_results_frame(finding.results), f"All results of finding {number}: headline rows have verdicts; "
                                                         "exploratory rows have none, and their p values are "
@@ -240,6 +242,28 @@ def _finding(document: Document, number: int, finding: FindingReport | str) -> N
         document.ul([f"Note: {n}" for n in notes])
     document.ul(finding.skipped)
     document.ul([f"Limit: {limit}" for limit in finding.limits])
+
+
+def _hidden_value_sentences(finding: FindingReport) -> list[str]:
+    """What the hidden value's own accuracy shows: mixed runs that saw it only in generation data against their control."""
+    levels = {(r.group.get("arm"), r.group.get("condition"), r.group.get("freezing")): r for r in finding.results
+              if r.name.startswith("accuracy on the hidden value")}
+    sentences = []
+    for freezing in sorted({key[2] for key in levels}):
+        hidden, control = levels.get(("mixed", "hidden", freezing)), levels.get(("mixed", "control", freezing))
+        if hidden is None or control is None:
+            continue
+        gap = hidden.estimate - control.estimate
+        overlap = hidden.ci_low <= control.ci_high and control.ci_low <= hidden.ci_high
+        label = {"none": "LM and adapters train", "lm_frozen": "LM frozen", "adapters_frozen": "adapters frozen"}.get(freezing, freezing)
+        reading = ("the intervals overlap: no evidence that the value seen only in generation data is named in answers"
+                   if overlap else ("answers name the hidden value more often than without its generation records"
+                                    if gap > 0 else "answers name the hidden value less often than the control"))
+        sentences.append(f"Hidden value's own accuracy ({hidden.metric}, {label}): {_fmt(hidden.estimate, 4)} "
+                         f"[{_fmt(hidden.ci_low, 4)}, {_fmt(hidden.ci_high, 4)}] with its generation records, "
+                         f"{_fmt(control.estimate, 4)} [{_fmt(control.ci_low, 4)}, {_fmt(control.ci_high, 4)}] in the "
+                         f"control; {reading}. The other attributes of hidden images are {OTHER_ATTRIBUTES} below.")
+    return sentences
 
 
 def _draw(document: Document, figures: dict[str, bytes], name: str, caption: str, draw) -> None:

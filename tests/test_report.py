@@ -205,6 +205,8 @@ def test_declared_headlines_alone_get_verdicts_with_their_power(store, tmp_path)
     markdown = (tmp_path / "report.md").read_text()
     assert "declared in the space file" in markdown and "detectable at 80% power" in markdown
     assert "End point or area under the learning curve" in markdown and "Holm" in markdown
+    assert "Hidden value's own accuracy (test/vqa_hidden/weather, LM and adapters train)" in markdown
+    assert "answers name the hidden value more often" in markdown  # 0.5 against 0.3 in the synthetic sweep
     did = next(r for r in headlines if r["name"] == "transfer in the LM")
     assert did["ci_low"] <= 0.2 <= did["ci_high"]  # transfer 0.2 with the LM trained, 0 with it frozen
 
