@@ -102,7 +102,7 @@ def attribute_bars(report: FindingReport | str):
     """The benefit per attribute and overall, understanding and generation side by side."""
     if isinstance(report, str):
         raise Skip(f"Per-attribute benefits are not drawn: {report}")
-    results = [r for r in report.results if r.name in ("understanding benefit", "generation benefit")]
+    results = [r for r in report.results if r.name in ("understanding benefit", "generation benefit") and "attribute" in r.group]
     if not results:
         raise Skip("Per-attribute benefits are not drawn: no paired understanding or generation metric.")
     labels = list(dict.fromkeys(r.group["attribute"] for r in results))
@@ -120,6 +120,35 @@ def attribute_bars(report: FindingReport | str):
     _zero(axis)
     axis.set_xticks(range(len(labels)), labels, rotation=20)
     axis.set(xlabel="attribute / metric", ylabel=DIFF, title="Benefit of mixed training per attribute (95% CI over seeds)")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def benefit_curves(findings: dict[int, FindingReport | str]):
+    """Each declared trend headline: the paired benefit against records seen, mean over seeds with its 95% band."""
+    curves = {name.removeprefix("headline_").removesuffix("_curve").replace("_", " "): table
+              for report in findings.values() if isinstance(report, FindingReport)
+              for name, table in report.tables.items() if name.startswith("headline_") and name.endswith("_curve")}
+    if not curves:
+        raise Skip("The benefit against records seen is not drawn: no trend headline is declared (statistic: trend).")
+    figure, axis = plt.subplots(figsize=(8, 4.5))
+    colours = iter(plt.rcParams["axes.prop_cycle"].by_key()["color"])
+    by_records = all(table["records"].null_count() == 0 for table in curves.values())
+    for name, table in curves.items():
+        x_column = "records" if by_records else "fraction"
+        points = []
+        for x in sorted(table[x_column].unique().to_list()):
+            rows = table.filter(pl.col(x_column) == x)
+            points.append((x, *_mean_ci(rows["difference"].to_numpy(), rows["seed"].to_numpy())))
+        x, y, low, high = map(np.array, zip(*points))
+        colour = next(colours)
+        axis.plot(x, y, marker="o", color=colour, label=f"{name} ({table['metric'][0]})")
+        axis.fill_between(x, low, high, color=colour, alpha=0.2)
+    _zero(axis)
+    axis.set_xscale("log")
+    axis.set(xlabel="records seen by the control run (log scale)" if by_records else "fraction of the budget (log scale)",
+             ylabel="treatment − control (score)", title="Benefit along the runs (mean over seeds, 95% band)")
     axis.legend(fontsize=8)
     figure.tight_layout()
     return figure

@@ -7,6 +7,13 @@ limits of the evidence. Only FINISHED runs enter an estimate; failed runs are
 counted in the limits. A missing arm or metric raises `InsufficientData` (a
 UserError) naming what is missing and what the sweep has.
 
+Headline and exploratory: a space file may declare its headline results (analysis/headlines.py
+computes them); then only those get verdicts. Without declarations each finding marks its own
+default headlines. Every other result is exploratory: its verdict is "exploratory" and its p
+value is Holm-adjusted within its finding (`finish`). Headline results carry their power: the SD
+of the per-seed paired effect, the effect detectable at 80% power with the seeds run and the
+seeds a 95% half-width of TARGET_HALF_WIDTH needs.
+
 Pairing: a treatment run is compared with the control run(s) of the same seed
 and the same values of every other design factor (data size, affine strength,
 encoder/space pair, hide control, freezing, and any other crossed factor). A
@@ -18,7 +25,8 @@ paired with the control. Intervals come from resampling seeds (analysis.stats).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+import re
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -33,9 +41,21 @@ UNDERSTANDING_METRICS = ("test/vqa/overall", *(f"test/vqa/{a}" for a in ATTRIBUT
 GENERATION_METRICS = ("test/gen/probe/overall", *(f"test/gen/probe/{a}" for a in ATTRIBUTES), "test/gen/cosine",
                       "test/gen/token_accuracy")
 HIDDEN_METRIC = "test/vqa_hidden/overall"
+OTHER_ATTRIBUTES = "test/vqa_hidden/other_attributes"
+"""Derived here: mean accuracy over the attributes of hidden images that the hide rule does not name."""
 FINISHED = "FINISHED"
 MIN_SEEDS_FOR_VERDICT = 3
 """With 2 seeds any interval rests on two numbers (zero width when they agree): no verdict."""
+TARGET_HALF_WIDTH = 0.02
+"""The 95% half-width (natural scale of the statistic) that `seeds_for_target` is computed for."""
+HEADLINE, EXPLORATORY = "headline", "exploratory"
+TITLES = {1: ("Mutual benefit", "Mixed training beats understanding-only on understanding and generation-only on "
+                                "generation; the benefit grows with data."),
+          2: ("Alignment matters", "The better aligned the understanding input space and the generation output space, "
+                                   "the larger the cross-task benefit."),
+          3: ("Transfer lives in the language model", "Knowledge that appears only in generation data shows up in "
+                                                      "understanding answers, and it passes through the LM, not only "
+                                                      "the adapters.")}
 
 # Design columns derived once in `prepare` from the parameters they summarise.
 DERIVED = {
@@ -76,6 +96,20 @@ class Result:
     group: dict[str, Any] = field(default_factory=dict)
     """What the result is restricted to, e.g. {'attribute': 'time'} or {'size': 500}."""
     headline: bool = False
+    role: str = EXPLORATORY
+    """headline (gets a verdict) or exploratory (verdict 'exploratory', Holm-adjusted p)."""
+    p_adjusted: float = math.nan
+    """Exploratory results: Holm-adjusted within the finding; headline results: the p value itself."""
+    statistic: str = ""
+    """How one number per seed was formed: end, auc, trend, slope, did, or the finding's own (mean, spearman)."""
+    sd_paired: float = math.nan
+    """SD over seeds of the per-seed paired effect."""
+    half_width: float = math.nan
+    """Half the 95% interval's width."""
+    mde_80: float = math.nan
+    """Smallest |effect| a two-sided 5% t-test over the seeds run detects with 80% power."""
+    seeds_for_target: int | None = None
+    """Seeds for a 95% half-width of TARGET_HALF_WIDTH at the observed SD (None: not computable)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()}
@@ -139,6 +173,13 @@ def design_keys(prepared: pl.DataFrame) -> list[str]:
     return keys
 
 
+def shared_levels(left: pl.DataFrame, right: pl.DataFrame, keys: list[str]) -> list[str]:
+    """Keys present in both tables with the same set of values: what two tables of pairs can be joined on (a named
+    factor whose labels also encode the contrast, e.g. condition=hidden vs hidden-lm-frozen, is left out)."""
+    return [k for k in keys if k in left.columns and k in right.columns
+            and set(left[k].to_list()) == set(right[k].to_list())]
+
+
 def _describe(selection: dict[str, Any]) -> str:
     return ", ".join(f"{k.removeprefix('params.')}={v}" for k, v in selection.items())
 
@@ -192,6 +233,8 @@ def _test_text(kind: str, pairs: pl.DataFrame) -> str:
     matched = ", ".join(k.removeprefix("params.") for k in pairs["matched_on"][0].split(","))
     what = {"mean": "mean paired difference; p: t-test on per-seed means",
             "slope": "OLS slope of the paired difference on ln(train images); p: t-test on per-seed slopes",
+            "seed_slope": "mean over seeds of each seed's OLS slope of the paired difference; p: t-test on the "
+                          "per-seed slopes",
             "spearman": "Spearman rank correlation; p: scipy's test on all points"}[kind]
     widened = "the t-interval over per-seed estimates" + (" and the Fisher-z interval on all points" if kind == "spearman" else "")
     return (f"{what}; matched on {matched}; 95% interval: expanded percentile bootstrap over seeds "
@@ -199,18 +242,36 @@ def _test_text(kind: str, pairs: pl.DataFrame) -> str:
 
 
 def _result(finding: int, name: str, metric: str, comparison: str, estimate: stats.Estimate, test: str,
-            direction: int, group: dict[str, Any] | None = None, headline: bool = False, note: str = "") -> Result:
+            direction: int, group: dict[str, Any] | None = None, headline: bool = False, note: str = "",
+            statistic: str = "mean") -> Result:
     verdict = stats.verdict(estimate.ci_low, estimate.ci_high, direction)
     if estimate.n_seeds < MIN_SEEDS_FOR_VERDICT and verdict != stats.INCONCLUSIVE:
         verdict = stats.INCONCLUSIVE
         note = "; ".join(n for n in (note, f"{estimate.n_seeds} seeds: too few for a verdict "
                                            f"(at least {MIN_SEEDS_FOR_VERDICT} needed)") if n)
     notes = "; ".join(n for n in (note, estimate.note) if n)
+    half = float(estimate.ci_high - estimate.ci_low) / 2
     return Result(finding=finding, name=name, metric=metric, comparison=comparison, estimate=estimate.estimate,
                   ci_low=estimate.ci_low, ci_high=estimate.ci_high, n=estimate.n, n_seeds=estimate.n_seeds, test=test,
                   p_value=estimate.p_value, expected="> 0" if direction > 0 else "< 0",
-                  verdict=verdict, note=notes,
-                  group=group or {}, headline=headline)
+                  verdict=verdict, note=notes, group=group or {}, headline=headline,
+                  role=HEADLINE if headline else EXPLORATORY, p_adjusted=estimate.p_value, statistic=statistic,
+                  sd_paired=estimate.seed_sd, half_width=half if math.isfinite(half) else math.nan,
+                  mde_80=stats.minimum_detectable_effect(estimate.seed_sd, estimate.n_seeds),
+                  seeds_for_target=stats.seeds_for_half_width(estimate.seed_sd, TARGET_HALF_WIDTH))
+
+
+def finish(report: FindingReport) -> FindingReport:
+    """Label the report's results: headline ones keep their verdicts; the others become exploratory, with p values
+    Holm-adjusted over the finding's exploratory results (idempotent: it can run again after a demotion)."""
+    exploratory = [i for i, r in enumerate(report.results) if not r.headline]
+    adjusted = stats.holm([report.results[i].p_value for i in exploratory])
+    for i, p in zip(exploratory, adjusted):
+        report.results[i] = replace(report.results[i], role=EXPLORATORY, verdict=EXPLORATORY, p_adjusted=float(p))
+    for i, r in enumerate(report.results):
+        if r.headline:
+            report.results[i] = replace(r, role=HEADLINE, p_adjusted=r.p_value)
+    return report
 
 
 def _mean(pairs: pl.DataFrame) -> stats.Estimate:
@@ -246,8 +307,7 @@ def _start_cross_task(runs: pl.DataFrame, report: FindingReport) -> tuple[pl.Dat
 
 def mutual_benefit(runs: pl.DataFrame) -> FindingReport:
     """Mixed minus understanding-only (understanding metrics) and mixed minus generation-only (generation metrics)."""
-    report = FindingReport(1, "Mutual benefit", "Mixed training beats understanding-only on understanding and "
-                           "generation-only on generation; the benefit grows with data size.")
+    report = FindingReport(1, *TITLES[1])
     prepared, arms, keys = _start_cross_task(runs, report)
     _common_limits(prepared, report)
     for side, metrics in (("understanding", UNDERSTANDING_METRICS), ("generation", GENERATION_METRICS)):
@@ -277,7 +337,7 @@ def mutual_benefit(runs: pl.DataFrame) -> FindingReport:
             _size_results(report, pairs, side, metric, comparison, keys)
         if tables:
             report.tables[f"finding1_{side}_pairs"] = pl.concat(tables, how="diagonal_relaxed")
-    return report
+    return finish(report)
 
 
 def _size_results(report: FindingReport, pairs: pl.DataFrame, side: str, metric: str, comparison: str,
@@ -300,8 +360,7 @@ def _size_results(report: FindingReport, pairs: pl.DataFrame, side: str, metric:
 
 def alignment(runs: pl.DataFrame) -> FindingReport:
     """The cross-task benefit against alignment: affine strength (expected negative) and matched encoder/space pairs."""
-    report = FindingReport(2, "Alignment matters", "The better aligned the understanding input space and the "
-                           "generation output space, the larger the cross-task benefit.")
+    report = FindingReport(2, *TITLES[2])
     prepared, arms, keys = _start_cross_task(runs, report)
     if "strength" not in keys and "pair" not in keys:
         raise InsufficientData("finding 2 needs an alignment factor: the sweep varies neither "
@@ -336,15 +395,24 @@ def alignment(runs: pl.DataFrame) -> FindingReport:
             if factor == "pair":
                 pairs = pairs.join(prepared.select("run_id", "matched"), on="run_id", how="left")
                 if pairs["matched"].n_unique() < 2:
-                    report.skipped.append(f"The rank correlation of the {side} benefit with pair alignment is not "
-                                          "computed: every pair is matched, or none is.")
+                    report.skipped.append(f"The {side} benefit against pair alignment is not computed: every pair "
+                                          "is matched, or none is.")
                     continue
             x = pairs[level].cast(pl.Float64).to_numpy()
-            rho = stats.bootstrap_spearman(x, pairs["difference"].to_numpy(), pairs["seed"].to_numpy())
+            y, seeds = pairs["difference"].to_numpy(), pairs["seed"].to_numpy()
+            # Headline: each seed's own slope, averaged; unlike a rank correlation over few levels (each
+            # seed's rho is ±1 with two), its interval narrows as seeds are added.
+            per_unit = "per unit strength" if factor == "strength" else "matched (1) minus not (0)"
+            report.results.append(_result(2, f"{side} benefit slope against {label}", metric,
+                                          f"per-seed slope of ({comparison}), {per_unit}",
+                                          stats.bootstrap_seed_slope(x, y, seeds), _test_text("seed_slope", pairs),
+                                          direction, {"factor": factor}, headline=True, statistic="slope"))
+            rho = stats.bootstrap_spearman(x, y, seeds)
             report.results.append(_result(2, f"{side} benefit vs {label}", metric,
                                           f"Spearman ρ of ({comparison}) with {label}", rho,
-                                          _test_text("spearman", pairs), direction, {"factor": factor}, headline=True))
-    return report
+                                          _test_text("spearman", pairs), direction, {"factor": factor, "rank": "spearman"},
+                                          statistic="spearman"))
+    return finish(report)
 
 
 # ----------------------------------------------------------------------------- finding 3
@@ -352,8 +420,7 @@ def alignment(runs: pl.DataFrame) -> FindingReport:
 def transfer(runs: pl.DataFrame) -> FindingReport:
     """Accuracy on the value seen only in generation data, against its control and understanding-only; by freezing."""
     prepared = prepare(runs)
-    report = FindingReport(3, "Transfer lives in the language model", "Knowledge that appears only in generation data "
-                           "shows up in understanding answers, and it passes through the LM, not only the adapters.")
+    report = FindingReport(3, *TITLES[3])
     if f"metrics.{HIDDEN_METRIC}" not in prepared.columns or not prepared["hidden"].any():
         raise InsufficientData(f"finding 3 needs runs with a data.hide_from_understanding rule and the metric "
                                f"{HIDDEN_METRIC!r}; this sweep has neither")
@@ -365,7 +432,11 @@ def transfer(runs: pl.DataFrame) -> FindingReport:
     hidden = prepared.filter(pl.col("hidden"))
     freezings = set(hidden.filter(pl.col("status") == FINISHED)["freezing"].to_list())
     main = {"freezing": "none"} if "none" in freezings and len(freezings) > 1 else {}
-    metrics = [HIDDEN_METRIC, *(f"test/vqa_hidden/{a}" for a in ATTRIBUTES if f"metrics.test/vqa_hidden/{a}" in prepared.columns)]
+    hidden, own = _hidden_attribute_columns(hidden)
+    metrics = [HIDDEN_METRIC, *(f"test/vqa_hidden/{a}" for a in own),
+               *([OTHER_ATTRIBUTES] if f"metrics.{OTHER_ATTRIBUTES}" in hidden.columns else []),
+               *(f"test/vqa_hidden/{a}" for a in ATTRIBUTES if a not in own and f"metrics.test/vqa_hidden/{a}" in hidden.columns)]
+    _hidden_levels(report, hidden, own)
     comparisons = [("transfer over control", {"arm": "mixed", "hide_control": False}, {"arm": "mixed", "hide_control": True},
                     "mixed − mixed control (hidden images lose their generation records too)"),
                    ("transfer over understanding-only", {"arm": "mixed", "hide_control": False},
@@ -386,7 +457,41 @@ def transfer(runs: pl.DataFrame) -> FindingReport:
         if tables:
             report.tables[f"finding3_{name.replace(' ', '_').replace('-', '_')}"] = pl.concat(tables, how="diagonal_relaxed")
     _freezing_results(report, hidden, keys, freezings)
-    return report
+    return finish(report)
+
+
+def _hidden_attribute_columns(hidden: pl.DataFrame) -> tuple[pl.DataFrame, list[str]]:
+    """The attributes the hide rules name (their own accuracy: rainy images answered "raining"), and a derived
+    column: the mean accuracy over the other attributes of hidden images."""
+    rules = " ".join(str(v) for v in hidden["params.data.hide_from_understanding"].drop_nulls().unique().to_list()) \
+        if "params.data.hide_from_understanding" in hidden.columns else ""
+    own = [a for a in ATTRIBUTES if re.search(rf"\b{a}\s*=", rules)]
+    others = [f"metrics.test/vqa_hidden/{a}" for a in ATTRIBUTES if a not in own and f"metrics.test/vqa_hidden/{a}" in hidden.columns]
+    if others:
+        hidden = hidden.with_columns(pl.mean_horizontal(others).alias(f"metrics.{OTHER_ATTRIBUTES}"))
+    return hidden, own
+
+
+def _hidden_levels(report: FindingReport, hidden: pl.DataFrame, own: list[str]) -> None:
+    """Accuracy on the hidden value itself, per condition: a level, not a difference (chance is about 1/3)."""
+    done = hidden.filter(pl.col("status") == FINISHED)
+    for attribute in own:
+        column = f"metrics.test/vqa_hidden/{attribute}"
+        if column not in done.columns:
+            continue
+        for (arm, control, freezing), group in sorted(done.group_by("arm", "hide_control", "freezing"),
+                                                      key=lambda item: tuple(map(str, item[0]))):
+            group = group.filter(pl.col(column).is_not_null() & pl.col(column).is_not_nan())
+            if group.is_empty():
+                continue
+            condition = "control" if control else "hidden"
+            # a level's p value (against zero) means nothing: nan keeps it out of the Holm family
+            estimate = replace(stats.bootstrap_mean(group[column].to_numpy(), group["seed"].to_numpy()), p_value=math.nan)
+            report.results.append(_result(3, f"accuracy on the hidden value ({attribute})", f"test/vqa_hidden/{attribute}",
+                                          f"{arm}, {condition}: share of hidden test images whose {attribute} is "
+                                          "answered with the hidden value (a level, not a difference)", estimate,
+                                          "mean over runs; interval over seeds", +1,
+                                          {"arm": arm, "condition": condition, "freezing": freezing}))
 
 
 def _freezing_results(report: FindingReport, hidden: pl.DataFrame, keys: list[str], freezings: set[str]) -> None:
@@ -410,12 +515,13 @@ def _freezing_results(report: FindingReport, hidden: pl.DataFrame, keys: list[st
     report.tables["finding3_transfer_by_freezing"] = pl.concat(
         [p.with_columns(pl.lit(k).alias("freezing_label")) for k, p in per_label.items()], how="diagonal_relaxed") \
         if per_label else pl.DataFrame()
-    learner = "adapters_frozen" if "adapters_frozen" in per_label else "none"
+    learner = "none" if "none" in per_label else "adapters_frozen"  # the claim: LM trained vs LM frozen
     if "lm_frozen" not in per_label or learner not in per_label:
         report.skipped.append("The contrast LM-frozen versus adapters-frozen needs transfer pairs under both; "
                               f"available: {', '.join(sorted(per_label)) or 'none'}.")
         return
-    on = ["seed", *[k for k in keys if k not in ("freezing", "hide_control") and k in per_label[learner].columns]]
+    on = ["seed", *shared_levels(per_label[learner], per_label["lm_frozen"],
+                                 [k for k in keys if k not in ("freezing", "hide_control")])]
     both = per_label[learner].join(per_label["lm_frozen"].select(*on, pl.col("difference").alias("frozen_lm")),
                                    on=on, how="inner", nulls_equal=True)
     if both.is_empty():
@@ -426,15 +532,43 @@ def _freezing_results(report: FindingReport, hidden: pl.DataFrame, keys: list[st
     who = "adapters frozen (LM trains)" if learner == "adapters_frozen" else "everything trains"
     report.results.append(_result(3, "transfer lives in the LM", HIDDEN_METRIC,
                                   f"transfer with {who} − transfer with the LM frozen", _mean(both),
-                                  _test_text("mean", both), +1, {"contrast": f"{learner} − lm_frozen"}, headline=True))
+                                  _test_text("mean", both), +1, {"contrast": f"{learner} − lm_frozen"}, headline=True,
+                                  statistic="did"))
 
 
-def all_findings(runs: pl.DataFrame) -> dict[int, FindingReport | str]:
-    """Each finding's report, or the sentence saying why the sweep cannot address it."""
+def all_findings(runs: pl.DataFrame, history: pl.DataFrame | None = None,
+                 headlines: dict[str, Any] | None = None) -> dict[int, FindingReport | str]:
+    """Each finding's report, or the sentence saying why the sweep cannot address it.
+
+    `headlines` (name -> search.space.Headline, as declared in the space file): when given, only those are
+    headline results (analysis.headlines computes them, with `history` for auc and trend) and every default
+    headline of the findings becomes exploratory. None: the findings' default headlines.
+    """
     out: dict[int, FindingReport | str] = {}
     for number, function in ((1, mutual_benefit), (2, alignment), (3, transfer)):
         try:
             out[number] = function(runs)
         except InsufficientData as error:
             out[number] = str(error)
+    if headlines:
+        from analysis.headlines import declared_results
+
+        for report in out.values():  # only declared headlines get verdicts, in every finding
+            if isinstance(report, FindingReport):
+                report.results[:] = [replace(r, headline=False) for r in report.results]
+                finish(report)
+        for number, declared in declared_results(runs, history, headlines).items():
+            report = out.get(number)
+            if not isinstance(report, FindingReport):
+                report = FindingReport(number, *TITLES[number])
+                report.skipped.append(f"The finding's own analysis is not computed: {out.get(number)}")
+                out[number] = report
+            report.results[:0] = [d.result for d in declared]
+            for d in declared:
+                if d.curve is not None:
+                    report.tables[f"headline_{d.result.name.replace(' ', '_').replace('-', '_')}_curve"] = d.curve
+            choice = [row for d in declared for row in d.choice]
+            if choice:
+                report.tables["headline_statistic_choice"] = pl.DataFrame(choice)
+            finish(report)
     return out

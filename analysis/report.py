@@ -32,19 +32,19 @@ import polars as pl
 
 from analysis import figures as figs
 from analysis import stats
-from analysis.findings import FINISHED, MIN_SEEDS_FOR_VERDICT, FindingReport, Result, all_findings
-from analysis.frames import factor_names, load_history, load_runs, sweep_parent
+from analysis.findings import EXPLORATORY, FINISHED, OTHER_ATTRIBUTES, MIN_SEEDS_FOR_VERDICT, TARGET_HALF_WIDTH, FindingReport, Result
+from analysis.frames import factor_names, sweep_parent
+from analysis.headlines import power_frame, sweep_findings
 from analysis.importance import best_configs, objective_for, param_importance, searched_params
-from trainables.errors import UserError
 from trainables.workspace import tracking_uri as resolve_uri
 from trainables.workspace import workdir
 
-HISTORY_METRICS = ["test/vqa/overall", "test/gen/probe/overall", "train/loss"]
 BUDGET_RULES = {"steps": "equal optimiser steps in every arm", "samples": "equal training records seen in every arm",
                 "epochs": "passes over each run's own records: every run sees each record it shares with another "
                           "run as often, and a run with more records (a mixed arm, or added generation records) "
                           "takes more steps"}
-VERDICT_MARK = {stats.SUPPORTED: "supported", stats.CONTRADICTED: "CONTRADICTED", stats.INCONCLUSIVE: "inconclusive"}
+VERDICT_MARK = {stats.SUPPORTED: "supported", stats.CONTRADICTED: "CONTRADICTED", stats.INCONCLUSIVE: "inconclusive",
+                EXPLORATORY: "exploratory"}
 
 
 @dataclass
@@ -72,14 +72,10 @@ def build_report(sweep: str, tracking_uri: str | None = None, out_dir: str | Pat
                  log_artifacts: bool = True) -> Path:
     """Write the report of `sweep` into out_dir (default <workdir>/reports/<sweep>); returns the folder."""
     uri = resolve_uri(tracking_uri)
-    runs = load_runs(sweep, uri)
-    if runs.is_empty():
-        raise UserError(f"sweep {sweep!r} has no trial runs yet (uvlm.role=trial); nothing to report")
+    runs, history, headlines, findings = sweep_findings(sweep, uri)
     parent = sweep_parent(sweep, uri)
     out = Path(out_dir) if out_dir else workdir() / "reports" / sweep
     (out / "figures").mkdir(parents=True, exist_ok=True)
-    history = load_history(sweep, uri, metrics=HISTORY_METRICS)
-    findings = all_findings(runs)
     searched = searched_params(runs)
     importance = param_importance(runs)
     best = best_configs(runs)
@@ -90,9 +86,11 @@ def build_report(sweep: str, tracking_uri: str | None = None, out_dir: str | Pat
     document.p(f"Study {parent['tags'].get('uvlm.study', '?')}, parent run {parent['run_id']}, "
                f"code {parent['tags'].get('uvlm.git_commit', '?')}; generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC "
                f"from {uri}.")
-    _summary(document, findings)
+    _summary(document, findings, headlines is not None)
     _design(document, runs, searched)
     figures: dict[str, bytes] = {}
+    _draw(document, figures, "benefit_curves", "The headline benefits against records seen along the runs",
+          lambda: figs.benefit_curves(findings))
     drawers = {
         1: [("benefit_vs_size", "Each arm's score and the benefit of mixing against data size",
              lambda: figs.benefit_vs_size(findings[1], runs)),
@@ -119,8 +117,8 @@ def build_report(sweep: str, tracking_uri: str | None = None, out_dir: str | Pat
     _write_tables(out, runs, findings, results, importance, best)
     for name, data in figures.items():
         (out / "figures" / f"{name}.png").write_bytes(data)
-    (out / "findings.json").write_text(json.dumps(_json(sweep, parent, runs, findings, importance, best), indent=2,
-                                                  default=_plain))
+    (out / "findings.json").write_text(json.dumps(_json(sweep, parent, runs, findings, importance, best, headlines),
+                                                  indent=2, default=_plain))
     (out / "report.md").write_text(render_markdown(document))
     (out / "report.html").write_text(render_html(document, f"Sweep report: {sweep}"))
     if log_artifacts:
@@ -133,22 +131,49 @@ def build_report(sweep: str, tracking_uri: str | None = None, out_dir: str | Pat
 # ----------------------------------------------------------------------------- sections
 
 def _results_frame(results: list[Result], headline_only: bool = False) -> pl.DataFrame:
-    rows = [{**({"finding": r.finding} if headline_only else {}), "result": r.name, "group": ", ".join(f"{k}={_fmt(v, 3)}" for k, v in r.group.items()),
+    rows = [{**({"finding": r.finding} if headline_only else {"role": r.role}), "result": r.name,
+             "group": ", ".join(f"{k}={_fmt(v, 3)}" for k, v in r.group.items()),
              "comparison": r.comparison, "metric": r.metric, "estimate": _fmt(r.estimate, 4),
-             "95% CI": f"[{_fmt(r.ci_low, 4)}, {_fmt(r.ci_high, 4)}]", "n (seeds)": f"{r.n} ({r.n_seeds})",
-             "p": _fmt(r.p_value, 3), "expected": r.expected, "verdict": VERDICT_MARK[r.verdict]}
+             "95% CI": f"[{_fmt(r.ci_low, 4)}, {_fmt(r.ci_high, 4)}]", "±": _fmt(r.half_width, 3),
+             "n (seeds)": f"{r.n} ({r.n_seeds})", "p": _fmt(r.p_value, 3),
+             **({} if headline_only else {"p (Holm)": _fmt(r.p_adjusted, 3) if r.role == EXPLORATORY else "–"}),
+             "expected": r.expected, "verdict": VERDICT_MARK[r.verdict]}
             for r in results if r.headline or not headline_only]
     return pl.DataFrame(rows) if rows else pl.DataFrame()
 
 
-def _summary(document: Document, findings: dict[int, FindingReport | str]) -> None:
+def _summary(document: Document, findings: dict[int, FindingReport | str], declared: bool) -> None:
     document.h(2, "Findings at a glance")
     headlines = [r for f in findings.values() if isinstance(f, FindingReport) for r in f.headlines]
+    source = ("declared in the space file (`headlines:`)" if declared else
+              "the default set (the space file declares none)")
     if headlines:
+        document.p(f"Headline results, {source}. Only these get verdicts; every other result in this report is "
+                   "exploratory, with Holm-adjusted p values and no verdict.")
         document.table(_results_frame(headlines, headline_only=True),
                        "Verdict: the 95% interval over seeds excludes zero in the paper's direction (supported), "
                        "in the opposite direction (CONTRADICTED), or neither (inconclusive); with fewer than "
-                       f"{MIN_SEEDS_FOR_VERDICT} seeds there is no verdict (inconclusive).")
+                       f"{MIN_SEEDS_FOR_VERDICT} seeds there is no verdict (inconclusive). ±: half the interval's "
+                       "width, on the statistic's own scale (score 0–1; per unit of the x axis for a slope). An "
+                       "inconclusive result with a small ± bounds the effect: no effect larger than about ± in "
+                       "either direction.")
+        document.table(power_frame(headlines),
+                       "Power of each headline: the SD over seeds of the per-seed paired effect; the smallest effect "
+                       "a two-sided 5% t-test over the seeds run detects with 80% power (noncentral t); the seeds a "
+                       f"95% half-width of {TARGET_HALF_WIDTH:g} needs at that SD (t-interval). Use it to size a sweep.")
+    choice = [f.tables["headline_statistic_choice"] for f in findings.values()
+              if isinstance(f, FindingReport) and "headline_statistic_choice" in f.tables]
+    if choice:
+        table = pl.concat(choice, how="diagonal_relaxed")
+        document.table(table.select(
+            "headline", "metric", "statistic", pl.col("estimate").map_elements(lambda v: _fmt(v, 4), pl.String),
+            pl.col("sd_paired").map_elements(lambda v: _fmt(v, 3), pl.String).alias("SD of the per-seed effect"),
+            pl.col("half_width").map_elements(lambda v: _fmt(v, 3), pl.String).alias("±"),
+            pl.col("seeds_for_target").cast(pl.String).fill_null("–").alias(f"seeds for ±{TARGET_HALF_WIDTH:g}"),
+            pl.col("chosen").map_elements(lambda v: "declared" if v else "", pl.String).alias("headline uses")),
+            "End point or area under the learning curve: the same comparison on the final evaluation (end) and on "
+            "each run's mean over its evaluations (auc). The statistic with the smaller SD needs fewer seeds; the "
+            "two estimate different quantities (the end point, or the average along the budget).")
     for number, finding in findings.items():
         if isinstance(finding, str):
             document.p(f"Finding {number} is not addressed by this sweep: {finding}.")
@@ -205,14 +230,40 @@ def _finding(document: Document, number: int, finding: FindingReport | str) -> N
         document.p(f"Not addressed by this sweep: {finding}.")
         return
     document.p(f"Claim: {finding.claim}")
+    if number == 3:
+        document.ul(_hidden_value_sentences(finding))
     if finding.results:
-        document.table(_results_frame(finding.results), f"All results of finding {number}.")
+        document.table(_results_frame(finding.results), f"All results of finding {number}: headline rows have verdicts; "
+                                                        "exploratory rows have none, and their p values are "
+                                                        "Holm-adjusted over the finding's exploratory results.")
         tests = sorted({r.test for r in finding.results})
         document.p("Tests: " + " | ".join(tests))
         notes = sorted({r.note for r in finding.results if r.note})
         document.ul([f"Note: {n}" for n in notes])
     document.ul(finding.skipped)
     document.ul([f"Limit: {limit}" for limit in finding.limits])
+
+
+def _hidden_value_sentences(finding: FindingReport) -> list[str]:
+    """What the hidden value's own accuracy shows: mixed runs that saw it only in generation data against their control."""
+    levels = {(r.group.get("arm"), r.group.get("condition"), r.group.get("freezing")): r for r in finding.results
+              if r.name.startswith("accuracy on the hidden value")}
+    sentences = []
+    for freezing in sorted({key[2] for key in levels}):
+        hidden, control = levels.get(("mixed", "hidden", freezing)), levels.get(("mixed", "control", freezing))
+        if hidden is None or control is None:
+            continue
+        gap = hidden.estimate - control.estimate
+        overlap = hidden.ci_low <= control.ci_high and control.ci_low <= hidden.ci_high
+        label = {"none": "LM and adapters train", "lm_frozen": "LM frozen", "adapters_frozen": "adapters frozen"}.get(freezing, freezing)
+        reading = ("the intervals overlap: no evidence that the value seen only in generation data is named in answers"
+                   if overlap else ("answers name the hidden value more often than without its generation records"
+                                    if gap > 0 else "answers name the hidden value less often than the control"))
+        sentences.append(f"Hidden value's own accuracy ({hidden.metric}, {label}): {_fmt(hidden.estimate, 4)} "
+                         f"[{_fmt(hidden.ci_low, 4)}, {_fmt(hidden.ci_high, 4)}] with its generation records, "
+                         f"{_fmt(control.estimate, 4)} [{_fmt(control.ci_low, 4)}, {_fmt(control.ci_high, 4)}] in the "
+                         f"control; {reading}. The other attributes of hidden images are {OTHER_ATTRIBUTES} below.")
+    return sentences
 
 
 def _draw(document: Document, figures: dict[str, bytes], name: str, caption: str, draw) -> None:
@@ -274,7 +325,14 @@ def _limits(runs: pl.DataFrame, findings: dict[int, FindingReport | str]) -> lis
                      f"below {MIN_SEEDS_FOR_VERDICT} seeds no verdict is given. More seeds would make the verdicts firmer.")
     items.append("Intervals resample seeds (the unit that repeats the whole experiment); runs of one seed share data "
                   "order and initialisation, so they are not treated as independent.")
-    items.append("p-values are not corrected for the many comparisons shown; the verdicts rest on the headline intervals.")
+    items.append("Only headline results get verdicts. Every other result is exploratory: its p value is Holm-adjusted "
+                 "over the exploratory results of its finding (family-wise error 5%), and it carries no verdict.")
+    items.append("Power assumes the per-seed paired effects are roughly normal with the observed SD; with few seeds "
+                 "that SD is itself uncertain, so the seed counts are estimates, not guarantees.")
+    items.append("Curves along a run (trend and auc statistics) use the evaluations logged every eval.every_steps, on "
+                 "the first eval.max_eval_records test prompts per task (the same records in every run and "
+                 "evaluation); the final evaluation scores the whole test split. Fractions of the budget are put on "
+                 "one grid by linear interpolation between a run's evaluations.")
     for number, finding in findings.items():
         if isinstance(finding, str):
             items.append(f"Finding {number} cannot be judged from this sweep.")
@@ -304,10 +362,13 @@ def _write_tables(out: Path, runs, findings, results, importance, best) -> None:
     best.write_csv(out / "best_configs.csv")
 
 
-def _json(sweep, parent, runs, findings, importance, best) -> dict[str, Any]:
+def _json(sweep, parent, runs, findings, importance, best, headlines=None) -> dict[str, Any]:
     counts = dict(runs.group_by("status").len().iter_rows())
     return {
         "sweep": sweep, "parent_run_id": parent["run_id"], "study": parent["tags"].get("uvlm.study"),
+        "headlines": {"source": "declared" if headlines else "default",
+                      "declared": {name: h.model_dump(mode="json") for name, h in (headlines or {}).items()},
+                      "target_half_width": TARGET_HALF_WIDTH},
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"), "python": platform.python_version(),
         "runs": {"total": runs.height, **{k.lower(): v for k, v in counts.items()}},
         "findings": {str(n): ({"addressed": False, "reason": f} if isinstance(f, str) else {
@@ -384,7 +445,7 @@ th { background: #f3f3f3; }
 caption { caption-side: bottom; font-style: italic; font-size: 0.9em; padding-top: 4px; text-align: left; }
 figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 td.supported { background: #e3f4e1; } td.CONTRADICTED { background: #f9dcdc; font-weight: bold; }
-td.inconclusive { background: #fdf5dc; }
+td.inconclusive { background: #fdf5dc; } td.exploratory { color: #666; }
 """
 
 

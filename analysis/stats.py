@@ -20,6 +20,10 @@ bootstrap interval and the t-interval over the per-seed estimates (mean,
 slope or rank correlation within each seed; k - 1 degrees of freedom), which
 keeps its coverage for few seeds; with many seeds the two agree.
 
+Power (`power`, `minimum_detectable_effect`, `seeds_for_half_width`) treats the per-seed paired
+effects as the sample of a one-sample t-test: two-sided at 5%, exact noncentral t. Multiplicity of
+exploratory results: `holm` (Holm 1979, step-down, controls the family-wise error rate).
+
 `verdict(low, high, direction)`: "supported" when the 95% interval excludes
 zero in the paper's direction, "contradicted" when it excludes zero in the
 opposite direction, "inconclusive" otherwise (including no interval).
@@ -50,6 +54,8 @@ class Estimate:
     p_value: float
     """Two-sided; see the function that made it (nan when it cannot be computed)."""
     note: str = ""
+    seed_sd: float = math.nan
+    """Standard deviation (ddof 1) of the per-seed estimates: what power and seed counts are computed from."""
 
 
 def seed_weights(clusters: np.ndarray, resamples: int = RESAMPLES, seed: int = 0) -> np.ndarray:
@@ -96,7 +102,8 @@ def bootstrap_mean(values, clusters, resamples: int = RESAMPLES, seed: int = 0) 
     seed_means = np.array([values[clusters == c].mean() for c in np.unique(clusters)])
     low, high = _union_t(percentile_interval(boot, len(seed_means)), seed_means)
     p_value = _t_test(seed_means)
-    return Estimate(estimate, low, high, len(values), len(seed_means), p_value, _few_seeds_note(len(seed_means)))
+    return Estimate(estimate, low, high, len(values), len(seed_means), p_value, _few_seeds_note(len(seed_means)),
+                    _sd(seed_means))
 
 
 def bootstrap_slope(x, y, clusters, resamples: int = RESAMPLES, seed: int = 0) -> Estimate:
@@ -112,7 +119,8 @@ def bootstrap_slope(x, y, clusters, resamples: int = RESAMPLES, seed: int = 0) -
                 for c in np.unique(clusters)]
     low, high = _union_t(percentile_interval(boot, len(per_seed)), np.array(per_seed))
     n_seeds = len(per_seed)
-    return Estimate(float(estimate), low, high, len(x), n_seeds, _t_test(np.array(per_seed)), _few_seeds_note(n_seeds))
+    return Estimate(float(estimate), low, high, len(x), n_seeds, _t_test(np.array(per_seed)), _few_seeds_note(n_seeds),
+                    _sd(np.array(per_seed)))
 
 
 def bootstrap_spearman(x, y, clusters, resamples: int = RESAMPLES, seed: int = 0) -> Estimate:
@@ -138,6 +146,25 @@ def bootstrap_spearman(x, y, clusters, resamples: int = RESAMPLES, seed: int = 0
     return Estimate(float(estimate), low, high, len(x), n_seeds, p_value, _few_seeds_note(n_seeds))
 
 
+def seed_slopes(x, y, clusters) -> tuple[np.ndarray, np.ndarray]:
+    """OLS slope of y on x within each cluster (seed): (slopes, cluster labels); a cluster with one x gives nan."""
+    x, y, clusters = np.asarray(x, float), np.asarray(y, float), np.asarray(clusters)
+    labels = np.unique(clusters)
+    slopes = np.array([_weighted_slope(np.ones((1, int((clusters == c).sum()))), x[clusters == c], y[clusters == c])[0]
+                       for c in labels])
+    return slopes, labels
+
+
+def bootstrap_seed_slope(x, y, clusters, resamples: int = RESAMPLES, seed: int = 0) -> Estimate:
+    """Mean over seeds of each seed's own OLS slope; interval and p as `bootstrap_mean` over the per-seed slopes."""
+    slopes, labels = seed_slopes(x, y, clusters)
+    keep = np.isfinite(slopes)
+    if len(slopes) and not keep.any():
+        return Estimate(math.nan, math.nan, math.nan, len(np.asarray(x)), len(labels), math.nan,
+                        "only one value of the covariate within each seed: no slope")
+    return bootstrap_mean(slopes[keep], labels[keep], resamples, seed)
+
+
 def verdict(low: float, high: float, direction: int = 1) -> str:
     """supported / contradicted / inconclusive for an interval and the paper's direction (+1 or -1)."""
     if not (math.isfinite(low) and math.isfinite(high)):
@@ -150,7 +177,69 @@ def verdict(low: float, high: float, direction: int = 1) -> str:
     return INCONCLUSIVE
 
 
+def power(effect: float, sd: float, seeds: int, alpha: float = 0.05) -> float:
+    """Probability that a two-sided one-sample t-test at `alpha` over `seeds` per-seed effects rejects zero."""
+    if seeds < 2 or not (sd > 0 and math.isfinite(sd)):
+        return math.nan
+    df, noncentrality = seeds - 1, effect * math.sqrt(seeds) / sd
+    critical = scipy_stats.t.ppf(1 - alpha / 2, df)
+    value = float(scipy_stats.nct.sf(critical, df, noncentrality) + scipy_stats.nct.cdf(-critical, df, noncentrality))
+    if not math.isfinite(value):  # scipy's nct fails far in the tail (power ~1 there); the normal limit is exact enough
+        value = float(scipy_stats.norm.sf(critical - noncentrality) + scipy_stats.norm.cdf(-critical - noncentrality))
+    return min(max(value, 0.0), 1.0)
+
+
+def minimum_detectable_effect(sd: float, seeds: int, target: float = 0.8, alpha: float = 0.05) -> float:
+    """The smallest |effect| that the t-test over `seeds` per-seed effects detects with probability `target`."""
+    if seeds < 2 or not (sd > 0 and math.isfinite(sd)):
+        return math.nan
+    from scipy.optimize import brentq
+
+    high = sd
+    while power(high, sd, seeds, alpha) < target:  # bracket the root; power rises with the effect
+        high *= 2
+    return float(brentq(lambda effect: power(effect, sd, seeds, alpha) - target, 0.0, high, xtol=sd * 1e-9))
+
+
+def seeds_for_half_width(sd: float, half_width: float, level: float = LEVEL, limit: int = 100_000) -> int | None:
+    """The fewest seeds whose t-interval over per-seed effects of this SD has at most this half-width."""
+    if not (math.isfinite(sd) and sd >= 0):
+        return None
+    if sd == 0:
+        return 2
+    # t_{n-1} * sd / sqrt(n) falls with n: bisect on n between 2 and `limit`.
+    def width(n: int) -> float:
+        return scipy_stats.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n)
+
+    if width(limit) > half_width:
+        return None
+    low, high = 2, limit
+    while low < high:
+        middle = (low + high) // 2
+        low, high = (middle + 1, high) if width(middle) > half_width else (low, middle)
+    return low
+
+
+def holm(p_values) -> np.ndarray:
+    """Holm-adjusted p values (same order; nan stays nan and does not count towards the family)."""
+    p = np.asarray(p_values, float)
+    adjusted = np.full(p.shape, np.nan)
+    finite = np.flatnonzero(np.isfinite(p))
+    order = finite[np.argsort(p[finite], kind="stable")]
+    m = len(order)
+    running = 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[index]))
+        adjusted[index] = running
+    return adjusted
+
+
 # ----------------------------------------------------------------------------- helpers
+
+def _sd(values: np.ndarray) -> float:
+    values = values[np.isfinite(values)]
+    return float(values.std(ddof=1)) if len(values) >= 2 else math.nan
+
 
 def _union_t(interval: tuple[float, float], per_seed: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
     """The bootstrap interval widened to the t-interval over per-seed estimates where that is wider."""

@@ -23,6 +23,12 @@ expectation:
     hidden-value VQA (finding 3)  = 0.3 + seed effect + noise
                                     + [mixed, not control] transfer (LM trains) or transfer_lm_frozen
 
+Along a run (the evaluation history) every score rises towards its final value; for the mixed arm,
+the understanding and generation scores at fraction f of the budget are shifted by
+benefit_trend * ln(f) (zero at the end), plus independent noise (`eval_noise`) at each evaluation
+but the last: so the benefit's slope against ln(records seen) is benefit_trend when the final
+benefits are 0, and the mean of the per-run curve differs from its end point.
+
 Example::
 
     from analysis.synthetic import Effects, SyntheticSweep, write_sweep
@@ -77,8 +83,12 @@ class Effects:
     """Hidden-value VQA gain of mixed over its control when the LM trains."""
     transfer_lm_frozen: float = 0.0
     """The same gain when the LM is frozen."""
+    benefit_trend: float = 0.0
+    """Mixed arm: shift of the understanding and generation scores by benefit_trend * ln(fraction of the budget)."""
     noise: float = 0.01
     """Standard deviation of the per-run noise."""
+    eval_noise: float = 0.0
+    """Standard deviation of the noise of each evaluation along a run (the final one excepted)."""
     seed_sd: float = 0.02
     """Standard deviation of the per-seed effect shared by all runs of a seed (what pairing removes)."""
 
@@ -108,6 +118,8 @@ class SyntheticSweep:
     """Log a generated.png artifact on every finished trial run that trains generation."""
     effects: Effects = field(default_factory=Effects)
     random_seed: int = 0
+    headlines: dict[str, dict[str, Any]] | None = None
+    """Declared headlines (the space file's `headlines:` section), logged in trial_table.json on the parent run."""
 
 
 def factors(design: SyntheticSweep) -> dict[str, list[Any]]:
@@ -196,16 +208,28 @@ def simulate(design: SyntheticSweep, overrides: dict[str, Any], seed_effect: flo
             gain = fx.transfer_lm_frozen if lm_frozen else fx.transfer
         metrics["test/vqa_hidden/overall"] = noisy(0.3 + gain)
         metrics["test/vqa_hidden/weather"] = noisy(0.3 + gain)
+        metrics["test/vqa_hidden/time"] = noisy(0.45)
     return metrics
 
 
-def history(final: dict[str, float], steps: tuple[int, ...], rng: np.random.Generator) -> list[tuple[int, dict[str, float]]]:
-    """Per-evaluation metrics rising towards the final ones; the last evaluation is the final one."""
+def history(final: dict[str, float], steps: tuple[int, ...], rng: np.random.Generator, trend: float = 0.0,
+            eval_noise: float = 0.0) -> list[tuple[int, dict[str, float]]]:
+    """Per-evaluation metrics rising towards the final ones; the last evaluation is the final one. `trend` shifts
+    the understanding and generation scores by trend * ln(step / last step) (the mixed arm's benefit trend)."""
     rows = []
     for step in steps:
         share = 1.0 - math.exp(-3.0 * step / steps[-1])
         scale = share / (1.0 - math.exp(-3.0))
-        values = {key: (value if key.startswith(("baseline/", "probe/true")) else value * scale) for key, value in final.items()}
+        last = step == steps[-1]
+        shift = trend * math.log(step / steps[-1])
+
+        def along(key: str, value: float) -> float:
+            if key.startswith(("baseline/", "probe/true")) or last:
+                return value
+            moved = value * scale + (shift if key.startswith(("test/vqa/", "test/caption/", "test/gen/")) else 0.0)
+            return moved + (rng.normal(0.0, eval_noise) if eval_noise else 0.0)
+
+        values = {key: along(key, value) for key, value in final.items()}
         values["train/loss"] = 3.0 * math.exp(-2.0 * step / steps[-1]) + abs(rng.normal(0, 0.02))
         values["train/text_loss"] = values["train/loss"] * 0.8
         values["train/image_loss"] = values["train/loss"] * 0.2
@@ -269,7 +293,8 @@ def trials(design: SyntheticSweep) -> Iterator[Trial]:
             tags = _trial_tags(design, flat, overrides, cell, seed, trial_id)
             final = simulate(design, overrides, seed_effects[seed], rng)
             failed = bool(rng.uniform() < design.fail_fraction)
-            steps = history(final, design.eval_steps, rng)
+            trend = design.effects.benefit_trend if overrides["data.arm"] == "mixed" else 0.0
+            steps = history(final, design.eval_steps, rng, trend, design.effects.eval_noise)
             if failed:
                 tags["uvlm.error"] = "RuntimeError: loss is NaN at step 300"
             yield Trial(trial_id, tags, {key: str(value) for key, value in flat.items()}, steps[:1] if failed else steps,
@@ -295,6 +320,17 @@ def runs_frame(design: SyntheticSweep):
     return _assemble(design.name, "0", runs, params, tags, metrics)
 
 
+def history_frame(design: SyntheticSweep):
+    """The frame `analysis.frames.load_history` would return for this sweep (same run ids as `runs_frame`)."""
+    import polars as pl
+
+    rows = [(f"run{trial.trial_id:05d}", key, step, step, value) for trial in trials(design)
+            for step, values in trial.history for key, value in values.items()]
+    frame = pl.DataFrame(rows, schema={"run_id": pl.String, "metric": pl.String, "step": pl.Int64, "timestamp": pl.Int64,
+                                       "value": pl.Float64}, orient="row")
+    return frame.with_columns(pl.col("timestamp").cast(pl.Datetime("ms", "UTC"))).sort("run_id", "metric", "step", "timestamp")
+
+
 def write_sweep(tracking_uri: str, design: SyntheticSweep, artifact_root: str | None = None) -> str:
     """Write the sweep's experiment, parent run and trial runs; returns the parent run id."""
     from mlflow import MlflowClient
@@ -308,6 +344,10 @@ def write_sweep(tracking_uri: str, design: SyntheticSweep, artifact_root: str | 
     for trial in trials(design):
         _write_trial(client, experiment_id, parent_id, design, trial)
     client.log_text(parent_id, "\n".join(f"{k}: {v}" for k, v in factors(design).items()) + "\n", "space.yaml")
+    table = {"study": design.study, "space_file": "space.yaml", "seeds": list(design.seeds)}
+    if design.headlines is not None:
+        table["headlines"] = design.headlines
+    client.log_dict(parent_id, table, "trial_table.json")
     client.set_terminated(parent_id, "FINISHED")
     return parent_id
 

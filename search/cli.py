@@ -18,6 +18,7 @@ COMMANDS = [
     "search.commands.data",
     "search.commands.train",
     "search.commands.report",
+    "search.commands.power",
     "search.commands.sweep",
     "search.commands.ui",
     "search.commands.demo",

@@ -208,7 +208,7 @@ def headline_rows(runs: list[StudyRun]) -> list[dict[str, Any]]:
     for run in runs:
         data = json.loads((run.report / "findings.json").read_text())
         finding = data["findings"][str(run.finding)]
-        base = {"study": run.study, "finding": run.finding, "report": f"{run.name}/report.html"}
+        base = {"study": run.study, "finding": run.finding, "report": f"{run.name}/report.html", "half_width": None}
         if not finding["addressed"]:
             rows.append({**base, "result": "not addressed", "comparison": finding["reason"], "metric": "",
                          "estimate": None, "ci": (None, None), "seeds": 0, "verdict": "-"})
@@ -221,8 +221,8 @@ def headline_rows(runs: list[StudyRun]) -> list[dict[str, Any]]:
             group = ", ".join(f"{k}={v}" for k, v in result["group"].items() if k not in ("attribute", "trend", "factor"))
             rows.append({**base, "result": result["name"] + (f" ({group})" if group else ""),
                          "comparison": result["comparison"], "metric": result["metric"], "estimate": result["estimate"],
-                         "ci": (result["ci_low"], result["ci_high"]), "seeds": result["n_seeds"],
-                         "verdict": VERDICT_MARK.get(result["verdict"], result["verdict"])})
+                         "ci": (result["ci_low"], result["ci_high"]), "half_width": result.get("half_width"),
+                         "seeds": result["n_seeds"], "verdict": VERDICT_MARK.get(result["verdict"], result["verdict"])})
     return rows
 
 
@@ -230,17 +230,22 @@ def _number(value: float | None) -> str:
     return "-" if value is None else f"{value:+.4f}"
 
 
+def _half(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
 def findings_table(rows: list[dict[str, Any]]) -> str:
-    """The findings as fixed-width text: what `uvlm demo` prints at the end."""
-    header = ("finding", "result", "metric", "estimate", "95% CI", "seeds", "verdict")
+    """The headline findings as fixed-width text: what `uvlm demo` prints at the end (± = 95% CI half-width)."""
+    header = ("finding", "result", "metric", "estimate", "95% CI", "±", "seeds", "verdict")
     lines = [header] + [
         (f"{row['finding']} {row['study']}", row["result"], row["metric"], _number(row["estimate"]),
          f"[{_number(row['ci'][0])}, {_number(row['ci'][1])}]" if row["estimate"] is not None else "-",
-         str(row["seeds"]), row["verdict"]) for row in rows]
+         _half(row.get("half_width")), str(row["seeds"]), row["verdict"]) for row in rows]
     widths = [max(len(line[column]) for line in lines) for column in range(len(header))]
     text = ["  ".join(value.ljust(width) for value, width in zip(line, widths)).rstrip() for line in lines]
     text.insert(1, "  ".join("-" * width for width in widths))
-    return "Findings (95% intervals over seeds; verdict against the paper's direction):\n" + "\n".join(text)
+    return ("Findings (95% intervals over seeds, ± their half-width; headline results only; verdict against the "
+            "paper's direction):\n" + "\n".join(text))
 
 
 def write_index(reports: Path, runs: list[StudyRun], rows: list[dict[str, Any]], smoke: bool,
@@ -248,16 +253,17 @@ def write_index(reports: Path, runs: list[StudyRun], rows: list[dict[str, Any]],
     """reports/report.md and reports/index.html: the findings of the three studies, linking each study's report."""
     title = "uvlm demo: the three studies at CPU scale" + (" (smoke: toy size, no conclusions)" if smoke else "")
     intro = ("Each study is one sweep (a space file under spaces/); each row is a headline result of the finding the "
-             "study addresses, with its 95% bootstrap interval over seeds. supported: the interval excludes zero in the "
+             "study addresses (declared in its space file), with its 95% bootstrap interval over seeds and that "
+             "interval's half-width (±). supported: the interval excludes zero in the "
              "paper's direction; CONTRADICTED: in the opposite direction; inconclusive: it includes zero (or fewer than "
              "3 seeds). The per-study reports hold the design, the budget rule, every comparison, figures and limits.")
     reports.mkdir(parents=True, exist_ok=True)
-    md = [f"# {title}", "", intro, "", "| finding | result | comparison | metric | estimate | 95% CI | seeds | verdict |",
-          "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    md = [f"# {title}", "", intro, "", "| finding | result | comparison | metric | estimate | 95% CI | ± | seeds | verdict |",
+          "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in rows:
         ci = f"[{_number(row['ci'][0])}, {_number(row['ci'][1])}]" if row["estimate"] is not None else "-"
         md.append(f"| {row['finding']} ({row['study']}) | {row['result']} | {row['comparison']} | {row['metric']} | "
-                  f"{_number(row['estimate'])} | {ci} | {row['seeds']} | {row['verdict']} |")
+                  f"{_number(row['estimate'])} | {ci} | {_half(row.get('half_width'))} | {row['seeds']} | {row['verdict']} |")
     md += ["", "Reports per study:", ""] + [f"- [{run.study}]({run.name}/report.md) ({run.name}/report.html)" for run in runs]
     md += ["", f"Written by `uvlm demo{' --smoke' if smoke else ''}` in {_minutes(seconds)} (this session)."]
     index_md = reports / "report.md"
@@ -268,14 +274,14 @@ def write_index(reports: Path, runs: list[StudyRun], rows: list[dict[str, Any]],
             f"{row['finding']} ({row['study']})", row["result"], row["comparison"], row["metric"],
             _number(row["estimate"]),
             f"[{_number(row['ci'][0])}, {_number(row['ci'][1])}]" if row["estimate"] is not None else "-",
-            row["seeds"], row["verdict"])) + "</tr>" for row in rows)
+            _half(row.get("half_width")), row["seeds"], row["verdict"])) + "</tr>" for row in rows)
     links = "".join(f'<li><a href="{html.escape(run.name)}/report.html">{html.escape(run.study)}</a></li>' for run in runs)
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
             "body{font-family:sans-serif;max-width:70em;margin:2em auto}table{border-collapse:collapse}"
             "td,th{border:1px solid #ccc;padding:.3em .6em;font-size:.9em}</style></head><body>"
             f"<h1>{html.escape(title)}</h1><p>{html.escape(intro)}</p><table><tr>"
             + "".join(f"<th>{h}</th>" for h in ("finding", "result", "comparison", "metric", "estimate", "95% CI",
-                                                 "seeds", "verdict"))
+                                                 "±", "seeds", "verdict"))
             + f"</tr>{cells}</table><h2>Reports per study</h2><ul>{links}</ul></body></html>")
     index_html = reports / "index.html"
     index_html.write_text(page)

@@ -14,6 +14,8 @@ A space file says which runs a study needs. Its parts:
   resources       per trial: Train workers, CPUs and GPUs per worker
   budget          concurrency and a time limit for the whole sweep
   early_stopping  ASHA on/off, grace period and reduction factor, in training steps
+  headlines       the study's headline results: metric, treatment and control selections, the
+                  paper's direction and the statistic; only these get verdicts in the report
 
 `load_space(path)` checks everything that can be checked without compute and
 returns a `Plan`: the cells, the slots (cell x seed x sample) in the order they
@@ -70,6 +72,21 @@ class Mode(str, enum.Enum):
 class SamplerKind(str, enum.Enum):
     TPE = "tpe"
     RANDOM = "random"
+
+
+class Direction(str, enum.Enum):
+    POSITIVE = "positive"  # the paper expects the statistic above zero
+    NEGATIVE = "negative"
+
+
+class Statistic(str, enum.Enum):
+    """How a headline turns runs into one number per seed (analysis/headlines.py computes each)."""
+
+    END = "end"  # treatment - control on the final evaluation
+    AUC = "auc"  # treatment - control on the mean over evaluation points (area under the learning curve)
+    TREND = "trend"  # slope of (treatment - control) against ln(records seen), from the evaluations along each run
+    SLOPE = "slope"  # slope of (treatment - control) against the values of `against` (e.g. affine strength)
+    DID = "did"  # (treatment - control) at the first level of `across` minus at the second
 
 
 class Param(SpaceModel):
@@ -191,6 +208,42 @@ class EarlyStopping(SpaceModel):
     reduction_factor: float = Field(default=3.0, gt=1)
 
 
+class Headline(SpaceModel):
+    """A declared headline result: the effect the study exists to estimate, with the paper's direction."""
+
+    finding: int = Field(ge=1, le=3)
+    """The finding of STUDY.md (1 mixing, 2 alignment, 3 transfer) the result belongs to."""
+    metric: str
+    """A metric name of the trainable (docs/ARCHITECTURE.md), e.g. test/vqa/overall."""
+    treatment: dict[str, Any] = Field(min_length=1)
+    """Dotted TrainConfig keys -> value (or list of values) selecting the treatment runs, e.g. {data.arm: mixed}."""
+    control: dict[str, Any] = Field(min_length=1)
+    """The same for the control runs; each treatment run is paired with the control of its seed (and cell)."""
+    expected: Direction = Direction.POSITIVE
+    """The paper's direction of the statistic."""
+    statistic: Statistic = Statistic.END
+    """end | auc | trend | slope | did (see Statistic)."""
+    against: str | None = None
+    """slope only: the dotted key whose values are the x axis, e.g. alignment.affine_strength."""
+    across: dict[str, list[Any]] | None = None
+    """did only: one dotted key and two values; the result is the effect at the first minus at the second."""
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _fits_statistic(self) -> Headline:
+        if (self.statistic == Statistic.SLOPE) != (self.against is not None):
+            raise ValueError("`against` (the x axis) is required by statistic: slope and taken by no other statistic")
+        if (self.statistic == Statistic.DID) != (self.across is not None):
+            raise ValueError("`across` ({key: [first, second]}) is required by statistic: did and taken by no other")
+        if self.across is not None and (len(self.across) != 1 or len(next(iter(self.across.values()))) != 2):
+            raise ValueError("`across` names one key with two values: the effect at the first minus at the second")
+        return self
+
+    def keys(self) -> list[str]:
+        """Every dotted config key the declaration names."""
+        return [*self.treatment, *self.control, *([self.against] if self.against else []), *(self.across or {})]
+
+
 class SpaceFile(SpaceModel):
     study: str = Field(pattern=NAME_PATTERN)
     """The study's name, e.g. mixing (MLflow tag uvlm.study)."""
@@ -205,6 +258,8 @@ class SpaceFile(SpaceModel):
     resources: Resources = Field(default_factory=Resources)
     budget: Budget = Field(default_factory=Budget)
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
+    headlines: dict[str, Headline] = Field(default_factory=dict)
+    """Name -> declaration; none declared: the report falls back to its default headline set."""
 
     @field_validator("seeds")
     @classmethod
@@ -283,6 +338,10 @@ class Plan:
         for slot in self.slots:
             seen.setdefault(slot.cell.index, slot)
         return list(seen.values())
+
+    def headlines_record(self) -> dict[str, dict[str, Any]]:
+        """The declared headlines as JSON (trial_table.json key `headlines`; analysis.headlines reads it)."""
+        return {name: headline.model_dump(mode="json") for name, headline in self.space.headlines.items()}
 
     def table(self) -> list[dict[str, Any]]:
         """The trial table: one row per slot, as it will run."""
@@ -400,7 +459,8 @@ def _model_at(parts: list[str]) -> type[BaseModel]:
 
 
 def _enum_at(loc: list[str]) -> type[enum.Enum] | None:
-    return {"type": DistributionKind, "mode": Mode, "sampler": SamplerKind}.get(loc[-1])
+    return {"type": DistributionKind, "mode": Mode, "sampler": SamplerKind, "expected": Direction,
+            "statistic": Statistic}.get(loc[-1])
 
 
 def _load_base(space_path: Path, base: str | None) -> dict[str, Any]:
@@ -468,6 +528,14 @@ def _check_keys(path: Path, space: SpaceFile) -> None:
             if when_key in space.search.params and list(space.search.params).index(when_key) >= list(space.search.params).index(key):
                 raise UserError(f"space file {path.name}: search.params.{key}.when names {when_key!r}, which is "
                                 f"sampled later; list it first")
+    for name, headline in space.headlines.items():
+        for key in headline.keys():
+            _check_key(path, f"headlines.{name}", key)
+            if key.endswith(PATH_SUFFIXES):
+                raise UserError(f"space file {path.name}: headlines.{name}: {key!r} is a path, logged absolute, so it "
+                                f"cannot select runs; select on the keys the conditions differ in (e.g. data.arm)")
+        if headline.metric not in known_metrics():
+            raise UserError(f"space file {path.name}: {unknown_choice(f'headlines.{name}.metric', headline.metric, known_metrics())}")
     if space.objective is not None:
         valid = known_metrics()
         if space.objective.metric not in valid:
@@ -510,6 +578,7 @@ def _check_configs(plan: Plan) -> None:
             if config.budget.unit.value != "steps":
                 raise UserError(f"space file {name}: early_stopping needs budget.unit: steps (ASHA counts training "
                                 f"steps); cell {plan.cells[index].key or '(no factors)'} has {config.budget.unit.value!r}")
+    _check_headlines(plan, configs)
     by_path: dict[str, tuple[str, dict[str, Any]]] = {}
     for slot in plan.first_of_each_cell():
         data = configs[slot.cell.index].data
@@ -519,6 +588,29 @@ def _check_configs(plan: Plan) -> None:
             raise UserError(f"space file {name}: cells {other!r} and {slot.cell.key!r} want different datasets at "
                             f"data.path {data.path!r}; give each its own data.path")
         by_path.setdefault(data.path, (slot.cell.key, generator))
+
+
+def _check_headlines(plan: Plan, configs: dict[int, TrainConfig]) -> None:
+    """Each declared selection matches some cell, and a slope's treatment cells span two values of its x axis."""
+    flat = {index: config.flatten() for index, config in configs.items()}
+    for name, headline in plan.space.headlines.items():
+        across = [{}] if headline.across is None else [{k: v} for k, values in headline.across.items() for v in values]
+        for side in ("treatment", "control"):
+            for level in across:
+                selection = {**getattr(headline, side), **level}
+                matched = [index for index, values in flat.items() if condition_holds(selection, values)]
+                if not matched:
+                    raise UserError(f"space file {plan.path.name}: headlines.{name}.{side} "
+                                    f"{_selection_text(selection)} matches no cell of the study")
+                if side == "treatment" and headline.against is not None:
+                    xs = {json.dumps(_plain(flat[index].get(headline.against))) for index in matched}
+                    if len(xs) < 2:
+                        raise UserError(f"space file {plan.path.name}: headlines.{name}: the treatment cells have one "
+                                        f"value of {headline.against!r}; a slope needs at least two")
+
+
+def _selection_text(selection: dict[str, Any]) -> str:
+    return "{" + ", ".join(f"{key}: {format_value(value)}" for key, value in selection.items()) + "}"
 
 
 def condition_holds(when: dict[str, Any], values: dict[str, Any]) -> bool:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+import yaml
 from polars.testing import assert_frame_equal
 
 from analysis import frames
@@ -29,8 +30,17 @@ from trainables.errors import UserError
 MIXING = SyntheticSweep(name="mixing", train_images=(250, 1000), seeds=(0, 1, 2, 3), fail_fraction=0.1, images=True,
                         eval_steps=(250, 500), searched={"optim.lr": (1e-4, 1e-2, True)},
                         effects=Effects(understanding_benefit=0.05, generation_benefit=0.03))
+TRANSFER_HEADLINES = {
+    "transfer in the LM": {"finding": 3, "metric": "test/vqa_hidden/overall", "statistic": "did",
+                           "treatment": {"data.arm": "mixed", "data.hide_control": False},
+                           "control": {"data.arm": "mixed", "data.hide_control": True},
+                           "across": {"lm.trainability": ["full", "frozen"]}},
+    "understanding benefit": {"finding": 1, "metric": "test/vqa/overall", "statistic": "auc",
+                              "treatment": {"data.arm": "mixed"}, "control": {"data.arm": "understanding"}},
+}
 TRANSFER = SyntheticSweep(name="transfer", study="transfer", arms=("understanding", "mixed"), train_images=(500,),
-                          seeds=(0, 1, 2), hide=True, freezing=("none", "lm_frozen"), eval_steps=(500,))
+                          seeds=(0, 1, 2), hide=True, freezing=("none", "lm_frozen"), eval_steps=(100, 200, 300, 400, 500),
+                          headlines=TRANSFER_HEADLINES)
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
@@ -175,6 +185,40 @@ def test_transfer_report(store, tmp_path):
     assert "No hyperparameter was searched" in markdown
 
 
+def test_declared_headlines_alone_get_verdicts_with_their_power(store, tmp_path):
+    """The transfer sweep declares two headlines (trial_table.json on its parent run); the mixing sweep none."""
+    assert main(["report", "transfer", "--tracking-uri", store, "--out", str(tmp_path), "--no-log"]) == 0
+    findings = json.loads((tmp_path / "findings.json").read_text())
+    assert findings["headlines"]["source"] == "declared" and set(findings["headlines"]["declared"]) == set(TRANSFER_HEADLINES)
+    results = [r for f in findings["findings"].values() if f["addressed"] for r in f["results"]]
+    headlines = [r for r in results if r["headline"]]
+    assert sorted(r["name"] for r in headlines) == sorted(TRANSFER_HEADLINES)
+    for r in headlines:
+        assert r["role"] == "headline" and r["verdict"] in ("supported", "inconclusive", "contradicted")
+        assert r["sd_paired"] > 0 and r["mde_80"] > 0 and r["seeds_for_target"] >= 2 and r["half_width"] > 0
+    others = [r for r in results if not r["headline"]]
+    assert others and all(r["role"] == "exploratory" and r["verdict"] == "exploratory" for r in others)
+    assert any(r["name"] == "transfer lives in the LM" for r in others), "the default headline is demoted"
+    csv = pl.read_csv(tmp_path / "results.csv")
+    assert {"role", "p_adjusted", "sd_paired", "mde_80", "seeds_for_target", "half_width"} <= set(csv.columns)
+    assert csv.filter(pl.col("headline")).height == 2
+    markdown = (tmp_path / "report.md").read_text()
+    assert "declared in the space file" in markdown and "detectable at 80% power" in markdown
+    assert "End point or area under the learning curve" in markdown and "Holm" in markdown
+    assert "Hidden value's own accuracy (test/vqa_hidden/weather, LM and adapters train)" in markdown
+    assert "answers name the hidden value more often" in markdown  # 0.5 against 0.3 in the synthetic sweep
+    did = next(r for r in headlines if r["name"] == "transfer in the LM")
+    assert did["ci_low"] <= 0.2 <= did["ci_high"]  # transfer 0.2 with the LM trained, 0 with it frozen
+
+
+def test_without_declarations_the_default_headlines_are_used(mixing_report):
+    findings = json.loads((mixing_report / "findings.json").read_text())
+    assert findings["headlines"]["source"] == "default"
+    markdown = (mixing_report / "report.md").read_text()
+    assert "the default set (the space file declares none)" in markdown
+    assert "The benefit against records seen is not drawn" in markdown
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (make install-test installs it)")
 def test_html_renders_with_every_figure_in_headless_chromium(mixing_report, tmp_path):
     html = (mixing_report / "report.html").read_text()
@@ -231,3 +275,29 @@ def test_server_uri_reads_the_same_frame(store, tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_power_command_prints_each_headline(store, capsys):
+    assert main(["power", "transfer", "--tracking-uri", store, "--half-width", "0.05"]) == 0
+    out = capsys.readouterr().out
+    assert "declared in the space file" in out and "seeds for ±0.05" in out and "detectable at 80% power" in out
+    assert "transfer in the LM" in out and "understanding benefit" in out
+    assert main(["power", "transfer", "--tracking-uri", store, "--half-width", "0"]) == 2
+
+
+def test_declarations_are_read_from_the_logged_space_file_when_the_trial_table_lacks_them(tmp_path):
+    """Sweeps logged before trial_table.json had a `headlines` key: the space file logged beside it is read."""
+    from mlflow import MlflowClient
+
+    from analysis.headlines import from_parent
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("old", artifact_location=(tmp_path / "artifacts").as_uri())
+    parent = client.create_run(experiment, tags={"uvlm.role": "sweep"}).info.run_id
+    client.log_text(parent, yaml.safe_dump({"study": "old", "headlines": TRANSFER_HEADLINES}), "old.yaml")
+    client.log_dict(parent, {"space_file": "old.yaml", "trials": []}, "trial_table.json")
+    declared = from_parent("old", uri)
+    assert set(declared) == set(TRANSFER_HEADLINES) and declared["transfer in the LM"].statistic.value == "did"
+    client.log_dict(parent, {"space_file": "old.yaml", "headlines": {}}, "trial_table.json")
+    assert from_parent("old", uri) is None  # the trial table's own (empty) record wins

@@ -1,0 +1,334 @@
+"""Declared headline results: a space file's `headlines:` (search.space.Headline) computed from the runs frame
+and the evaluations logged along each run.
+
+Each statistic reduces the sweep to paired per-seed numbers, then to a mean over seeds with the
+interval of analysis.stats.bootstrap_mean (so every headline's interval narrows as seeds are added,
+and its power follows from the SD of those per-seed numbers):
+
+    end     treatment − control on the final evaluation, paired by seed (and every other design factor)
+    auc     the same on each run's area under its learning curve: the mean of the metric over a common
+            grid of fractions of the run's budget (each run's evaluations interpolated onto it)
+    trend   the paired difference at each grid fraction, then each seed's OLS slope of it against
+            ln(fraction of the budget); equal to the slope against ln(records seen), since the records
+            a run has seen are its fraction times a constant (the paper's data axis: checkpoints at
+            10%, 20%, ... of one epoch)
+    slope   each seed's OLS slope of (treatment − control) against the values of `against`
+    did     (treatment − control) at the first level of `across` minus at the second, per seed
+
+Where the declarations come from: `from_parent(sweep)` reads the sweep parent run's trial_table.json
+(key `headlines`, written from search.space.Plan.headlines_record), or, for sweeps logged before that
+key existed, the `headlines:` section of the space file logged beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from analysis import stats
+from analysis.findings import (DERIVED, FINISHED, InsufficientData, Result, _result, design_keys, paired, prepare,
+                               shared_levels)
+from search.space import Direction, Headline, Statistic
+from trainables.errors import UserError
+
+MAX_GRID = 10
+"""Fractions of the budget on the common grid (the paper's 10%, 20%, ..., 100%) at most."""
+TREATMENT, CONTROL = "_treatment", "_control"
+
+
+@dataclass
+class Declared:
+    """One declared headline's result, the per-fraction curve it came from (trend), and the end-vs-AUC rows."""
+
+    result: Result
+    curve: pl.DataFrame | None = None
+    choice: list[dict[str, Any]] = field(default_factory=list)
+
+
+def parse(record: dict[str, Any] | None) -> dict[str, Headline] | None:
+    """Declarations as written in trial_table.json or a space file; None when there are none."""
+    if not record:
+        return None
+    try:
+        return {name: Headline.model_validate(value) for name, value in record.items()}
+    except Exception as error:  # a pydantic ValidationError, shown as one line
+        raise UserError(f"the sweep's headline declarations are not valid: {str(error).splitlines()[0]}") from None
+
+
+def from_parent(sweep: str, tracking_uri: str | None = None) -> dict[str, Headline] | None:
+    """The declared headlines of `sweep`, read from its parent run's artifacts (module docstring); None if none."""
+    import yaml
+    from mlflow import MlflowClient
+
+    from analysis.frames import sweep_parent
+    from trainables.workspace import tracking_uri as resolve_uri
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    uri = resolve_uri(tracking_uri)
+    parent = sweep_parent(sweep, uri)["run_id"]
+    client = MlflowClient(uri)
+    logged = {artifact.path for artifact in client.list_artifacts(parent)}
+    if "trial_table.json" not in logged:
+        return None
+    with tempfile.TemporaryDirectory() as folder:
+        table = json.loads(Path(client.download_artifacts(parent, "trial_table.json", folder)).read_text())
+        if "headlines" in table:
+            return parse(table["headlines"])
+        space_file = table.get("space_file")
+        if space_file not in logged:
+            return None
+        tree = yaml.safe_load(Path(client.download_artifacts(parent, space_file, folder)).read_text()) or {}
+    return parse(tree.get("headlines"))
+
+
+def declared_results(runs: pl.DataFrame, history: pl.DataFrame | None,
+                     headlines: dict[str, Headline]) -> dict[int, list[Declared]]:
+    """Each declared headline computed (or a result without an estimate that says why), grouped by finding."""
+    prepared = prepare(runs)
+    out: dict[int, list[Declared]] = {}
+    for name, headline in headlines.items():
+        try:
+            declared = compute(prepared, history, name, headline)
+        except InsufficientData as error:
+            empty = stats.Estimate(math.nan, math.nan, math.nan, 0, 0, math.nan)
+            declared = Declared(_result(headline.finding, name, headline.metric, _comparison(headline), empty,
+                                        "not computed", _sign(headline), {}, headline=True, note=str(error),
+                                        statistic=headline.statistic.value))
+        out.setdefault(headline.finding, []).append(declared)
+    return out
+
+
+def compute(prepared: pl.DataFrame, history: pl.DataFrame | None, name: str, headline: Headline) -> Declared:
+    """One declared headline on a prepared runs frame (analysis.findings.prepare)."""
+    statistic = headline.statistic
+    frame = _mark(prepared, headline.treatment, headline.control)
+    keys = design_keys(prepared)
+    metric = headline.metric
+    test = f"{_TESTS[statistic]}; 95% interval: expanded percentile bootstrap over seeds ({stats.RESAMPLES} " \
+           "resamples), widened to the t-interval over per-seed values where wider"
+    curve = None
+    choice: list[dict[str, Any]] = []
+    if statistic in (Statistic.END, Statistic.AUC):
+        estimates = {Statistic.END: _mean(paired(frame, metric, {TREATMENT: True}, {CONTROL: True}, keys))}
+        if history is not None and not history.is_empty():
+            try:
+                curves = run_curves(frame, history, metric)
+                frame = frame.join(curves.group_by("run_id").agg(pl.col("value").mean().alias(f"metrics.{metric}@auc")),
+                                   on="run_id", how="left")
+                estimates[Statistic.AUC] = _mean(paired(frame, f"{metric}@auc", {TREATMENT: True}, {CONTROL: True}, keys))
+            except InsufficientData:
+                if statistic == Statistic.AUC:
+                    raise
+        elif statistic == Statistic.AUC:
+            raise InsufficientData("statistic auc needs the metric's evaluations along each run (load_history)")
+        estimate = estimates[statistic]
+        choice = [{"headline": name, "metric": metric, "statistic": s.value, "estimate": e.estimate, "sd_paired": e.seed_sd,
+                   "half_width": (e.ci_high - e.ci_low) / 2, "seeds": e.n_seeds, "chosen": s == statistic,
+                   "seeds_for_target": stats.seeds_for_half_width(e.seed_sd, _target())}
+                  for s, e in estimates.items()]
+    elif statistic == Statistic.TREND:
+        if history is None or history.is_empty():
+            raise InsufficientData("statistic trend needs the metric's evaluations along each run (load_history)")
+        curve = benefit_curve(frame, history, metric, keys)
+        estimate = stats.bootstrap_seed_slope(np.log(curve["fraction"].to_numpy()), curve["difference"].to_numpy(),
+                                              curve["seed"].to_numpy())
+    elif statistic == Statistic.SLOPE:
+        column = f"params.{headline.against}"
+        if column not in frame.columns:
+            raise InsufficientData(f"{headline.against!r} was not logged by the runs of this sweep")
+        unmatched = tuple(k for k, sources in DERIVED.items() if column in sources) + (column,)
+        pairs = paired(frame, metric, {TREATMENT: True}, {CONTROL: True}, keys, unmatched=unmatched)
+        pairs = pairs.join(frame.select("run_id", pl.col(column).cast(pl.Float64).alias("_x")), on="run_id", how="left")
+        estimate = stats.bootstrap_seed_slope(pairs["_x"].to_numpy(), pairs["difference"].to_numpy(),
+                                              pairs["seed"].to_numpy())
+    else:
+        estimate = _did(frame, metric, headline, keys)
+    result = _result(headline.finding, name, metric, _comparison(headline), estimate, test, _sign(headline), {},
+                     headline=True, note=headline.description, statistic=statistic.value)
+    return Declared(result, curve, choice)
+
+
+HISTORY_METRICS = ["test/vqa/overall", "test/gen/probe/overall", "train/loss", "train/samples"]
+"""Evaluations read for the report's learning curves, besides each declared headline's metric."""
+
+
+def sweep_findings(sweep: str, tracking_uri: str | None = None):
+    """(runs, history, declared headlines or None, all_findings) of a sweep in the MLflow store."""
+    from analysis.findings import all_findings
+    from analysis.frames import load_history, load_runs
+
+    runs = load_runs(sweep, tracking_uri)
+    if runs.is_empty():
+        raise UserError(f"sweep {sweep!r} has no trial runs yet (uvlm.role=trial); nothing to report")
+    headlines = from_parent(sweep, tracking_uri)
+    wanted = sorted({*HISTORY_METRICS, *(h.metric for h in (headlines or {}).values())})
+    history = load_history(sweep, tracking_uri, metrics=wanted)
+    return runs, history, headlines, all_findings(runs, history, headlines)
+
+
+def power_frame(results: list[Result], half_width: float | None = None) -> pl.DataFrame:
+    """Power of each result: seeds run, SD of the per-seed effect, ±, the effect detectable at 80% power and the
+    seeds a 95% half-width of `half_width` (default TARGET_HALF_WIDTH) needs."""
+    target = _target() if half_width is None else half_width
+
+    def text(value: float | None, digits: int = 4) -> str:
+        return "-" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+    rows = [{"finding": r.finding, "result": r.name, "statistic": r.statistic, "estimate": text(r.estimate),
+             "seeds": r.n_seeds, "SD of the per-seed effect": text(r.sd_paired), "±": text(r.half_width),
+             "detectable at 80% power": text(r.mde_80),
+             f"seeds for ±{target:g}": str(n) if (n := stats.seeds_for_half_width(r.sd_paired, target)) else "-"}
+            for r in results]
+    return pl.DataFrame(rows) if rows else pl.DataFrame()
+
+
+# ----------------------------------------------------------------------------- curves along each run
+
+def run_curves(prepared: pl.DataFrame, history: pl.DataFrame, metric: str,
+               runs: list[str] | None = None) -> pl.DataFrame:
+    """Each finished run's metric on a common grid of budget fractions: columns run_id, fraction, value.
+
+    A run's fraction of an evaluation is its step over the run's last evaluated step. The grid has K points
+    k/K, K the fewest evaluations of any run here (at most MAX_GRID); each run is interpolated linearly.
+    """
+    ids = runs if runs is not None else prepared.filter(pl.col("status") == FINISHED)["run_id"].to_list()
+    points = (history.filter((pl.col("metric") == metric) & pl.col("run_id").is_in(ids) & pl.col("value").is_not_nan())
+              .sort("timestamp").group_by("run_id", "step").agg(pl.col("value").last()).sort("run_id", "step"))
+    if points.is_empty():
+        raise InsufficientData(f"no evaluation of {metric!r} was logged along the runs")
+    counts = points.group_by("run_id").len()
+    k = int(min(counts["len"].min(), MAX_GRID))
+    if k < 2:
+        raise InsufficientData(f"a run has {k} evaluation of {metric!r}: a curve needs at least 2 (eval.every_steps)")
+    grid = np.arange(1, k + 1) / k
+    rows = []
+    for (run_id,), run in points.group_by("run_id"):
+        steps, values = run["step"].to_numpy().astype(float), run["value"].to_numpy()
+        fractions = steps / steps.max()
+        interpolated = np.interp(grid, fractions, values)
+        # No extrapolation before the first evaluation, beyond a rounding of every_steps (145 of 723 steps is 0.2006)
+        interpolated[grid < fractions.min() - 0.25 / k] = np.nan
+        rows += [(run_id, float(f), float(v)) for f, v in zip(grid, interpolated)]
+    return pl.DataFrame(rows, schema={"run_id": pl.String, "fraction": pl.Float64, "value": pl.Float64}, orient="row")
+
+
+def benefit_curve(frame: pl.DataFrame, history: pl.DataFrame, metric: str, keys: list[str]) -> pl.DataFrame:
+    """Paired treatment − control at each grid fraction: seed, keys, run_id, fraction, records, difference."""
+    curves = run_curves(frame.filter(pl.col(TREATMENT) | pl.col(CONTROL)), history, metric)
+    records = _control_records(frame, history)
+    tables = []
+    for fraction in sorted(curves["fraction"].unique().to_list()):
+        column = f"{metric}@{fraction:.4f}"
+        at = frame.join(curves.filter(pl.col("fraction") == fraction).select("run_id", pl.col("value").alias(f"metrics.{column}")),
+                        on="run_id", how="left")
+        pairs = paired(at, column, {TREATMENT: True}, {CONTROL: True}, keys)
+        tables.append(pairs.with_columns(pl.lit(fraction).alias("fraction"), pl.lit(metric).alias("metric"),
+                                         pl.lit(fraction * records if records else None, pl.Float64).alias("records")))
+    return pl.concat(tables, how="diagonal_relaxed")
+
+
+def _control_records(frame: pl.DataFrame, history: pl.DataFrame) -> float | None:
+    """Records the control runs have seen at the end (median of train/samples at their last evaluation)."""
+    control = frame.filter(pl.col(CONTROL) & (pl.col("status") == FINISHED))["run_id"].to_list()
+    samples = history.filter((pl.col("metric") == "train/samples") & pl.col("run_id").is_in(control))
+    if samples.is_empty():
+        return None
+    return float(samples.sort("step").group_by("run_id").agg(pl.col("value").last())["value"].median())
+
+
+# ----------------------------------------------------------------------------- helpers
+
+_TESTS = {
+    Statistic.END: "mean paired difference of the final evaluation; p: t-test on per-seed means",
+    Statistic.AUC: "mean paired difference of each run's mean over its evaluations on a common grid of budget "
+                   "fractions (area under the learning curve); p: t-test on per-seed means",
+    Statistic.TREND: "mean over seeds of each seed's OLS slope of the paired difference against ln(fraction of the "
+                     "budget) = ln(records seen) + constant; p: t-test on per-seed slopes",
+    Statistic.SLOPE: "mean over seeds of each seed's OLS slope of the paired difference against the declared factor; "
+                     "p: t-test on per-seed slopes",
+    Statistic.DID: "mean over seeds of (paired difference at the first level − at the second level); p: t-test on "
+                   "per-seed differences",
+}
+
+
+def _target() -> float:
+    from analysis.findings import TARGET_HALF_WIDTH
+
+    return TARGET_HALF_WIDTH
+
+
+def _sign(headline: Headline) -> int:
+    return +1 if headline.expected == Direction.POSITIVE else -1
+
+
+def _text(selection: dict[str, Any]) -> str:
+    return ", ".join(f"{key}={value}" for key, value in selection.items())
+
+
+def _comparison(headline: Headline) -> str:
+    base = f"({_text(headline.treatment)}) − ({_text(headline.control)})"
+    if headline.statistic == Statistic.END:
+        return f"{base}, final evaluation"
+    if headline.statistic == Statistic.AUC:
+        return f"{base}, mean over the evaluations along each run"
+    if headline.statistic == Statistic.TREND:
+        return f"per-seed slope of {base} per unit ln(records seen)"
+    if headline.statistic == Statistic.SLOPE:
+        return f"per-seed slope of {base} per unit {headline.against}"
+    (key, (first, second)), = headline.across.items()
+    return f"{base} at {key}={first} minus at {key}={second}"
+
+
+def _matches(values: list[Any], wanted: Any) -> list[bool]:
+    allowed = wanted if isinstance(wanted, list) else [wanted]
+
+    def same(value: Any, item: Any) -> bool:
+        if value is None or item is None:
+            return value is None and item is None
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and isinstance(item, (int, float)):
+            return math.isclose(float(value), float(item), abs_tol=1e-12)
+        return str(value).lower() == str(getattr(item, "value", item)).lower()
+
+    return [any(same(value, item) for item in allowed) for value in values]
+
+
+def _selected(frame: pl.DataFrame, selection: dict[str, Any]) -> pl.Series:
+    mask = np.ones(frame.height, bool)
+    for key, wanted in selection.items():
+        column = f"params.{key}"
+        if column not in frame.columns:
+            raise InsufficientData(f"{key!r} was not logged by the runs of this sweep")
+        mask &= np.array(_matches(frame[column].to_list(), wanted), bool)
+    return pl.Series(mask)
+
+
+def _mark(prepared: pl.DataFrame, treatment: dict[str, Any], control: dict[str, Any]) -> pl.DataFrame:
+    return prepared.with_columns(_selected(prepared, treatment).alias(TREATMENT), _selected(prepared, control).alias(CONTROL))
+
+
+def _mean(pairs: pl.DataFrame) -> stats.Estimate:
+    return stats.bootstrap_mean(pairs["difference"].to_numpy(), pairs["seed"].to_numpy())
+
+
+def _did(frame: pl.DataFrame, metric: str, headline: Headline, keys: list[str]) -> stats.Estimate:
+    (key, levels), = headline.across.items()
+    per_level = []
+    for level in levels:
+        at = _selected(frame, {key: level})
+        marked = frame.with_columns(pl.col(TREATMENT) & at, pl.col(CONTROL) & at)
+        per_level.append(paired(marked, metric, {TREATMENT: True}, {CONTROL: True}, keys))
+    first, second = per_level
+    on = ["seed", *shared_levels(first, second, [k for k in keys if k in first.columns])]
+    means = [table.group_by(on).agg(pl.col("difference").mean().alias(f"d{i}")) for i, table in enumerate(per_level)]
+    both = means[0].join(means[1], on=on, how="inner", nulls_equal=True)
+    if both.is_empty():
+        raise InsufficientData(f"no seed has pairs at both {key}={levels[0]} and {key}={levels[1]}")
+    return stats.bootstrap_mean((both["d0"] - both["d1"]).to_numpy(), both["seed"].to_numpy())

@@ -1,0 +1,47 @@
+"""`uvlm power SWEEP`: the power of a sweep's headline results, to size the next sweep (more seeds, or a cluster)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "power",
+        help="print each headline result's seed SD, detectable effect and the seeds a target half-width needs",
+        description="Read the sweep's runs from MLflow, compute its headline results (those its space file declares, "
+                    "else the default set) and print, for each: the seeds run, the SD over seeds of the per-seed "
+                    "paired effect, the 95% half-width, the smallest effect a two-sided 5% t-test detects with 80% "
+                    "power with those seeds, and the seeds a 95% half-width of --half-width needs at that SD.",
+    )
+    parser.add_argument("sweep", metavar="SWEEP", help="the sweep's name (its MLflow experiment)")
+    parser.add_argument("--half-width", type=float, default=None, metavar="W",
+                        help="target 95%% half-width on the statistic's own scale (default 0.02)")
+    parser.add_argument("--tracking-uri", metavar="URI",
+                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the working folder's sqlite store)")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+
+    import polars as pl
+
+    from analysis.findings import FindingReport
+    from analysis.headlines import power_frame, sweep_findings
+    from trainables.errors import UserError
+
+    if args.half_width is not None and not args.half_width > 0:
+        raise UserError(f"--half-width must be above 0 (got {args.half_width})")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    _, _, declared, findings = sweep_findings(args.sweep, args.tracking_uri)
+    headlines = [r for f in findings.values() if isinstance(f, FindingReport) for r in f.headlines]
+    if not headlines:
+        raise UserError(f"sweep {args.sweep!r} has no headline result to size: " +
+                        "; ".join(f for f in findings.values() if isinstance(f, str)))
+    source = "declared in the space file" if declared else "the default set (the space file declares none)"
+    print(f"Headline results of {args.sweep!r} ({source}); power of a two-sided 5% t-test over per-seed effects:")
+    with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=200, tbl_hide_dataframe_shape=True,
+                   tbl_hide_column_data_types=True, fmt_str_lengths=60, tbl_formatting="ASCII_MARKDOWN"):
+        print(power_frame(headlines, args.half_width))
+    return 0

@@ -1,0 +1,262 @@
+"""Declared headlines: the space-file schema, each statistic on synthetic sweeps of known effect, power and Holm.
+
+Findings run on in-memory frames (analysis.synthetic.runs_frame / history_frame), so these tests need no MLflow store.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from scipy import stats as scipy_stats
+
+from analysis import stats
+from analysis.findings import all_findings
+from analysis.headlines import parse
+from analysis.synthetic import Effects, SyntheticSweep, history_frame, runs_frame
+from search.space import load_space
+from trainables.errors import UserError
+
+SPACES = Path(__file__).resolve().parents[1] / "spaces"
+MIXED_VS_UNDERSTANDING = {"treatment": {"data.arm": "mixed"}, "control": {"data.arm": "understanding"}}
+
+
+# ----------------------------------------------------------------------------- power and multiplicity
+
+def test_holm_matches_a_hand_computation():
+    # sorted p: 0.01 (x4 = 0.04), 0.02 (x3 = 0.06), 0.03 (x2 = 0.06, kept monotone), 0.04 (x1 = 0.04 -> 0.06)
+    adjusted = stats.holm([0.03, 0.01, math.nan, 0.04, 0.02])
+    np.testing.assert_allclose(adjusted, [0.06, 0.04, math.nan, 0.06, 0.06])
+    assert stats.holm([0.5, 0.6]).tolist() == [1.0, 1.0]
+
+
+def test_power_matches_simulated_t_tests():
+    rng = np.random.default_rng(0)
+    sd, seeds = 0.03, 8
+    effect = stats.minimum_detectable_effect(sd, seeds)
+    assert stats.power(effect, sd, seeds) == pytest.approx(0.8, abs=1e-6)
+    samples = rng.normal(effect, sd, size=(20_000, seeds))
+    rejected = scipy_stats.ttest_1samp(samples, 0.0, axis=1).pvalue < 0.05
+    assert rejected.mean() == pytest.approx(0.8, abs=0.012)
+    # the t-based MDE exceeds the normal approximation (z_0.975 + z_0.8) * sd / sqrt(n), and meets it for many seeds
+    normal = (scipy_stats.norm.ppf(0.975) + scipy_stats.norm.ppf(0.8)) * sd / math.sqrt(seeds)
+    assert effect > normal
+    assert stats.minimum_detectable_effect(sd, 2000) == pytest.approx(
+        (scipy_stats.norm.ppf(0.975) + scipy_stats.norm.ppf(0.8)) * sd / math.sqrt(2000), rel=2e-3)
+    assert math.isnan(stats.minimum_detectable_effect(math.nan, 8)) and math.isnan(stats.power(0.1, 0.0, 8))
+
+
+@pytest.mark.parametrize("sd", [0.005, 0.03, 0.1])
+def test_seeds_for_half_width_is_the_fewest_that_reach_it(sd):
+    n = stats.seeds_for_half_width(sd, 0.02)
+
+    def half(k: int) -> float:
+        return scipy_stats.t.ppf(0.975, k - 1) * sd / math.sqrt(k)
+
+    assert half(n) <= 0.02 and (n == 2 or half(n - 1) > 0.02)
+
+
+def test_per_seed_slope_interval_covers_a_known_slope_at_nominal_rate():
+    covered, widths = 0, {4: [], 16: []}
+    for replicate in range(200):
+        rng = np.random.default_rng(replicate)
+        for seeds in (4, 16):
+            clusters = np.repeat(np.arange(seeds), 3)
+            x = np.tile([0.0, 0.3, 0.9], seeds)
+            slope_per_seed = -0.05 + rng.normal(0, 0.02, seeds)  # seeds differ in their own slope
+            y = rng.normal(0, 0.05, seeds)[clusters] + slope_per_seed[clusters] * x + rng.normal(0, 0.01, len(x))
+            estimate = stats.bootstrap_seed_slope(x, y, clusters, resamples=300, seed=replicate)
+            widths[seeds].append(estimate.ci_high - estimate.ci_low)
+            if seeds == 16:
+                covered += estimate.ci_low <= -0.05 <= estimate.ci_high
+    assert covered >= 180  # 90% of 200 at a nominal 95%
+    assert np.median(widths[16]) < 0.55 * np.median(widths[4])  # narrows with seeds (unlike a rank correlation)
+
+
+# ----------------------------------------------------------------------------- the space-file schema
+
+def write(tmp_path: Path, headlines: dict, factors: dict | None = None) -> Path:
+    tree = {"study": "t", "factors": factors or {"data.arm": ["understanding", "generation", "mixed"]},
+            "headlines": headlines}
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(tree, sort_keys=False))
+    return path
+
+
+def test_declared_headlines_are_parsed_typed_and_recorded(tmp_path):
+    plan = load_space(write(tmp_path, {"understanding benefit": {"finding": 1, "metric": "test/vqa/overall",
+                                                                  **MIXED_VS_UNDERSTANDING}}))
+    headline = plan.space.headlines["understanding benefit"]
+    assert (headline.statistic.value, headline.expected.value) == ("end", "positive")
+    record = plan.headlines_record()
+    assert record["understanding benefit"]["treatment"] == {"data.arm": "mixed"}
+    assert parse(record)["understanding benefit"] == headline
+
+
+@pytest.mark.parametrize("headline, message", [
+    ({"finding": 1, "metric": "test/vqa/overall", "expectd": "positive", **MIXED_VS_UNDERSTANDING},
+     "unknown key 'headlines.h.expectd'.*did you mean 'expected'"),
+    ({"finding": 1, "metric": "test/vqa/overal", **MIXED_VS_UNDERSTANDING}, "did you mean 'test/vqa/overall'"),
+    ({"finding": 1, "metric": "test/vqa/overall", "statistic": "slop", **MIXED_VS_UNDERSTANDING}, "did you mean 'slope'"),
+    ({"finding": 1, "metric": "test/vqa/overall", "statistic": "slope", **MIXED_VS_UNDERSTANDING}, "`against`"),
+    ({"finding": 1, "metric": "test/vqa/overall", "treatment": {"data.arm": "mixed"}, "control": {"data.arm": "hidden"}},
+     "headlines.h.control.*matches no cell"),
+    ({"finding": 1, "metric": "test/vqa/overall", "treatment": {"data.armm": "mixed"}, "control": {"data.arm": "mixed"}},
+     "headlines.h.*did you mean 'arm'"),
+    ({"finding": 1, "metric": "test/vqa/overall", "treatment": {"data.path": "data/a"}, "control": {"data.arm": "mixed"}},
+     "'data.path' is a path"),
+    ({"finding": 2, "metric": "test/vqa/overall", "statistic": "slope", "against": "alignment.affine_strength",
+      **MIXED_VS_UNDERSTANDING}, "one value of 'alignment.affine_strength'"),
+    ({"finding": 3, "metric": "test/vqa/overall", "statistic": "did", "across": {"lm.trainability": ["full"]},
+      **MIXED_VS_UNDERSTANDING}, "two values"),
+])
+def test_bad_declarations_are_errors_that_name_the_field(tmp_path, headline, message):
+    with pytest.raises(UserError, match=message):
+        load_space(write(tmp_path, {"h": headline}))
+
+
+@pytest.mark.parametrize("study", ["mixing", "alignment", "transfer"])
+def test_every_study_declares_its_headlines_and_evaluates_along_its_budget(study):
+    plan = load_space(SPACES / f"{study}.yaml")
+    assert plan.space.headlines, "only declared headlines get verdicts"
+    for slot in plan.first_of_each_cell():
+        config = plan.config(slot)
+        # a VQA record has at most 4 turns, one prompt each: every evaluation scores the same (whole) test split
+        assert config.eval.max_eval_records >= 4 * config.data.test_images
+    if study == "alignment":
+        strengths = {plan.config(s).alignment.affine_strength for s in plan.slots if plan.config(s).data.arm.value == "mixed"}
+        assert len(strengths) >= 3
+    if study == "transfer":
+        assert {plan.config(s).lm.trainability.value for s in plan.first_of_each_cell()} == {"full", "frozen"}
+
+
+# ----------------------------------------------------------------------------- each statistic on known effects
+
+def findings(design: SyntheticSweep, headlines: dict):
+    return all_findings(runs_frame(design), history_frame(design), parse(headlines))
+
+
+def test_end_and_trend_recover_known_effects_and_everything_else_is_exploratory():
+    headlines = {"understanding benefit": {"finding": 1, "metric": "test/vqa/overall", **MIXED_VS_UNDERSTANDING},
+                 "understanding benefit trend": {"finding": 1, "metric": "test/vqa/overall", "statistic": "trend",
+                                                 **MIXED_VS_UNDERSTANDING}}
+    design = SyntheticSweep(name="mixing", train_images=(500,), seeds=tuple(range(8)), eval_steps=(100, 200, 300, 400, 500),
+                            effects=Effects(understanding_benefit=0.04, benefit_trend=0.03, eval_noise=0.005))
+    report = findings(design, headlines)[1]
+    by_name = {r.name: r for r in report.headlines}
+    assert set(by_name) == set(headlines)
+    end, trend = by_name["understanding benefit"], by_name["understanding benefit trend"]
+    assert end.ci_low <= 0.04 <= end.ci_high and end.verdict == "supported" and end.statistic == "end"
+    # benefit(f) = 0.04 * rise(f) + 0.03 ln f: the slope against ln f is positive, above 0.03
+    assert trend.verdict == "supported" and trend.estimate > 0.03
+    for r in report.results:
+        if r not in report.headlines:
+            assert r.role == "exploratory" and r.verdict == "exploratory" and r.p_adjusted >= r.p_value
+    assert all(r.sd_paired > 0 and r.mde_80 > 0 and r.seeds_for_target >= 2 for r in report.headlines)
+    curve = report.tables["headline_understanding_benefit_trend_curve"]
+    assert sorted(curve["fraction"].unique().to_list()) == [0.2, 0.4, 0.6, 0.8, 1.0]
+    assert sorted(curve["records"].unique().to_list()) == [3200.0, 6400.0, 9600.0, 12800.0, 16000.0]  # train/samples
+
+    from analysis import figures
+
+    figure = figures.benefit_curves({1: report})
+    axis = figure.axes[0]
+    assert axis.get_xlabel().startswith("records seen") and len(axis.lines) == 2  # the benefit, and zero
+    figures.plt.close(figure)
+
+
+def test_trend_slope_is_the_known_slope_when_the_end_benefit_is_zero():
+    headlines = {"trend": {"finding": 1, "metric": "test/vqa/overall", "statistic": "trend", **MIXED_VS_UNDERSTANDING}}
+    design = SyntheticSweep(name="mixing", arms=("understanding", "mixed"), train_images=(500,), seeds=tuple(range(10)),
+                            eval_steps=(100, 200, 300, 400, 500),
+                            effects=Effects(understanding_benefit=0.0, benefit_trend=0.02, noise=0.002, eval_noise=0.005))
+    trend = findings(design, headlines)[1].headlines[0]
+    assert trend.ci_low <= 0.02 <= trend.ci_high and trend.verdict == "supported"
+    flat = findings(SyntheticSweep(**{**design.__dict__, "effects": Effects(understanding_benefit=0.0, noise=0.002,
+                                                                           eval_noise=0.005)}), headlines)[1].headlines[0]
+    assert flat.verdict == "inconclusive" and flat.ci_low <= 0.0 <= flat.ci_high
+
+
+def test_auc_is_compared_with_the_end_point():
+    headlines = {"generation benefit": {"finding": 1, "metric": "test/gen/probe/overall", "statistic": "auc",
+                                        "treatment": {"data.arm": "mixed"}, "control": {"data.arm": "generation"}}}
+    design = SyntheticSweep(name="mixing", train_images=(500,), seeds=tuple(range(6)), eval_steps=(100, 200, 300, 400, 500),
+                            effects=Effects(generation_benefit=0.05))
+    report = findings(design, headlines)[1]
+    choice = report.tables["headline_statistic_choice"]
+    assert choice["statistic"].to_list() == ["end", "auc"] and choice["chosen"].to_list() == [False, True]
+    end, auc = choice.rows_by_key("statistic", named=True)["end"][0], choice.rows_by_key("statistic", named=True)["auc"][0]
+    assert end["estimate"] == pytest.approx(0.05, abs=0.01)
+    # the curve rises to its end (mean of rise(f) over f = 0.2..1 is 0.63 here): auc estimates a smaller benefit
+    assert auc["estimate"] == pytest.approx(0.05 * 0.63, abs=0.01) and report.headlines[0].statistic == "auc"
+
+
+def test_slope_against_strength_with_three_levels():
+    headlines = {"alignment": {"finding": 2, "metric": "test/vqa/overall", "statistic": "slope",
+                               "against": "alignment.affine_strength", "expected": "negative", **MIXED_VS_UNDERSTANDING}}
+    design = SyntheticSweep(name="alignment", arms=("understanding", "mixed"), train_images=(500,), seeds=tuple(range(8)),
+                            affine_strengths=(0.0, 0.3, 0.9), eval_steps=(500,), effects=Effects(alignment_slope=-0.05))
+    design_runs = runs_frame(design)
+    # as in spaces/alignment.yaml, understanding-only runs once per seed, at strength 0
+    runs = design_runs.filter((design_runs["arm"] == "mixed") | (design_runs["params.alignment.affine_strength"] == 0.0))
+    result = all_findings(runs, None, parse(headlines))[2].headlines[0]
+    assert result.ci_low <= -0.05 <= result.ci_high and result.verdict == "supported" and result.n_seeds == 8
+
+
+def test_difference_in_differences_lm_trained_minus_lm_frozen():
+    headlines = {"transfer in the LM": {"finding": 3, "metric": "test/vqa_hidden/overall", "statistic": "did",
+                                        "treatment": {"data.hide_control": False}, "control": {"data.hide_control": True},
+                                        "across": {"lm.trainability": ["full", "frozen"]}}}
+    for transfer, frozen, verdict in ((0.1, 0.0, "supported"), (0.1, 0.1, "inconclusive")):
+        design = SyntheticSweep(name="transfer", arms=("mixed",), train_images=(500,), seeds=tuple(range(8)), hide=True,
+                                freezing=("none", "lm_frozen"), eval_steps=(500,),
+                                effects=Effects(transfer=transfer, transfer_lm_frozen=frozen))
+        result = findings(design, headlines)[3].headlines[0]
+        assert result.ci_low <= transfer - frozen <= result.ci_high and result.verdict == verdict, result
+
+
+def test_a_headline_that_cannot_be_computed_says_why():
+    headlines = {"trend": {"finding": 1, "metric": "test/vqa/overall", "statistic": "trend", **MIXED_VS_UNDERSTANDING}}
+    design = SyntheticSweep(name="mixing", train_images=(500,), seeds=(0, 1, 2), eval_steps=(500,))
+    result = findings(design, headlines)[1].headlines[0]
+    assert math.isnan(result.estimate) and result.verdict == "inconclusive" and "at least 2" in result.note
+
+
+def test_runs_with_different_evaluation_steps_meet_on_one_grid_of_budget_fractions():
+    import polars as pl
+
+    from analysis.headlines import run_curves
+
+    # transfer.yaml: hidden evaluates every 145 of 723 steps, control every 123 of 615; a third run every 100 of 1000
+    steps = {"hidden": [145, 290, 435, 580, 723], "control": [123, 246, 369, 492, 615], "long": list(range(100, 1001, 100))}
+    rows = [(run, "m", step, step, step / max(points)) for run, points in steps.items() for step in points]
+    history = pl.DataFrame(rows, schema=["run_id", "metric", "step", "timestamp", "value"], orient="row")
+    runs = pl.DataFrame({"run_id": list(steps), "status": ["FINISHED"] * 3})
+    curves = run_curves(runs, history, "m")
+    assert sorted(curves["fraction"].unique().to_list()) == [0.2, 0.4, 0.6, 0.8, 1.0]  # the fewest evaluations: 5
+    np.testing.assert_allclose(curves.sort("run_id", "fraction")["value"].to_numpy(), np.tile([0.2, 0.4, 0.6, 0.8, 1.0], 3),
+                               atol=0.002)  # value = fraction, read back on the grid (0.2 for hidden: clamped 0.2006)
+
+
+def test_declarations_for_one_finding_demote_the_default_headlines_of_every_finding():
+    """An alignment sweep also supports finding 1; with finding 2 declared, finding 1 has no verdicts."""
+    headlines = {"slope": {"finding": 2, "metric": "test/vqa/overall", "statistic": "slope", "expected": "negative",
+                           "against": "alignment.affine_strength", **MIXED_VS_UNDERSTANDING}}
+    design = SyntheticSweep(name="alignment", arms=("understanding", "mixed"), train_images=(500,), seeds=(0, 1, 2),
+                            affine_strengths=(0.0, 0.3, 0.9), eval_steps=(500,))
+    out = findings(design, headlines)
+    assert not out[1].headlines and {r.verdict for r in out[1].results} == {"exploratory"}
+    assert [r.name for r in out[2].headlines] == ["slope"]
+
+
+def test_other_seed_values_give_the_same_intervals():
+    """Seeds are labels: a study run with seeds 10..15 instead of 0..5 (same draws) reports the same intervals."""
+    headlines = {"trend": {"finding": 1, "metric": "test/vqa/overall", "statistic": "trend", **MIXED_VS_UNDERSTANDING}}
+    first = SyntheticSweep(name="mixing", train_images=(500,), seeds=tuple(range(6)), eval_steps=(100, 200, 300, 400, 500),
+                           effects=Effects(benefit_trend=0.02, eval_noise=0.005))
+    other = SyntheticSweep(**{**first.__dict__, "seeds": tuple(range(10, 16))})
+    a, b = (findings(design, headlines)[1].headlines[0] for design in (first, other))
+    assert (a.estimate, a.ci_low, a.ci_high, a.sd_paired) == pytest.approx((b.estimate, b.ci_low, b.ci_high, b.sd_paired))
