@@ -278,6 +278,7 @@ def trial_table(plan: Plan) -> dict[str, Any]:
         "searched": {key: param.describe() for key, param in space.search.params.items()},
         "objective": space.objective.model_dump(mode="json") if space.objective else None,
         "trials": plan.table(),
+        "headlines": plan.headlines_record(),
     }
 
 

@@ -62,6 +62,19 @@ def untimed(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if not k.startswith("time/")}
 
 
+def test_arms_meet_their_shared_records_in_the_same_order():
+    """Common random numbers: understanding-only (12 records) and mixed (the same 12 + 6 generation ones),
+    and generation-only and mixed, see the records they share in the same order, epoch after epoch."""
+    understanding_only, generation_only = Order([False] * 12, seed=5), Order([True] * 6, seed=5)
+    mixed = Order([False] * 12 + [True] * 6, seed=5)
+    stream = mixed.batch(0, 18 * 3)
+    assert [i for i in stream if i < 12] == understanding_only.batch(0, 12 * 3)
+    assert [i - 12 for i in stream if i >= 12] == generation_only.batch(0, 6 * 3)
+    first_batch = mixed.batch(0, 6)
+    assert sum(i >= 12 for i in first_batch) == 2, "generation records are spread evenly over the epoch"
+    assert Order([False] * 12, seed=6).batch(0, 12) != understanding_only.batch(0, 12)
+
+
 def test_same_config_same_metrics_whatever_ran_before_in_the_process(data_path, tmp_path):
     """Sweep trials reuse their process (Tune actor reuse): a run must not depend on what ran there before."""
     config = small(data_path, **{"budget.value": 8, "eval.every_steps": 100, "generation.space": "vq", "generation.loss": "ce"})
@@ -105,8 +118,8 @@ def test_arms_share_understanding_records_and_budgets_are_explicit(data_path):
     config = small(data_path, **{"budget.unit": "epochs", "budget.value": 2})
     assert total_steps(config, 100) == 13  # ceil(2 * 100 / 16)
     assert total_steps(small(data_path, **{"budget.unit": "samples", "budget.value": 160}), 999) == 10
-    order = Order(10, seed=3)
-    assert sorted(order.batch(0, 10)) == list(range(10)) and order.batch(1, 4) == Order(10, seed=3).batch(1, 4)
+    order = Order([False] * 6 + [True] * 4, seed=3)
+    assert sorted(order.batch(0, 10)) == list(range(10)) and order.batch(1, 4) == Order([False] * 6 + [True] * 4, seed=3).batch(1, 4)
 
 
 def test_bad_inputs_are_user_errors(data_path, tmp_path, capsys):
@@ -168,3 +181,18 @@ def test_hidden_attribute_runs_report_vqa_on_hidden_test_images(tmp_path):
     assert any(is_hidden(r.face, data.hide_rules) for r in data.train.records[Task.GENERATION])
     metrics = run_local(loop_config(config, tmp_path / "run", None))
     assert "test/vqa_hidden/overall" in metrics and "test/vqa_hidden/weather" in metrics
+
+
+def test_decoded_images_are_kept_per_content_so_a_regenerated_dataset_is_read_anew(tmp_path):
+    """Sweep trials reuse their process and the decoded dataset with it: keyed by content, never by path alone."""
+    import shutil
+
+    path = tmp_path / "data"
+    first = small(path, **{"data.generate_image_size": 32})
+    ensure_dataset(first.data)
+    before = RunData(first, path).test.images.clone()
+    assert torch.equal(RunData(first, path).test.images, before), "the kept copy gives the same images"
+    shutil.rmtree(path)
+    second = small(path, **{"data.generate_image_size": 40})
+    ensure_dataset(second.data)
+    assert not torch.equal(RunData(second, path).test.images, before)

@@ -161,7 +161,7 @@ class Recipe:
         self.examples = self.data.examples(self.tok, self.model.encoder.num_tokens, self.model.space.num_tokens,
                                            self.model.lm.config.max_position_embeddings)
         self.steps = total_steps(config, len(self.examples))
-        self.order = Order(len(self.examples), config.seed)
+        self.order = Order([e.generation for e in self.examples], config.seed)
         self.optimiser, self.scheduler = self._setup_optimiser()
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         device = self.session.device.type
