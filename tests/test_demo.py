@@ -43,16 +43,13 @@ def planned_steps(config) -> int:
     return math.ceil(budget.value * records[config.data.arm.value] / config.optim.batch_size)
 
 
-# Measured in a whole `uvlm demo` on a 2-core machine, two trials at a time (32 trials, 16,000 steps:
-# sweeps 24m31s, the job 24m39s): a step of 32 records took STEP_SECONDS (median per trial 0.08-0.13 s;
-# generation-heavy arms are the slower ones), a trial spent TRIAL_SECONDS besides its steps (Ray Train
-# start-up, set-up, evaluations), and each sweep about SWEEP_SECONDS of wall time with a slot idle
-# (start-up, and the last trial running alone).
-STEP_SECONDS, TRIAL_SECONDS, SWEEP_SECONDS, CONCURRENT = 0.11, 30.0, 40.0, 2
+# Per trial step with two trials side by side (0.065 s understanding-only, 0.076 mixed, 0.086 with the
+# 768-wide `same` space, measured relative to each other on one machine and scaled to a quiet 2-core one),
+# a trial's cost besides its steps now that trials reuse their process (set-up ~1 s, five evaluations
+# on 150 test images, MLflow), and each sweep's wall time with a slot idle (Ray start, data, the last trial).
+STEP_SECONDS, TRIAL_SECONDS, SWEEP_SECONDS, CONCURRENT = 0.075, 8.0, 20.0, 2
 
 
-@pytest.mark.xfail(strict=True, reason="the redesigned studies (12 + 16 + 16 trials, 24,704 steps) estimate about "
-                   "35.6 minutes at 4 seeds; their seeds and budgets are being resized to fit")
 def test_the_three_studies_fit_the_half_hour_budget_with_at_least_three_seeds():
     plans = [load_space(path) for path in STUDY_FILES]
     steps = sum(planned_steps(plan.config(slot)) for plan in plans for slot in plan.slots)
@@ -61,7 +58,7 @@ def test_the_three_studies_fit_the_half_hour_budget_with_at_least_three_seeds():
     # 27 of the 30 minutes: about 10% slack for a slower machine or day.
     assert minutes <= 27, f"{trials} trials of {steps} steps in all need about {minutes:.1f} minutes on 2 cores"
     for plan in plans:
-        assert len(plan.space.seeds) >= 3, plan.study
+        assert len(plan.space.seeds) >= 8, plan.study
         assert "uvlm demo" in plan.text.split("\n\n")[0]
 
 
