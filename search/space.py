@@ -37,11 +37,11 @@ from itertools import product
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from trainables.config import TrainConfig, load_config, set_dotted
 from trainables.errors import UserError, nearest, unknown_choice
+from trainables.yamlfile import load_yaml, read_text, read_yaml
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 # Config keys the space file sets through `resources:` (one place for what a trial occupies).
@@ -366,13 +366,8 @@ def format_value(value: Any) -> str:
 def load_space(path: str | Path) -> Plan:
     """Parse and validate a space file; every slot's TrainConfig is built once here."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"space file {str(path)!r} does not exist")
-    text = path.read_text()
-    try:
-        tree = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise UserError(f"space file {str(path)!r} is not valid YAML: {str(error).splitlines()[0]}") from None
+    text = read_text(path, "space file")
+    tree = load_yaml(text, f"space file {str(path)!r}")
     if not isinstance(tree, dict):
         raise UserError(f"space file {str(path)!r} must hold a mapping (study, fixed, factors, seeds, ...)")
     try:
@@ -467,9 +462,9 @@ def _load_base(space_path: Path, base: str | None) -> dict[str, Any]:
     if base is None:
         return {}
     base_path = (space_path.parent / base).resolve()
-    if not base_path.is_file():
+    if not base_path.exists():
         raise UserError(f"space file {space_path.name}: base {base!r} does not exist (looked at {base_path})")
-    tree = yaml.safe_load(base_path.read_text()) or {}
+    tree = read_yaml(base_path, f"space file {space_path.name}: base") or {}
     if not isinstance(tree, dict):
         raise UserError(f"space file {space_path.name}: base {base!r} must hold a mapping of config sections")
     load_config(tree)  # validates the base on its own, naming its fields

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from trainables.errors import UserError, nearest
+from trainables.yamlfile import load_yaml, read_yaml
 
 
 class StrictModel(BaseModel):
@@ -303,7 +304,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise UserError(f"--set {text!r}: expected KEY=VALUE, e.g. --set optim.lr=1e-3")
     key, raw = text.split("=", 1)
-    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+    return key.strip(), load_yaml(raw, f"--set {text!r}") if raw.strip() else ""
 
 
 def load_config(source: dict[str, Any] | str | Path | None = None, overrides: list[str] | dict[str, Any] = ()) -> TrainConfig:
@@ -317,12 +318,7 @@ def load_config(source: dict[str, Any] | str | Path | None = None, overrides: li
         tree = yaml.safe_load(yaml.safe_dump(source))  # deep copy of plain data
     else:
         path = Path(source)
-        if not path.is_file():
-            raise UserError(f"config file {str(path)!r} does not exist")
-        try:
-            tree = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise UserError(f"config file {str(path)!r} is not valid YAML: {str(error).splitlines()[0]}") from None
+        tree = read_yaml(path, "config file") or {}
         if not isinstance(tree, dict):
             raise UserError(f"config file {str(path)!r} must hold a mapping of config sections")
     items = overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides)
