@@ -43,7 +43,7 @@ def load_yaml(text: str, source: str) -> Any:
     try:
         return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - StrictLoader is a SafeLoader
     except yaml.YAMLError as error:
-        raise UserError(f"{source}: {_describe(error)}") from None
+        raise UserError(f"{source}{_describe(error)}") from None
 
 
 def read_text(path: Path, what: str) -> str:
@@ -69,7 +69,7 @@ def read_yaml(path: str | Path, what: str) -> Any:
 
 def _describe(error: yaml.YAMLError) -> str:
     if isinstance(error, DuplicateKey):
-        return str(error)
+        return f": {error}"
     mark = getattr(error, "problem_mark", None)
     problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-    return f"not valid YAML: {problem}" + (f" (line {mark.line + 1})" if mark else "")
+    return f" is not valid YAML: {problem}" + (f" (line {mark.line + 1})" if mark else "")
