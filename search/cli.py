@@ -55,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(text: str) -> str:
+    """A message on one printable line, whatever a library put into it (newlines, control bytes)."""
+    return " ".join("".join(char if char.isprintable() else " " for char in text).split())
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -63,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args) or 0
     except UserError as error:
-        print(f"uvlm: error: {error}", file=sys.stderr)
+        print(f"uvlm: error: {one_line(str(error))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("uvlm: interrupted", file=sys.stderr)

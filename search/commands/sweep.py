@@ -92,6 +92,10 @@ def run_sweep(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(dry_run(plan, options), flush=True)
         return 0
+    from search.tracking import check_store
+    from trainables import workspace
+
+    check_store(workspace.tracking_uri(options.tracking_uri, options.workdir), create=True)  # before Ray and torch load
     return sweep(plan, options).exit_code
 
 
