@@ -232,3 +232,62 @@ def test_bad_input_is_one_line_and_changes_nothing(case, world):
     assert lines[-1].startswith("uvlm: error: "), result.stderr
     assert expected.format(**world.values) in result.stderr, result.stderr
     assert snapshot(world.protected) == before, "a bad input changed an existing dataset, store or report"
+
+
+class Planted:
+    """A pickle that runs a command when loaded: what a hostile file in a shared cache folder would hold."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def faces(n: int):
+    from trainables.data.records import CORNERS, WEATHERS, WatchFace
+
+    return [WatchFace(hour=i % 12, minute=(7 * i) % 60, second=(11 * i) % 60, battery=(9 * i) % 101,
+                      weather=WEATHERS[i % 3], weather_corner=CORNERS[i % 4], battery_corner=CORNERS[(i + 1) % 4])
+            for i in range(n)]
+
+
+def test_a_planted_pickle_in_the_probe_cache_is_not_run(tmp_path):
+    import pickle
+
+    import numpy as np
+
+    from trainables.probe import fit_probe
+
+    tokens = np.random.default_rng(0).normal(size=(30, 4, 3))
+    cache, marker = tmp_path / "cache", tmp_path / "pwned"
+    fitted, held_out = fit_probe(tokens, faces(30), cache)
+    (cached_file,) = cache.iterdir()
+    assert cached_file.suffix == ".npz"
+    again, _ = fit_probe(tokens, faces(30), cache)  # from the cache: the same predictions
+    assert again(tokens[held_out]) == fitted(tokens[held_out])
+
+    for name in (cached_file.name, cached_file.with_suffix(".pkl").name):  # the cache file, and the old pickle's name
+        (cache / name).write_bytes(pickle.dumps(Planted(marker)))
+    refitted, _ = fit_probe(tokens, faces(30), cache)
+    assert not marker.exists(), "loading the probe cache ran code"
+    assert refitted(tokens[held_out]) == fitted(tokens[held_out])
+    with np.load(cached_file, allow_pickle=False) as arrays:  # rewritten as arrays
+        assert "mean" in arrays
+
+
+def test_a_planted_pickle_in_the_codebook_cache_is_not_run(tmp_path):
+    import pickle
+
+    import torch
+
+    from trainables.vq import fit_kmeans_vq
+
+    images = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    cache, marker = tmp_path / "cache", tmp_path / "pwned"
+    fitted = fit_kmeans_vq(images, 8, 4, 4, seed=0, cache_dir=cache, fingerprint="t")
+    (cached_file,) = cache.iterdir()
+    cached_file.write_bytes(pickle.dumps(Planted(marker)))
+    refitted = fit_kmeans_vq(images, 8, 4, 4, seed=0, cache_dir=cache, fingerprint="t")
+    assert not marker.exists(), "loading the codebook cache ran code"
+    assert torch.equal(refitted.codebook, fitted.codebook)
