@@ -81,6 +81,16 @@ def world(tmp_path_factory, data_path) -> World:
     (files / "good-space.yaml").write_text(SPACE.replace("DATA", str(data_path)))
     (files / "section-not-mapping.yaml").write_text("optim: 3\n")
     (files / "llava.json").write_text('{"not": "a list"}')
+    (files / "list.yaml").write_text("- optim\n- data\n")
+    good = SPACE.replace("DATA", str(data_path))
+    (files / "space-base-folder.yaml").write_text(f"base: {files}\n" + good)
+    (files / "space-nan.yaml").write_text(good.replace("budget.value: 4", "budget.value: 4, optim.lr: .nan"))
+    (files / "space-inf-budget.yaml").write_text(good + "budget: {time_budget_s: .inf}\n")
+    (files / "space-many-seeds.yaml").write_text(good.replace("seeds: 1", "seeds: 100000000"))
+    (files / "space-many-trials.yaml").write_text(
+        good.replace("seeds: 1", "seeds: 1000").replace("[understanding, mixed]", str(list(range(1, 201)))))
+    (files / "space-key-typo.yaml").write_text(good.replace("factors: {data.arm", "factors: {data.armm"))
+    (files / "space-metric-typo.yaml").write_text(good + "objective: {metric: test/vqa/overal}\n")
 
     broken = root / "broken"
     for name in ("truncated-shard", "bad-manifest", "flipped-byte", "foreign"):
@@ -109,14 +119,15 @@ def snapshot(paths: list[Path]) -> dict[str, str]:
     return found
 
 
-def uvlm(world: World, argv: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "UVLM_WORKDIR": str(world.work), "PYTHONPATH": str(ROOT)}  # this checkout's code
+def uvlm(world: World, argv: list[str], extra_env: dict[str, str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "UVLM_WORKDIR": str(world.work), "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
     env.pop("MLFLOW_TRACKING_URI", None)
+    env.update(extra_env)
     return subprocess.run([sys.executable, "-m", "search.cli", *argv], cwd=world.root, env=env, capture_output=True,
                           text=True, timeout=120)
 
 
-# (id, argv with {placeholders} from World.values, a piece of the one-line message)
+# (id, argv with {placeholders} from World.values, a piece of the one-line message[, environment variables])
 CASES = [
     # uvlm data
     ("data-huge-image", "data smartwatch --out {root}/new --image-size 100000", "--image-size must be between 32 and 1024"),
@@ -172,6 +183,10 @@ CASES = [
     ("train-store-not-a-db", "train --set data.path={data} --tracking-uri sqlite:///{files}/notes.txt",
      "is not an SQLite database"),
     ("train-out-is-a-file", "train --set data.path={data} --out {files}/notes.txt", "--out"),
+    ("train-huge-batch", "train --set optim.batch_size=100000", "less than or equal to 4096"),
+    ("train-config-is-a-list", "train {files}/list.yaml", "must hold a mapping"),
+    ("train-corrupt-dataset", "train --set data.path={broken}/truncated-shard --tracking-uri sqlite:///{store}",
+     "truncated-shard"),
     # uvlm sweep / validate
     ("validate-duplicate-key", "validate {files}/dup-space.yaml", "duplicate key 'seeds' on line 5 (first on line 4)"),
     ("validate-base-duplicate-key", "validate {files}/space-dup-base.yaml", "duplicate key 'data' on line 3"),
@@ -187,6 +202,15 @@ CASES = [
     ("sweep-store-folder", "sweep {files}/good-space.yaml --tracking-uri sqlite:///{files}", "is a folder"),
     ("sweep-unreachable-server", "sweep {files}/good-space.yaml --tracking-uri {closed}", "is unreachable"),
     ("sweep-unknown-command", "swep {files}/good-space.yaml", "did you mean 'sweep'"),
+    ("sweep-name-collides", "sweep {files}/good-space.yaml --name mixing --trainable sweep_bodies:quick",
+     "sweep 'mixing' already exists"),
+    ("validate-base-is-folder", "validate {files}/space-base-folder.yaml", "is a folder"),
+    ("validate-nan", "validate {files}/space-nan.yaml", "optim.lr"),
+    ("validate-inf", "validate {files}/space-inf-budget.yaml", "budget.time_budget_s"),
+    ("validate-too-many-seeds", "validate {files}/space-many-seeds.yaml", "a seed count must be at most 1000"),
+    ("validate-too-many-trials", "validate {files}/space-many-trials.yaml", "at most 100000 per sweep"),
+    ("validate-key-typo", "validate {files}/space-key-typo.yaml", "did you mean 'arm'"),
+    ("validate-metric-typo", "validate {files}/space-metric-typo.yaml", "did you mean 'test/vqa/overall'"),
     # uvlm report
     ("report-sweep-typo", "report mixnig", "did you mean 'mixing'"),
     ("report-store-not-a-db", "report mixing --tracking-uri sqlite:///{files}/notes.txt", "is not an SQLite database"),
@@ -211,20 +235,26 @@ CASES = [
     ("ui-store-other-program", "ui --tracking-uri sqlite:///{files}/other.db", "another program"),
     ("ui-unreachable-server", "ui --tracking-uri {closed}", "is unreachable"),
     ("ui-workdir-is-file", "ui --workdir {files}/notes.txt", "working folder"),
+    # settings from the environment
+    ("env-workdir-is-file", "report mixing", "working folder", {"UVLM_WORKDIR": "{files}/notes.txt"}),
+    ("env-store-not-a-db", "report mixing", "is not an SQLite database",
+     {"MLFLOW_TRACKING_URI": "sqlite:///{files}/notes.txt"}),
+    ("env-unreachable-server", "sweep {files}/good-space.yaml", "is unreachable", {"MLFLOW_TRACKING_URI": "{closed}"}),
 ]
 
 
 def test_there_are_enough_cases_for_every_command():
-    commands = {argv.split()[0] for _, argv, _ in CASES}
+    commands = {case[1].split()[0] for case in CASES}
     assert {"data", "train", "sweep", "validate", "report", "demo", "ui"} <= commands
     assert len(CASES) >= 40
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case[0] for case in CASES])
 def test_bad_input_is_one_line_and_changes_nothing(case, world):
-    _, argv, expected = case
+    _, argv, expected, *env = case
+    env = {key: value.format(**world.values) for key, value in (env[0] if env else {}).items()}
     before = snapshot(world.protected)
-    result = uvlm(world, shlex.split(argv.format(**world.values)))
+    result = uvlm(world, shlex.split(argv.format(**world.values)), env)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr + result.stdout, result.stderr[-3000:]

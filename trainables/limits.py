@@ -34,7 +34,8 @@ POSITIONS = (1, 1_000_000)
 CODEBOOK = (2, 1_000_000)
 STEPS = (1, 1_000_000_000)
 """Steps, samples, epochs, evaluation periods."""
-BATCH = (1, 1_000_000)
+BATCH = (1, 4096)
+"""The global batch (the paper: 128-256); a batch far above it is a typo that exhausts memory (records repeat in it)."""
 GRID_IMAGES = (1, 1024)
 LEARNING_RATE = (0, 10)
 FACTOR = (0, 1000)
