@@ -321,3 +321,18 @@ def test_a_planted_pickle_in_the_codebook_cache_is_not_run(tmp_path):
     refitted = fit_kmeans_vq(images, 8, 4, 4, seed=0, cache_dir=cache, fingerprint="t")
     assert not marker.exists(), "loading the codebook cache ran code"
     assert torch.equal(refitted.codebook, fitted.codebook)
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root reads files whatever their mode")
+@pytest.mark.parametrize("argv, expected", [
+    ("train {unreadable}", "cannot be read (Permission denied)"),
+    ("validate {unreadable}", "cannot be read (Permission denied)"),
+    ("report mixing --tracking-uri sqlite:///{unreadable}", "cannot be read (Permission denied)"),
+], ids=["config", "space", "store"])
+def test_unreadable_files_are_one_line(argv, expected, world, tmp_path):
+    unreadable = tmp_path / "unreadable.yaml"
+    unreadable.write_text("study: t\n")
+    unreadable.chmod(0)
+    result = uvlm(world, shlex.split(argv.format(unreadable=unreadable)), {})
+    assert result.returncode == 2 and expected in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
