@@ -36,13 +36,14 @@ Join it with `load_runs(...)` on run_id for arm, seed and factors.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
-from collections.abc import Iterable, Sequence
-from pathlib import Path
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Literal
 
 import polars as pl
 
+from search.tracking import check_store, sqlite_path
 from trainables.errors import UserError, nearest
 from trainables.workspace import tracking_uri as resolve_uri
 
@@ -114,7 +115,7 @@ def sweep_parent(sweep: str, tracking_uri: str | None = None) -> dict[str, objec
     from mlflow import MlflowClient
 
     uri = resolve_uri(tracking_uri)
-    _check_store(uri)
+    check_store(uri)
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(sweep)
     if experiment is None:
@@ -150,21 +151,18 @@ def _use_sql(uri: str, method: Method) -> bool:
     return uri.startswith("sqlite:")
 
 
-def _sqlite_path(uri: str) -> Path:
-    """sqlite:///relative.db -> relative.db, sqlite:////abs/m.db -> /abs/m.db (SQLAlchemy's rule)."""
-    path = uri.removeprefix("sqlite://").split("?", 1)[0]
-    return Path(path[1:] if path.startswith("/") else path)
-
-
-def _check_store(uri: str) -> None:
-    """A sqlite URI must name an existing store: opening a missing one would create an empty store."""
-    if uri.startswith("sqlite:") and not _sqlite_path(uri).is_file():
-        raise UserError(f"no MLflow store at {str(_sqlite_path(uri))!r} (tracking URI {uri}); pass --tracking-uri or run a sweep first")
-
-
-def _connect(uri: str) -> sqlite3.Connection:
-    _check_store(uri)
-    return sqlite3.connect(f"{_sqlite_path(uri).resolve().as_uri()}?mode=ro", uri=True)
+@contextlib.contextmanager
+def _connect(uri: str) -> Iterator[sqlite3.Connection]:
+    """The store read-only; a missing or damaged one is a UserError (opening a missing one would create it)."""
+    check_store(uri)
+    path = sqlite_path(uri)
+    db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        yield db
+    except sqlite3.DatabaseError as error:
+        raise UserError(f"MLflow store {str(path)!r} cannot be read: {error}") from None
+    finally:
+        db.close()
 
 
 def _sql_experiment(db: sqlite3.Connection, sweep: str) -> str:
@@ -196,7 +194,7 @@ def _client_trials(uri: str, sweep: str):
     from mlflow import MlflowClient
     from mlflow.entities import ViewType
 
-    _check_store(uri)
+    check_store(uri)
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(sweep)
     if experiment is None or experiment.lifecycle_stage != "active":

@@ -33,6 +33,8 @@ from pathlib import Path
 
 import yaml
 
+from trainables.yamlfile import read_yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 BODIES = {"default": "trainables.launch:fit_in_trial", "baseline": "trainables.launch:fit"}
 
@@ -67,7 +69,7 @@ def main() -> int:
 
 
 def run_sweep(folder: Path, space_path: Path, steps: int | None, seeds: int, body: str) -> tuple[float, int, str]:
-    tree = yaml.safe_load(space_path.read_text())
+    tree = read_yaml(space_path, "space file")
     tree["seeds"] = seeds
     if steps:
         tree.setdefault("fixed", {}).update({"budget.unit": "steps", "budget.value": steps})

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 
-from trainables.errors import UserError
+from trainables.errors import UserError, nearest
 
 COMMANDS = [
     "search.commands.data",
@@ -33,8 +34,19 @@ into findings with confidence intervals. Run `uvlm COMMAND --help` for each.
 """
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line: by default it prints the usage first, several lines for our commands."""
+
+    def error(self, message: str) -> None:
+        message = re.sub(r"^argument (\S+): (?=must )", r"\1 ", message)  # '--port must be between 1 and 65535'
+        choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if choice:
+            message += nearest(choice[1], re.findall(r"'([^']*)'", choice[2]))
+        self.exit(2, f"uvlm: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="uvlm", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
@@ -43,12 +55,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(text: str) -> str:
+    """A message on one printable line, whatever a library put into it (newlines, control bytes)."""
+    return " ".join("".join(char if char.isprintable() else " " for char in text).split())
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # --help, or a bad flag already reported by Parser.error
+        return done.code
     try:
         return args.run(args) or 0
     except UserError as error:
-        print(f"uvlm: error: {error}", file=sys.stderr)
+        print(f"uvlm: error: {one_line(str(error))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("uvlm: interrupted", file=sys.stderr)

@@ -26,6 +26,7 @@ import yaml
 from search.commands.ui import RUNS_VIEW
 from trainables import workspace
 from trainables.errors import UserError
+from trainables.yamlfile import read_yaml
 
 STUDIES = (("mixing", 1), ("alignment", 2), ("transfer", 3))
 """Each study's space file stem and the finding (1-3 of STUDY.md) it is designed to address."""
@@ -137,7 +138,7 @@ def _space_path(options: DemoOptions, study: str, folder: Path) -> Path:
 
 def smoke_space(path: Path, out: Path) -> Path:
     """A copy of a study's space file shrunk to toy size: one seed, a few steps, tiny datasets under the workdir."""
-    tree = yaml.safe_load(path.read_text())
+    tree = read_yaml(path, "space file")
     data_root = out.parent / "smoke-data"
 
     def shrink(overrides: dict[str, Any]) -> dict[str, Any]:

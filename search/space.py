@@ -37,11 +37,12 @@ from itertools import product
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from trainables import limits
 from trainables.config import TrainConfig, load_config, set_dotted
 from trainables.errors import UserError, nearest, unknown_choice
+from trainables.yamlfile import load_yaml, read_text, read_yaml
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 # Config keys the space file sets through `resources:` (one place for what a trial occupies).
@@ -54,7 +55,7 @@ PATH_SUFFIXES = ("path", "_dir")
 class SpaceModel(BaseModel):
     """A space-file section: unknown keys are errors."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class DistributionKind(str, enum.Enum):
@@ -164,20 +165,20 @@ class Objective(SpaceModel):
 
 class Search(SpaceModel):
     sampler: SamplerKind = SamplerKind.TPE
-    seed: int = 0
+    seed: int = Field(default=0, ge=limits.SEED[0], le=limits.SEED[1])
     """Seeds the sampler; each cell's study adds its cell index."""
-    startup_trials: int = Field(default=10, ge=1)
+    startup_trials: int = Field(default=10, ge=1, le=limits.SAMPLES[1])
     """TPE: random trials per cell before the model takes over."""
-    samples: int = Field(default=1, ge=1)
+    samples: int = Field(default=1, ge=1, le=limits.SAMPLES[1])
     """Searched configurations per (cell, seed)."""
     params: dict[str, Param] = Field(default_factory=dict)
     """Dotted TrainConfig keys -> distributions, sampled in this order (define-by-run)."""
 
 
 class Resources(SpaceModel):
-    workers: int = Field(default=1, ge=1)
+    workers: int = Field(default=1, ge=1, le=limits.WORKERS[1])
     """Ray Train workers per trial (sets runtime.num_workers)."""
-    cpus_per_worker: int = Field(default=1, ge=1)
+    cpus_per_worker: int = Field(default=1, ge=1, le=limits.WORKERS[1])
     """CPUs (and torch threads) per worker (sets runtime.threads_per_worker)."""
     gpus_per_worker: int = Field(default=0, ge=0, le=1)
     """0 or 1 (sets runtime.use_gpu)."""
@@ -194,18 +195,18 @@ class Resources(SpaceModel):
 
 
 class Budget(SpaceModel):
-    max_concurrent: int | None = Field(default=None, ge=1)
+    max_concurrent: int | None = Field(default=None, ge=1, le=limits.WORKERS[1])
     """Trials at once; default: as many as the cluster's CPUs and GPUs hold."""
-    time_budget_s: float | None = Field(default=None, gt=0)
+    time_budget_s: float | None = Field(default=None, gt=0, le=limits.TIME_BUDGET_S[1])
     """Stop starting trials after this many seconds (running ones are stopped too)."""
 
 
 class EarlyStopping(SpaceModel):
     enabled: bool = False
     """ASHA: stop trials whose objective is in the bottom part at a rung. Compares trials of all cells."""
-    grace_steps: int = Field(default=250, ge=1)
+    grace_steps: int = Field(default=250, ge=1, le=limits.STEPS[1])
     """No trial is stopped before this many training steps."""
-    reduction_factor: float = Field(default=3.0, gt=1)
+    reduction_factor: float = Field(default=3.0, gt=1, le=limits.FACTOR[1])
 
 
 class Headline(SpaceModel):
@@ -267,9 +268,15 @@ class SpaceFile(SpaceModel):
         if isinstance(seeds, int):
             if seeds < 1:
                 raise ValueError(f"a seed count must be at least 1 (got {seeds})")
+            if seeds > limits.SEEDS_PER_CELL[1]:
+                raise ValueError(f"a seed count must be at most {limits.SEEDS_PER_CELL[1]} (got {seeds})")
             return list(range(seeds))
         if not seeds:
             raise ValueError("seeds must not be empty")
+        for seed in seeds:
+            why = limits.problem(seed, limits.SEED)
+            if why:
+                raise ValueError(f"a seed {why} (got {seed})")
         if len(set(seeds)) != len(seeds):
             raise ValueError(f"seeds repeat a value (got {seeds})")
         return seeds
@@ -366,13 +373,8 @@ def format_value(value: Any) -> str:
 def load_space(path: str | Path) -> Plan:
     """Parse and validate a space file; every slot's TrainConfig is built once here."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"space file {str(path)!r} does not exist")
-    text = path.read_text()
-    try:
-        tree = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise UserError(f"space file {str(path)!r} is not valid YAML: {str(error).splitlines()[0]}") from None
+    text = read_text(path, "space file")
+    tree = load_yaml(text, f"space file {str(path)!r}")
     if not isinstance(tree, dict):
         raise UserError(f"space file {str(path)!r} must hold a mapping (study, fixed, factors, seeds, ...)")
     try:
@@ -381,6 +383,11 @@ def load_space(path: str | Path) -> Plan:
         raise _space_error(path, error) from None
     base = _load_base(path, space.base)
     _check_keys(path, space)
+    n_cells = math.prod(len(levels) for levels in space.factors.values())
+    trials = n_cells * len(space.seeds) * space.search.samples
+    if trials > limits.TRIALS:  # checked before the trial table is built in memory
+        raise UserError(f"space file {path.name}: {n_cells} cells x {len(space.seeds)} seeds x "
+                        f"{space.search.samples} samples = {trials} trials; at most {limits.TRIALS} per sweep")
     cells = _cells(space)
     root = Path.cwd()
     slots = []
@@ -467,9 +474,9 @@ def _load_base(space_path: Path, base: str | None) -> dict[str, Any]:
     if base is None:
         return {}
     base_path = (space_path.parent / base).resolve()
-    if not base_path.is_file():
+    if not base_path.exists():
         raise UserError(f"space file {space_path.name}: base {base!r} does not exist (looked at {base_path})")
-    tree = yaml.safe_load(base_path.read_text()) or {}
+    tree = read_yaml(base_path, f"space file {space_path.name}: base") or {}
     if not isinstance(tree, dict):
         raise UserError(f"space file {space_path.name}: base {base!r} must hold a mapping of config sections")
     load_config(tree)  # validates the base on its own, naming its fields

@@ -232,7 +232,7 @@ def test_cli_never_touches_a_foreign_folder(tmp_path, capsys):
 
 def test_cli_bad_input_is_one_line_exit_2(tmp_path):
     for extra, message in ((["--hide-from-understanding", "weather=rainy"], "did you mean 'raining'"),
-                           (["--test-images", "0"], "--test-images must be > 0")):
+                           (["--test-images", "0"], "--test-images must be between 1 and 1000000 (got 0)")):
         result = subprocess.run([sys.executable, "-m", "search.cli", "data", "smartwatch", "--out", str(tmp_path / "x"),
                                  *extra], capture_output=True, text=True, timeout=60)
         assert result.returncode == 2 and message in result.stderr

@@ -119,7 +119,7 @@ def test_bad_space_file(case, command, tmp_path, workdir, capsys):
 
 BAD_COMMANDS = [
     ("missing-file", ["sweep", "nope.yaml"], "space file 'nope.yaml' does not exist"),
-    ("zero-concurrency", ["sweep", "{space}", "--max-concurrent", "0"], "--max-concurrent must be at least 1"),
+    ("zero-concurrency", ["sweep", "{space}", "--max-concurrent", "0"], "--max-concurrent must be between 1 and 1024 (got 0)"),
     ("dry-run-and-resume", ["sweep", "{space}", "--dry-run", "--resume"], "do not go together"),
     ("bad-name", ["sweep", "{space}", "--name", "a/b"], "--name 'a/b'"),
     ("resume-unknown", ["sweep", "{space}", "--resume", "--name", "never-ran", "--trainable", "sweep_bodies:quick"], "no sweep named 'never-ran' to resume"),

@@ -54,3 +54,30 @@ def test_sweep_experiments_open_on_the_training_runs_view(tmp_path):
     older = client.create_experiment("made-by-hand")  # e.g. by an older uvlm
     assert tracking.experiment_id(client, "made-by-hand") == older
     assert client.get_experiment(older).tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def ui_command(monkeypatch, tmp_path, capsys, *flags: str) -> tuple[list[str], str]:
+    """What `uvlm ui` would start (the MLflow UI itself is not started) and what it printed on stderr."""
+    from search.cli import main
+
+    started = []
+    monkeypatch.setenv("UVLM_WORKDIR", str(tmp_path / "work"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setattr(subprocess, "call", lambda command: started.append(command) or 0)
+    assert main(["ui", "--port", "5123", *flags]) == 0
+    (command,) = started
+    return command, capsys.readouterr().err
+
+
+def test_ui_binds_to_this_machine_only_by_default(monkeypatch, tmp_path, capsys):
+    command, err = ui_command(monkeypatch, tmp_path, capsys)
+    assert command[command.index("--host") + 1] == "127.0.0.1"
+    assert "warning" not in err
+
+
+def test_a_wider_bind_needs_the_flag_and_warns(monkeypatch, tmp_path, capsys):
+    command, err = ui_command(monkeypatch, tmp_path, capsys, "--host", "0.0.0.0")
+    assert command[command.index("--host") + 1] == "0.0.0.0"
+    assert "uvlm: warning: --host 0.0.0.0 serves the MLflow UI beyond this machine" in err
+    command, err = ui_command(monkeypatch, tmp_path, capsys, "--host", "localhost")  # loopback by name: no warning
+    assert command[command.index("--host") + 1] == "localhost" and "warning" not in err

@@ -15,13 +15,15 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from trainables import limits
 from trainables.errors import UserError, nearest
+from trainables.yamlfile import load_yaml, read_yaml
 
 
 class StrictModel(BaseModel):
     """A config section: unknown keys are errors, values are checked on assignment."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_enum_values=False)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_enum_values=False, allow_inf_nan=False)
 
 
 class Arm(str, enum.Enum):
@@ -94,19 +96,19 @@ class Precision(str, enum.Enum):
 class DataConfig(StrictModel):
     path: str = "data/smartwatch"
     """Dataset folder (Parquet shards + manifest.json). A smartwatch dataset is generated there when missing."""
-    train_images: int | None = Field(default=None, gt=0)
+    train_images: int | None = Field(default=None, ge=1, le=limits.IMAGES[1])
     """Training images used (the data-size axis); None = all. The first N of a seeded order, so every arm shares them."""
     arm: Arm = Arm.MIXED
     """Record kinds trained on: understanding, generation or mixed."""
-    generation_ratio: float = Field(default=1.0, gt=0)
+    generation_ratio: float = Field(default=1.0, gt=0, le=limits.FACTOR[1])
     """Generation images per understanding image in the mixed and generation arms."""
-    test_images: int | None = Field(default=300, gt=0)
+    test_images: int | None = Field(default=300, ge=1, le=limits.IMAGES[1])
     """Test images evaluated; None = all."""
-    generate_train_images: int = Field(default=2000, gt=0)
+    generate_train_images: int = Field(default=2000, ge=1, le=limits.IMAGES[1])
     """When `path` is missing: training images to generate."""
-    generate_test_images: int = Field(default=300, gt=0)
+    generate_test_images: int = Field(default=300, ge=1, le=limits.IMAGES[1])
     """When `path` is missing: test images to generate."""
-    generate_image_size: int = Field(default=64, ge=32)
+    generate_image_size: int = Field(default=64, ge=limits.IMAGE_SIZE[0], le=limits.IMAGE_SIZE[1])
     """When `path` is missing: rendered image side in pixels."""
     hide_from_understanding: list[str] = Field(default_factory=list)
     """When `path` is missing: ATTR=VALUE pairs whose images get only generation records (finding 3)."""
@@ -117,17 +119,17 @@ class DataConfig(StrictModel):
 class LMConfig(StrictModel):
     pretrained_path: str | None = None
     """Local folder with a transformers causal LM and its tokenizer; None = tiny random Llama from the fields below."""
-    hidden_size: int = Field(default=128, gt=0)
-    num_layers: int = Field(default=2, gt=0)
-    num_heads: int = Field(default=4, gt=0)
-    intermediate_size: int = Field(default=128, gt=0)
+    hidden_size: int = Field(default=128, ge=1, le=limits.WIDTH[1])
+    num_layers: int = Field(default=2, ge=1, le=limits.LAYERS[1])
+    num_heads: int = Field(default=4, ge=1, le=limits.LAYERS[1])
+    intermediate_size: int = Field(default=128, ge=1, le=limits.WIDTH[1])
     """MLP width. The tiny default (= hidden_size) reads the images after 250-500 steps at 1,000 images, sooner
     than 4x that (512), and costs 40% less a step (README, "Why these budgets")."""
-    max_positions: int = Field(default=256, gt=0)
+    max_positions: int = Field(default=256, ge=1, le=limits.POSITIONS[1])
     trainability: LMTrainability = LMTrainability.FULL
     """full: every LM weight trains; lora: peft LoRA adapters only; frozen: nothing in the LM trains."""
-    lora_rank: int = Field(default=8, gt=0)
-    lora_alpha: int = Field(default=16, gt=0)
+    lora_rank: int = Field(default=8, ge=1, le=limits.WIDTH[1])
+    lora_alpha: int = Field(default=16, ge=1, le=limits.WIDTH[1])
 
     @model_validator(mode="after")
     def _heads_divide_hidden(self) -> LMConfig:
@@ -141,11 +143,11 @@ class UnderstandingConfig(StrictModel):
     """patch | siglip | clip | vq."""
     pretrained_path: str | None = None
     """Local folder with a pretrained siglip/clip vision model; None = random init from a small config."""
-    patch_size: int = Field(default=16, gt=0)
+    patch_size: int = Field(default=16, ge=1, le=limits.PIXELS[1])
     """Pixels per patch side: the image becomes (image_size / patch_size)^2 tokens."""
-    hidden_size: int = Field(default=64, gt=0)
+    hidden_size: int = Field(default=64, ge=1, le=limits.WIDTH[1])
     """Width of a randomly initialised siglip/clip encoder."""
-    image_size: int | None = Field(default=None, gt=0)
+    image_size: int | None = Field(default=None, ge=1, le=limits.PIXELS[1])
     """The image is resized to this side before encoding; None = the dataset's image size (a pretrained tower uses its own)."""
     projector: ProjectorKind = ProjectorKind.MLP2X_GELU
 
@@ -153,18 +155,18 @@ class UnderstandingConfig(StrictModel):
 class GenerationConfig(StrictModel):
     space: GenerationSpaceName = GenerationSpaceName.PATCH
     """patch | vq | siglip | clip | same."""
-    image_size: int = Field(default=32, gt=0)
+    image_size: int = Field(default=32, ge=1, le=limits.PIXELS[1])
     """The generation target is the image resized to this side."""
-    patch_size: int = Field(default=8, gt=0)
+    patch_size: int = Field(default=8, ge=1, le=limits.PIXELS[1])
     """Pixels per generated token side (patch and vq spaces)."""
-    codebook_size: int = Field(default=256, gt=1)
+    codebook_size: int = Field(default=256, ge=limits.CODEBOOK[0], le=limits.CODEBOOK[1])
     """vq: number of k-means codes fitted on the training images."""
     vq_pretrained_path: str | None = None
     """vq: local LlamaGen-style VQ checkpoint; None = the k-means codebook."""
     feature_pretrained_path: str | None = None
     """siglip/clip spaces: local folder with a pretrained vision tower; None = random init like the understanding one."""
     loss: ImageLoss = ImageLoss.COSINE
-    alpha: float = Field(default=0.2, ge=0)
+    alpha: float = Field(default=0.2, ge=0, le=limits.FACTOR[1])
     """Total loss = text CE + alpha * image loss."""
     projector: ProjectorKind = ProjectorKind.LINEAR
 
@@ -184,7 +186,7 @@ class AlignmentConfig(StrictModel):
     """s of the random affine map x -> Q S x + b (0 = identity)."""
     affine_target: AffineTarget = AffineTarget.GENERATION
     """Which vision space the affine map is applied to."""
-    affine_seed: int = 0
+    affine_seed: int = Field(default=0, ge=limits.SEED[0], le=limits.SEED[1])
 
 
 class TrainabilityConfig(StrictModel):
@@ -194,38 +196,38 @@ class TrainabilityConfig(StrictModel):
 
 
 class OptimConfig(StrictModel):
-    lr: float = Field(default=2e-3, gt=0)
-    projector_lr: float | None = Field(default=None, gt=0)
+    lr: float = Field(default=2e-3, gt=0, le=limits.LEARNING_RATE[1])
+    projector_lr: float | None = Field(default=None, gt=0, le=limits.LEARNING_RATE[1])
     """Learning rate of projectors and head; None = lr."""
-    weight_decay: float = Field(default=0.0, ge=0)
+    weight_decay: float = Field(default=0.0, ge=0, le=limits.FACTOR[1])
     warmup_ratio: float = Field(default=0.03, ge=0, lt=1)
-    batch_size: int = Field(default=32, gt=0)
+    batch_size: int = Field(default=32, ge=1, le=limits.BATCH[1])
     """Global batch size (split across Train workers)."""
-    grad_clip: float = Field(default=1.0, gt=0)
+    grad_clip: float = Field(default=1.0, gt=0, le=limits.FACTOR[1])
 
 
 class BudgetConfig(StrictModel):
     unit: BudgetUnit = BudgetUnit.STEPS
-    value: float = Field(default=1500, gt=0)
+    value: float = Field(default=1500, gt=0, le=limits.STEPS[1])
 
 
 class EvalConfig(StrictModel):
-    every_steps: int = Field(default=250, gt=0)
+    every_steps: int = Field(default=250, ge=1, le=limits.STEPS[1])
     """Evaluate on the test split every N steps, and always at the end."""
-    max_eval_records: int = Field(default=300, gt=0)
+    max_eval_records: int = Field(default=300, ge=1, le=limits.RECORDS[1])
     """Cap on test records per task in intermediate evaluations (the final one uses all)."""
-    grid_images: int = Field(default=16, gt=0)
+    grid_images: int = Field(default=16, ge=1, le=limits.GRID_IMAGES[1])
     """Generated images in the saved grid."""
     log_every_steps: int = Field(default=10, gt=0)
     """The training losses' curve: their mean over every N steps, sent to MLflow in one batch per evaluation."""
 
 
 class RuntimeConfig(StrictModel):
-    num_workers: int = Field(default=1, gt=0)
+    num_workers: int = Field(default=1, ge=1, le=limits.WORKERS[1])
     """Ray Train workers (DDP)."""
     use_gpu: bool = False
-    threads_per_worker: int = Field(default=1, gt=0)
-    length_groups: int = Field(default=2, gt=0)
+    threads_per_worker: int = Field(default=1, ge=1, le=limits.WORKERS[1])
+    length_groups: int = Field(default=2, ge=1, le=limits.BATCH[1])
     """Each worker's share of a batch runs as this many forward/backward passes over records of similar
     length, each padded only to its own longest record: the same gradient with less padding."""
     precision: Precision = Precision.FP32
@@ -235,7 +237,7 @@ class RuntimeConfig(StrictModel):
 
 
 class TrainConfig(StrictModel):
-    seed: int = 0
+    seed: int = Field(default=0, ge=limits.SEED[0], le=limits.SEED[1])
     """Fixes data order, initialisation and the affine map."""
     data: DataConfig = Field(default_factory=DataConfig)
     lm: LMConfig = Field(default_factory=LMConfig)
@@ -303,7 +305,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise UserError(f"--set {text!r}: expected KEY=VALUE, e.g. --set optim.lr=1e-3")
     key, raw = text.split("=", 1)
-    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+    return key.strip(), load_yaml(raw, f"--set {text!r}") if raw.strip() else ""
 
 
 def load_config(source: dict[str, Any] | str | Path | None = None, overrides: list[str] | dict[str, Any] = ()) -> TrainConfig:
@@ -317,12 +319,7 @@ def load_config(source: dict[str, Any] | str | Path | None = None, overrides: li
         tree = yaml.safe_load(yaml.safe_dump(source))  # deep copy of plain data
     else:
         path = Path(source)
-        if not path.is_file():
-            raise UserError(f"config file {str(path)!r} does not exist")
-        try:
-            tree = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise UserError(f"config file {str(path)!r} is not valid YAML: {str(error).splitlines()[0]}") from None
+        tree = read_yaml(path, "config file") or {}
         if not isinstance(tree, dict):
             raise UserError(f"config file {str(path)!r} must hold a mapping of config sections")
     items = overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides)

@@ -8,14 +8,16 @@ so `trainables.scoring` scores them on the VQA scale. It is fitted on 80% of the
 images and its accuracy on the other 20% is reported as `probe/true/...`, so a
 generation score can be read against what the probe can read at all.
 
-Fitted probes are cached on disk, keyed by the exact true tokens and labels.
+Fitted probes are cached on disk, keyed by the exact true tokens and labels, as
+plain arrays (.npz read without pickle: a cache folder may be shared, and
+opening a file must not run code). A cache file that does not load is refitted.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import pickle
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -87,6 +89,27 @@ class AttributeProbe:
             weights[target] = x.T @ alpha  # (F, C)
         return cls(mean, std, weights)
 
+    def save(self, path: Path) -> None:
+        """Write atomically: concurrent trials may fit the same probe."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        with tmp.open("wb") as file:
+            np.savez(file, mean=self.mean, std=self.std, **{f"weights_{t}": w for t, w in self.weights.items()})
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path, features: int) -> AttributeProbe | None:
+        """The cached probe for `features` flattened token values, or None when the file is unusable."""
+        try:
+            with np.load(path, allow_pickle=False) as arrays:
+                mean, std = arrays["mean"], arrays["std"]
+                weights = {target: arrays[f"weights_{target}"] for target in TARGETS}
+        except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, EOFError):
+            return None
+        shapes_fit = mean.shape == std.shape == (features,) and all(
+            weights[target].shape == (features, n_classes) for target, n_classes in TARGETS.items())
+        return cls(mean, std, weights) if shapes_fit else None
+
     def __call__(self, tokens) -> dict[str, list[str]]:
         """The scorers' ProbeFn: tokens (N, T, D) -> {attribute: N answer strings}."""
         x = (np.asarray(tokens, dtype=np.float64).reshape(len(tokens), -1) - self.mean) / self.std
@@ -98,15 +121,11 @@ def fit_probe(tokens: np.ndarray, faces: Sequence[WatchFace], cache_dir: Path | 
     cut = max(1, int(round(len(tokens) * (1 - HELD_OUT))))
     content = np.ascontiguousarray(tokens, dtype=np.float32).tobytes() + repr([VERSION, list(faces)]).encode()
     key = hashlib.sha256(content).hexdigest()[:20]
-    path = cache_dir / f"probe-{key}.pkl" if cache_dir else None
-    if path is not None and path.is_file():
-        with path.open("rb") as f:
-            return pickle.load(f), slice(cut, None)
+    path = cache_dir / f"probe-{key}.npz" if cache_dir else None
+    cached = AttributeProbe.load(path, tokens[0].size) if path is not None and path.is_file() else None
+    if cached is not None:
+        return cached, slice(cut, None)
     probe = AttributeProbe.fit(tokens[:cut], faces[:cut])
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        with tmp.open("wb") as f:
-            pickle.dump(probe, f)
-        tmp.replace(path)
+        probe.save(path)
     return probe, slice(cut, None)

@@ -248,7 +248,7 @@ class Recipe:
         folder = self.session.checkpoint()
         if folder is None:
             return
-        state = torch.load(folder / CHECKPOINT_FILE, weights_only=False, map_location=self.session.device)
+        state = torch.load(folder / CHECKPOINT_FILE, weights_only=True, map_location=self.session.device)
         self.model.load_state_dict(state["model"], strict=False)
         self.optimiser.load_state_dict(state["optimiser"])
         self.scheduler.load_state_dict(state["scheduler"])

@@ -75,9 +75,8 @@ def fit_kmeans_vq(images: torch.Tensor, image_size: int, patch_size: int, codebo
         raise UserError(f"generation.patch_size {patch_size} must divide generation.image_size {image_size}")
     key = hashlib.sha256(json.dumps([fingerprint, image_size, patch_size, codebook_size, seed, len(images)]).encode()).hexdigest()[:16]
     path = cache_dir / f"kmeans-vq-{key}.pt" if cache_dir else None
-    if path is not None and path.is_file():
-        codebook = torch.load(path, weights_only=True)
-    else:
+    codebook = _cached_codebook(path, (codebook_size, patch_size * patch_size * 3)) if path is not None else None
+    if codebook is None:
         patches = patchify(resize(images, image_size) * 2.0 - 1.0, patch_size).reshape(-1, patch_size * patch_size * 3)
         codebook = kmeans(patches, codebook_size, seed)
         if path is not None:
@@ -86,6 +85,17 @@ def fit_kmeans_vq(images: torch.Tensor, image_size: int, patch_size: int, codebo
             torch.save(codebook, tmp)
             tmp.replace(path)  # atomic: concurrent trials may fit the same codebook
     return KMeansVQ(codebook, image_size, patch_size)
+
+
+def _cached_codebook(path: Path, shape: tuple[int, int]) -> torch.Tensor | None:
+    """The cached codebook, or None when there is none or the file is not one (it is then refitted)."""
+    if not path.is_file():
+        return None
+    try:
+        codebook = torch.load(path, weights_only=True)  # tensors only: a planted pickle runs no code
+    except Exception:  # noqa: BLE001 - a damaged or foreign cache file is refitted, whatever torch raised
+        return None
+    return codebook if isinstance(codebook, torch.Tensor) and tuple(codebook.shape) == shape else None
 
 
 def load_vq(path: str, image_size: int) -> nn.Module:

@@ -10,13 +10,20 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from trainables.errors import UserError
+
 WORKDIR_ENV = "UVLM_WORKDIR"
 
 
 def workdir(explicit: str | Path | None = None) -> Path:
     """The working folder (created on first use)."""
     path = Path(explicit or os.environ.get(WORKDIR_ENV) or "uvlm-work").resolve()
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # a file there, or a path through one
+        reason = "a file is there" if isinstance(error, (FileExistsError, NotADirectoryError)) else error.strerror
+        raise UserError(f"working folder {str(path)!r} cannot be created ({reason}); pass --workdir or set "
+                        f"${WORKDIR_ENV}") from None
     return path
 
 
@@ -34,3 +41,11 @@ def artifact_root(folder: str | Path | None = None) -> str:
 def optuna_storage(folder: str | Path | None = None) -> str:
     """The RDB storage of Optuna studies, beside the MLflow store (`optuna-dashboard` opens it)."""
     return f"sqlite:///{workdir(folder) / 'optuna.db'}"
+
+
+def output_folder(path: str | Path, option: str = "--out") -> Path:
+    """A folder a command will write into; a file at that path is a UserError before any work starts."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{option} {str(path)!r} is a file; give a folder")
+    return path

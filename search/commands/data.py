@@ -6,6 +6,9 @@ import argparse
 import json
 import sys
 
+from search.commands import number
+from trainables import limits
+
 SMARTWATCH_HELP = """\
 Render smart-watch images and write their VQA, caption and generation records
 as Parquet shards plus manifest.json. The same options and seed give
@@ -32,17 +35,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     smartwatch = commands.add_parser("smartwatch", help="generate the synthetic smart-watch dataset",
                                      description=SMARTWATCH_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     smartwatch.add_argument("--out", required=True, metavar="DIR", help="dataset folder to create (must not hold another dataset)")
-    smartwatch.add_argument("--train-images", type=int, metavar="N", default=2000, help="training images (default 2000; paper 60000)")
-    smartwatch.add_argument("--test-images", type=int, metavar="N", default=300, help="test images (default 300)")
-    smartwatch.add_argument("--image-size", type=int, metavar="PX", default=64, help="image side in pixels (default 64; paper 224)")
-    smartwatch.add_argument("--seed", type=int, metavar="N", default=0, help="seed of every image and record (default 0)")
+    smartwatch.add_argument("--train-images", type=number(limits.IMAGES), metavar="N", default=2000, help="training images (default 2000; paper 60000)")
+    smartwatch.add_argument("--test-images", type=number(limits.IMAGES), metavar="N", default=300, help="test images (default 300)")
+    smartwatch.add_argument("--image-size", type=number(limits.IMAGE_SIZE), metavar="PX", default=64, help="image side in pixels (default 64; paper 224)")
+    smartwatch.add_argument("--seed", type=number(limits.SEED), metavar="N", default=0, help="seed of every image and record (default 0)")
     smartwatch.add_argument("--hide-from-understanding", action="append", default=[], metavar="ATTR=VALUE",
                             help="training images with this value get only a generation record (repeatable), "
                                  "e.g. weather=raining; the test split keeps everything")
     smartwatch.add_argument("--hide-control", action="store_true",
                             help="control run: hidden training images get no records at all")
-    smartwatch.add_argument("--shard-images", type=int, metavar="N", default=500, help="images per shard (default 500)")
-    smartwatch.add_argument("--workers", type=int, metavar="N", default=None, help="worker processes (default: all cores)")
+    smartwatch.add_argument("--shard-images", type=number(limits.SHARD_IMAGES), metavar="N", default=500, help="images per shard (default 500)")
+    smartwatch.add_argument("--workers", type=number(limits.WORKERS), metavar="N", default=None, help="worker processes (default: all cores)")
     smartwatch.set_defaults(run=run_smartwatch)
 
     llava = commands.add_parser("llava", help="import LLaVA-format JSON conversations and images",
@@ -56,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     llava.add_argument("--captions-to-generation", action="store_true",
                        help="turn caption records into text-to-image generation records (as the paper did for "
                             "ShareGPT4V); implies --detect-captions")
-    llava.add_argument("--shard-records", type=int, metavar="N", default=5000, help="conversations per shard (default 5000)")
+    llava.add_argument("--shard-records", type=number(limits.SHARD_RECORDS), metavar="N", default=5000, help="conversations per shard (default 5000)")
     llava.set_defaults(run=run_llava)
 
     info = commands.add_parser("info", help="validate a dataset folder and print its counts")
@@ -67,10 +70,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_smartwatch(args: argparse.Namespace) -> int:
     from trainables.data.smartwatch import SmartwatchOptions, generate_smartwatch
-    from trainables.errors import UserError
-
-    if args.workers is not None and args.workers <= 0:
-        raise UserError(f"--workers must be > 0 (got {args.workers})")
     options = SmartwatchOptions(
         train_images=args.train_images, test_images=args.test_images, image_size=args.image_size, seed=args.seed,
         hide_from_understanding=tuple(args.hide_from_understanding), hide_control=args.hide_control,

@@ -24,6 +24,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
 
+    from search.tracking import check_store
+    from trainables import workspace
+
+    check_store(workspace.tracking_uri(args.tracking_uri))  # before the analysis stack is imported
+    if args.out:
+        workspace.output_folder(args.out)
     from analysis.report import build_report
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)

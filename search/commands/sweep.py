@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from search.commands import number
+from trainables import limits
+
 SWEEP_HELP = """\
 Run a space file (spaces/*.yaml) as one Ray Tune experiment: every crossed
 factor combination x every seed, searched hyperparameters from Optuna, each
@@ -37,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sweep.add_argument("--resume", action="store_true",
                        help="continue the sweep of this name after a crash or Ctrl-C; finished trials are not rerun")
     _common(sweep)
-    sweep.add_argument("--max-concurrent", type=int, metavar="N",
+    sweep.add_argument("--max-concurrent", type=number(limits.WORKERS), metavar="N",
                        help="trials at once (default: the space's budget.max_concurrent, else what the cluster holds)")
     sweep.add_argument("--tracking-uri", metavar="URI",
                        help="MLflow tracking server or database (default: $MLFLOW_TRACKING_URI, else "
@@ -70,8 +73,6 @@ def _options(args: argparse.Namespace):
     from search.sweep import SweepOptions
     from trainables.errors import UserError
 
-    if getattr(args, "max_concurrent", None) is not None and args.max_concurrent < 1:
-        raise UserError(f"--max-concurrent must be at least 1 (got {args.max_concurrent})")
     if getattr(args, "dry_run", False) and getattr(args, "resume", False):
         raise UserError("--dry-run and --resume do not go together: a dry run checks a space file before a sweep starts")
     return SweepOptions(
@@ -91,6 +92,10 @@ def run_sweep(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(dry_run(plan, options), flush=True)
         return 0
+    from search.tracking import check_store
+    from trainables import workspace
+
+    check_store(workspace.tracking_uri(options.tracking_uri, options.workdir), create=True)  # before Ray and torch load
     return sweep(plan, options).exit_code
 
 

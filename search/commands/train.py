@@ -39,11 +39,14 @@ def run(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.overrides)
     name = args.name or time.strftime("train-%Y%m%d-%H%M%S")
-    out_dir = Path(args.out) if args.out else workspace.workdir() / "runs" / name
+    out_dir = workspace.output_folder(args.out) if args.out else workspace.workdir() / "runs" / name
+    from search import tracking
     from trainables.data.prepare import ensure_dataset
 
+    uri = workspace.tracking_uri(args.tracking_uri)
+    tracking.check_store(uri, create=True)  # before the dataset is generated and the model built
     ensure_dataset(config.data)
-    mlflow_run = start_mlflow_run(workspace.tracking_uri(args.tracking_uri), name, config)
+    mlflow_run = start_mlflow_run(uri, name, config)
     try:
         metrics = train(config, out_dir, name, mlflow_run, in_process=args.no_ray)
     except BaseException as error:
@@ -78,12 +81,10 @@ def train(config, out_dir: Path, name: str, mlflow_run: dict[str, str], in_proce
 
 def start_mlflow_run(uri: str, name: str, config) -> dict[str, str]:
     """Create the run in the driver (workers only log into it)."""
-    from mlflow.tracking import MlflowClient
-
     from search import tracking
     from trainables import workspace
 
-    client = MlflowClient(uri)
+    client = tracking.connect(uri)
     experiment_id = tracking.experiment_id(client, EXPERIMENT, workspace.artifact_root() if uri.startswith("sqlite:") else None)
     tags = {"uvlm.role": "train", "uvlm.arm": config.data.arm.value, "uvlm.seed": str(config.seed)}
     run = client.create_run(experiment_id, run_name=name, tags=tags)

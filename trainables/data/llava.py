@@ -24,6 +24,7 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
+from trainables import limits
 from trainables.data import layout
 from trainables.data.records import Record, Task, Turn
 from trainables.errors import UserError
@@ -53,10 +54,10 @@ class LlavaOptions:
     """Conversations per shard."""
 
     def __post_init__(self) -> None:
-        if self.shard_records <= 0:
-            raise UserError(f"--shard-records must be > 0 (got {self.shard_records})")
+        limits.check("--shard-records", self.shard_records, limits.SHARD_RECORDS)
         if not Path(self.images).is_dir():
-            raise UserError(f"image folder {self.images!r} does not exist")
+            what = "is a file, not a folder" if Path(self.images).exists() else "does not exist"
+            raise UserError(f"image folder {self.images!r} {what}")
 
     def sources(self) -> dict[str, Path]:
         return {split: Path(path) for split, path in (("train", self.json), ("test", self.test_json)) if path}
@@ -95,7 +96,7 @@ def import_llava(options: LlavaOptions, out: str | Path) -> bool:
 def read_conversations(path: Path, split: str, options: LlavaOptions) -> tuple[list[Conversation], int]:
     """Parse and check every entry; UserError naming the file and entry for anything malformed."""
     if not path.is_file():
-        raise UserError(f"LLaVA JSON file {str(path)!r} does not exist")
+        raise UserError(f"LLaVA JSON file {str(path)!r} " + ("is a folder" if path.is_dir() else "does not exist"))
     entries = layout.read_json(path)
     if not isinstance(entries, list):
         raise UserError(f"{str(path)!r}: expected a JSON list of conversations, got {type(entries).__name__}")

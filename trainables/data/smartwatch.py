@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from trainables import limits
 from trainables.data import layout
 from trainables.data.records import (
     ATTRIBUTES, CORNERS, SPLITS, WEATHERS, HideRule, Record, Task, Turn, WatchFace, is_hidden, parse_hide_rules,
@@ -103,13 +104,9 @@ class SmartwatchOptions:
     """The parsed hide rules (derived, not an option)."""
 
     def __post_init__(self) -> None:
-        for name in ("train_images", "test_images", "shard_images"):
-            if getattr(self, name) <= 0:
-                raise UserError(f"--{name.replace('_', '-')} must be > 0 (got {getattr(self, name)})")
-        if self.image_size < 32:
-            raise UserError(f"--image-size must be >= 32 pixels (got {self.image_size})")
-        if self.seed < 0:
-            raise UserError(f"--seed must be >= 0 (got {self.seed})")
+        for name, bounds in (("train_images", limits.IMAGES), ("test_images", limits.IMAGES),
+                             ("image_size", limits.IMAGE_SIZE), ("seed", limits.SEED), ("shard_images", limits.SHARD_IMAGES)):
+            limits.check(f"--{name.replace('_', '-')}", getattr(self, name), bounds)
         rules = parse_hide_rules(self.hide_from_understanding)
         if self.hide_control and not rules:
             raise UserError("--hide-control needs at least one --hide-from-understanding ATTR=VALUE rule")
