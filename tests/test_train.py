@@ -100,7 +100,8 @@ def test_length_groups_take_the_step_of_one_padded_batch(data_path, tmp_path):
 
 
 def test_nan_loss_stops_the_run_and_names_the_step(data_path, tmp_path):
-    config = small(data_path, **{"budget.value": 20, "optim.lr": 1e30, "optim.warmup_ratio": 0})
+    config = small(data_path, **{"budget.value": 20, "optim.warmup_ratio": 0})
+    config = config.model_copy(update={"optim": config.optim.model_copy(update={"lr": 1e30})})  # past the lr bound: a diverging run
     with pytest.raises(NonFiniteLoss, match="at step"):
         run_local(loop_config(config, tmp_path, None))
 

@@ -49,7 +49,8 @@ def test_ddp_two_gloo_workers_match_one_worker(local_ray, data_path, tmp_path):
 
 @pytest.mark.slow
 def test_fit_raises_a_clear_error_on_nan(local_ray, data_path, tmp_path):
-    bad = config(data_path, **{"budget.value": 20, "optim.lr": 1e30, "optim.warmup_ratio": 0})
+    bad = config(data_path, **{"budget.value": 20, "optim.warmup_ratio": 0})
+    bad = bad.model_copy(update={"optim": bad.optim.model_copy(update={"lr": 1e30})})  # past the lr bound: a diverging run
     with pytest.raises(RunFailed, match="NonFiniteLoss.*at step"):
         fit(bad, tmp_path / "nan", run_name="nan", storage_path=tmp_path / "ray")
 
