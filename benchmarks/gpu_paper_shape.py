@@ -119,7 +119,7 @@ def tokens_and_params(config) -> tuple[float, int, int, int]:
     examples = data.examples(tok, n_und, n_gen, config.lm.max_positions)
     tokens = statistics.mean(len(e.ids) for e in examples)
     h, layers, mlp = config.lm.hidden_size, config.lm.num_layers, config.lm.intermediate_size
-    lm_params = layers * (4 * h * h + 3 * h * mlp) + 2 * len(tok) * h  # attention, SwiGLU MLP, embeddings and head
+    lm_params = layers * (4 * h * h + 3 * h * mlp) + 2 * tok.vocab_size * h  # attention, SwiGLU MLP, embeddings and head
     w = config.understanding.hidden_size
     encoder_params = 2 * (12 * w * w) if config.understanding.encoder.value in ("siglip", "clip") else 0
     return tokens, lm_params, encoder_params, n_und
