@@ -27,12 +27,12 @@ import polars as pl
 from analysis import stats
 from analysis.frames import factor_names
 from trainables.errors import UserError
+from trainables.mlflow_layout import ATTRIBUTES, Metric, overall, per_attribute
 
-ATTRIBUTES = ("time", "weather", "battery", "weather_corner", "battery_corner")
-UNDERSTANDING_METRICS = ("test/vqa/overall", *(f"test/vqa/{a}" for a in ATTRIBUTES), "test/caption/score")
-GENERATION_METRICS = ("test/gen/probe/overall", *(f"test/gen/probe/{a}" for a in ATTRIBUTES), "test/gen/cosine",
-                      "test/gen/token_accuracy")
-HIDDEN_METRIC = "test/vqa_hidden/overall"
+UNDERSTANDING_METRICS = (overall(Metric.VQA), *per_attribute(Metric.VQA), Metric.CAPTION)
+GENERATION_METRICS = (overall(Metric.GEN_PROBE), *per_attribute(Metric.GEN_PROBE), Metric.GEN_COSINE,
+                      Metric.GEN_TOKEN_ACCURACY)
+HIDDEN_METRIC = overall(Metric.VQA_HIDDEN)
 FINISHED = "FINISHED"
 MIN_SEEDS_FOR_VERDICT = 3
 """With 2 seeds any interval rests on two numbers (zero width when they agree): no verdict."""

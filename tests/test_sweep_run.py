@@ -21,6 +21,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from search.cluster import temp_dir as ray_temp_dir
+from trainables.mlflow_layout import ENDING_TAGS, SWEEP_TAGS, TRIAL_TAGS, Tag, factor_tag
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_DATA = {"data.path": "data/tiny", "data.generate_train_images": 20, "data.generate_test_images": 10,
@@ -55,6 +56,10 @@ def runs_of(folder: Path, sweep: str, role: str = "trial") -> list:
     return mlflow.search_runs([experiment.experiment_id], filter_string=f"tags.`uvlm.role` = '{role}'", max_results=1000)
 
 
+def uvlm_tags(run) -> set[str]:
+    return {key for key in run.data.tags if key.startswith("uvlm.") or key == Tag.PARENT}
+
+
 def kill_ray_leftovers(folder: Path) -> None:
     """Ray processes that outlive a kill -9 of the driver: found by their temp folder, killed by PID."""
     marker = ray_temp_dir(folder / "work")
@@ -85,6 +90,7 @@ def test_sweep_logs_parent_and_nested_runs_in_the_contract_layout(tmp_path):
     assert parent.info.status == "FINISHED" and parent.info.run_name == "layout"
     assert parent.data.tags["uvlm.sweep"] == "layout" and parent.data.tags["uvlm.study"] == "layout"
     assert parent.data.tags["uvlm.git_commit"]
+    assert uvlm_tags(parent) == SWEEP_TAGS
     artifacts = {artifact.path for artifact in client(tmp_path).list_artifacts(parent.info.run_id)}
     assert {"layout.yaml", "trial_table.json", "versions.json", "trials.json"} <= artifacts
 
@@ -103,6 +109,11 @@ def test_sweep_logs_parent_and_nested_runs_in_the_contract_layout(tmp_path):
         assert [metric.step for metric in history] == [10, 20, 30]
     assert sorted((run.data.tags["uvlm.arm"], run.data.tags["uvlm.seed"]) for run in trials) == [
         ("mixed", "0"), ("mixed", "1"), ("understanding", "0"), ("understanding", "1")]
+    assert sorted(run.info.run_name for run in trials) == [
+        "layout/arm=mixed/seed=0", "layout/arm=mixed/seed=1", "layout/arm=understanding/seed=0",
+        "layout/arm=understanding/seed=1"]
+    for run in trials:  # exactly the tags the layout declares
+        assert uvlm_tags(run) - ENDING_TAGS == TRIAL_TAGS | {factor_tag("data.arm")}, run.info.run_name
 
     studies = {summary.study_name: summary.n_trials for summary in
                optuna.study.get_all_study_summaries(f"sqlite:///{tmp_path / 'work' / 'optuna.db'}")}
@@ -129,7 +140,7 @@ def test_failing_and_nan_trials_are_recorded_and_the_sweep_goes_on(tmp_path):
     assert nan_run.info.status == "FAILED" and "non-finite final metrics" in nan_run.data.tags["uvlm.error"]
     assert by_cell[("generation", "0")].data.params["data.arm"] == "generation", "a failed trial keeps its params"
     assert {by_cell[key].info.status for key in [("mixed", "0"), ("mixed", "1"), ("understanding", "0")]} == {"FINISHED"}
-    assert "failed: faults-" in result.stderr and "boom" in result.stderr
+    assert "failed: faults/arm=generation/seed=0: ValueError: boom" in result.stderr, result.stderr
 
 
 def test_asha_prunes_weak_trials_and_their_runs_end_killed(tmp_path):
