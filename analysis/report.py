@@ -67,10 +67,23 @@ class Document:
     def figure(self, name: str, title: str, data: bytes) -> None:
         self.blocks.append(("fig", name, title, data))
 
+    def links(self, items: list[tuple[str, str]]) -> None:
+        """A list of links to sibling reports: (text, path without suffix), to .md from Markdown, .html from HTML."""
+        if items:
+            self.blocks.append(("links", items))
+
+
+@dataclass
+class Built:
+    """A written report: its folder and the findings it shows."""
+
+    out: Path
+    findings: dict[int, FindingReport | str]
+
 
 def build_report(sweep: str, tracking_uri: str | None = None, out_dir: str | Path | None = None,
-                 log_artifacts: bool = True) -> Path:
-    """Write the report of `sweep` into out_dir (default <workdir>/reports/<sweep>); returns the folder."""
+                 log_artifacts: bool = True) -> Built:
+    """Write the report of `sweep` into out_dir (default <workdir>/reports/<sweep>); -> the folder and findings."""
     uri = resolve_uri(tracking_uri)
     runs = load_runs(sweep, uri)
     if runs.is_empty():
@@ -127,7 +140,7 @@ def build_report(sweep: str, tracking_uri: str | None = None, out_dir: str | Pat
         from mlflow import MlflowClient
 
         MlflowClient(uri).log_artifacts(parent["run_id"], str(out), artifact_path="report")
-    return out
+    return Built(out, findings)
 
 
 # ----------------------------------------------------------------------------- sections
@@ -372,6 +385,8 @@ def render_markdown(document: Document) -> str:
             lines += ["", f"*{caption}*" if caption else "", ""]
         elif kind == "fig":
             lines += [f"![{block[2]}](figures/{block[1]}.png)", ""]
+        elif kind == "links":
+            lines += [f"- [{text}]({path}.md)" for text, path in block[1]] + [""]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -412,5 +427,8 @@ def render_html(document: Document, title: str) -> str:
             data = base64.b64encode(block[3]).decode("ascii")
             parts.append(f"<figure><img alt='{html.escape(block[2])}' src='data:image/png;base64,{data}'>"
                          f"<figcaption>{html.escape(block[2])}</figcaption></figure>")
+        elif kind == "links":
+            parts.append("<ul>" + "".join(f"<li><a href='{html.escape(path)}.html'>{html.escape(text)}</a></li>"
+                                          for text, path in block[1]) + "</ul>")
     parts.append("</body></html>")
     return "\n".join(parts)

@@ -162,7 +162,9 @@ def test_demo_skips_finished_studies_and_reports_their_findings(tmp_path, capsys
     assert "1 mixingsupported" in lines and "1 mixingCONTRADICTED" in lines, table  # + on understanding, - on generation
     assert "2 alignmentsupported" in lines and "3 transfersupported" in lines, table
     md = (tmp_path / "reports" / "report.md").read_text()
-    assert md.count("| 1 (mixing) |") >= 2 and "[alignment](alignment/report.md)" in md
+    assert md.count("| 1 (mixing) |") >= 2 and "- [alignment](alignment/report.md)" in md
+    page = (tmp_path / "reports" / "index.html").read_text()  # the report's renderer: linked, verdicts coloured
+    assert "<a href='alignment/report.html'>alignment</a>" in page and "<td class='CONTRADICTED'>" in page
     for study, _ in STUDIES:
         assert (tmp_path / "reports" / study / "report.html").is_file()
 
