@@ -151,12 +151,13 @@ def _fit(plan: Plan, name: str, resume: bool, experiment_dir: Path, context: Tri
     """Build or restore the Tuner and run it to the end, or until Ctrl-C (Tune then saves its state)."""
     from ray import tune
 
+    from search.concurrency import SessionLimiter, restore_tuner
     from search.progress import SweepCallback
     from search.trial import resources
 
     trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), resources(plan.slots[0].config, context.body))
     if resume:
-        tuner = tune.Tuner.restore(str(experiment_dir), trainable=trainable, resume_unfinished=True, resume_errored=False)
+        tuner = restore_tuner(experiment_dir, trainable, concurrency)
     else:
         space = plan.space
         objective = space.objective
@@ -173,8 +174,8 @@ def _fit(plan: Plan, name: str, resume: bool, experiment_dir: Path, context: Tri
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
-                search_alg=build_searcher(plan, name, folder), num_samples=len(plan.slots),
-                max_concurrent_trials=concurrency, scheduler=scheduler, time_budget_s=space.budget.time_budget_s,
+                search_alg=SessionLimiter(build_searcher(plan, name, folder), max_concurrent=concurrency),
+                num_samples=len(plan.slots), scheduler=scheduler, time_budget_s=space.budget.time_budget_s,
                 reuse_actors=True,
             ),
             run_config=tune.RunConfig(
