@@ -240,7 +240,9 @@ class Cell:
     @property
     def key(self) -> str:
         """'data.arm=mixed;data.train_images=500' (MLflow tag uvlm.cell); '' for a study without factors."""
-        return ";".join(f"{name}={label}" for name, label in self.levels)
+        from trainables.mlflow_layout import cell_key
+
+        return cell_key(self.levels)
 
 
 @dataclass(frozen=True)
