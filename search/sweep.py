@@ -110,7 +110,12 @@ def run_sweep(plan: Plan, options: SweepOptions) -> Summary:
         raise UserError(f"sweep {name!r} has no Ray experiment state at {experiment_dir} to resume from; "
                         f"start it afresh under another --name")
 
-    cluster = ray_cluster.start(options.address, folder, options.verbose)
+    if options.resume and not options.address:
+        stopped = ray_cluster.stop_leftovers(folder, name)
+        if stopped:
+            print(f"uvlm: stopped {len(stopped)} Ray processes left by the killed driver of sweep {name!r} "
+                  f"(pids {', '.join(map(str, stopped))})", file=sys.stderr)
+    cluster = ray_cluster.start(options.address, folder, options.verbose, label=name)
     parent_id = None
     try:
         concurrency = concurrency_for(plan, cluster, options.max_concurrent)
