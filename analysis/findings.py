@@ -27,7 +27,7 @@ import polars as pl
 from analysis import stats
 from analysis.frames import factor_names
 from trainables.errors import UserError
-from trainables.mlflow_layout import ATTRIBUTES, Metric, overall, per_attribute
+from trainables.mlflow_layout import ATTRIBUTES, Metric, factor_tag, overall, per_attribute
 
 UNDERSTANDING_METRICS = (overall(Metric.VQA), *per_attribute(Metric.VQA), Metric.CAPTION)
 GENERATION_METRICS = (overall(Metric.GEN_PROBE), *per_attribute(Metric.GEN_PROBE), Metric.GEN_COSINE,
@@ -133,7 +133,7 @@ def design_keys(prepared: pl.DataFrame) -> list[str]:
     keys = [name for name in DERIVED if done[name].n_unique() > 1]
     covered = {source for name in DERIVED for source in DERIVED[name]} | {"params.data.arm"}
     for factor in factor_names(prepared):
-        column = f"params.{factor}" if f"params.{factor}" in prepared.columns else f"tags.uvlm.factor.{factor}"
+        column = f"params.{factor}" if f"params.{factor}" in prepared.columns else f"tags.{factor_tag(factor)}"
         if column not in covered and column not in keys:
             keys.append(column)
     return keys

@@ -36,10 +36,10 @@ from analysis.findings import FINISHED, MIN_SEEDS_FOR_VERDICT, FindingReport, Re
 from analysis.frames import factor_names, load_history, load_runs, sweep_parent
 from analysis.importance import best_configs, objective_for, param_importance, searched_params
 from trainables.errors import UserError
+from trainables.mlflow_layout import Tag, factor_tag
 from trainables.workspace import tracking_uri as resolve_uri
 from trainables.workspace import workdir
 
-HISTORY_METRICS = ["test/vqa/overall", "test/gen/probe/overall", "train/loss"]
 BUDGET_RULES = {"steps": "equal optimiser steps in every arm", "samples": "equal training records seen in every arm",
                 "epochs": "passes over each run's own records: every run sees each record it shares with another "
                           "run as often, and a run with more records (a mixed arm, or added generation records) "
@@ -91,7 +91,7 @@ def build_report(sweep: str, tracking_uri: str | None = None, out_dir: str | Pat
     parent = sweep_parent(sweep, uri)
     out = Path(out_dir) if out_dir else workdir() / "reports" / sweep
     (out / "figures").mkdir(parents=True, exist_ok=True)
-    history = load_history(sweep, uri, metrics=HISTORY_METRICS)
+    history = load_history(sweep, uri, metrics=list(figs.HISTORY_METRICS))
     findings = all_findings(runs)
     searched = searched_params(runs)
     importance = param_importance(runs)
@@ -100,8 +100,8 @@ def build_report(sweep: str, tracking_uri: str | None = None, out_dir: str | Pat
 
     document = Document()
     document.h(1, f"Sweep report: {sweep}")
-    document.p(f"Study {parent['tags'].get('uvlm.study', '?')}, parent run {parent['run_id']}, "
-               f"code {parent['tags'].get('uvlm.git_commit', '?')}; generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC "
+    document.p(f"Study {parent['tags'].get(Tag.STUDY, '?')}, parent run {parent['run_id']}, "
+               f"code {parent['tags'].get(Tag.GIT_COMMIT, '?')}; generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC "
                f"from {uri}.")
     _summary(document, findings)
     _design(document, runs, searched)
@@ -180,7 +180,7 @@ def _design(document: Document, runs: pl.DataFrame, searched: list[str]) -> None
         sizes = _natural(runs["params.data.train_images"].unique().to_list())
         items.append(f"Data sizes (training images): {', '.join(sizes)}.")
     for factor in factor_names(runs):
-        values = _natural(runs[f"tags.uvlm.factor.{factor}"].drop_nulls().unique().to_list())
+        values = _natural(runs[f"tags.{factor_tag(factor)}"].drop_nulls().unique().to_list())
         items.append(f"Crossed factor {factor}: {', '.join(values)}.")
     items.append(_budget_sentence(runs))
     items.append(_fairness_sentence(runs, searched))
@@ -320,7 +320,7 @@ def _write_tables(out: Path, runs, findings, results, importance, best) -> None:
 def _json(sweep, parent, runs, findings, importance, best) -> dict[str, Any]:
     counts = dict(runs.group_by("status").len().iter_rows())
     return {
-        "sweep": sweep, "parent_run_id": parent["run_id"], "study": parent["tags"].get("uvlm.study"),
+        "sweep": sweep, "parent_run_id": parent["run_id"], "study": parent["tags"].get(Tag.STUDY),
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"), "python": platform.python_version(),
         "runs": {"total": runs.height, **{k.lower(): v for k, v in counts.items()}},
         "findings": {str(n): ({"addressed": False, "reason": f} if isinstance(f, str) else {
