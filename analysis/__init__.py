@@ -3,7 +3,7 @@
     from analysis import load_runs, load_history, mutual_benefit, alignment, transfer, build_report
     runs = load_runs(sweep="mixing")                # one row per trial (columns: analysis/frames.py)
     f1 = mutual_benefit(runs)                       # FindingReport: Results with estimate, 95% CI, n, test, verdict
-    build_report("mixing", out_dir="report/")       # what `uvlm report mixing` does
+    build_report("mixing", out_dir="report/")       # what `uvlm report mixing` does; -> Built(out, findings)
 
 Heavy modules (matplotlib, mlflow, optuna) are imported by the functions that need them.
 """

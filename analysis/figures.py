@@ -19,6 +19,10 @@ import polars as pl  # noqa: E402
 
 from analysis import stats  # noqa: E402
 from analysis.findings import FINISHED, HIDDEN_METRIC, FindingReport, Result, prepare  # noqa: E402
+from trainables.mlflow_layout import Metric, overall  # noqa: E402
+
+HISTORY_METRICS = (overall(Metric.VQA), overall(Metric.GEN_PROBE), Metric.TRAIN_LOSS)
+"""The per-step metrics of the learning curves."""
 
 ARM_COLOURS = {"understanding": "#1f77b4", "generation": "#ff7f0e", "mixed": "#2ca02c"}
 SIDE_COLOURS = {"understanding": "#1f77b4", "generation": "#ff7f0e"}
@@ -231,7 +235,7 @@ def transfer_bars(report: FindingReport | str, runs: pl.DataFrame):
 
 def learning_curves(history: pl.DataFrame, runs: pl.DataFrame):
     """Mean over finished runs per arm against the training step, with the range between runs shaded."""
-    wanted = [m for m in ("test/vqa/overall", "test/gen/probe/overall", "train/loss") if m in set(history["metric"].to_list())]
+    wanted = [m for m in HISTORY_METRICS if m in set(history["metric"].to_list())]
     if history.is_empty() or not wanted:
         raise Skip("Learning curves are not drawn: no per-step metrics were logged.")
     arms = runs.filter(pl.col("status") == FINISHED).select("run_id", "arm")

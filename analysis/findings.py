@@ -35,13 +35,13 @@ import polars as pl
 from analysis import stats
 from analysis.frames import factor_names
 from trainables.errors import UserError
+from trainables.mlflow_layout import ATTRIBUTES, Metric, factor_tag, overall, per_attribute
 
-ATTRIBUTES = ("time", "weather", "battery", "weather_corner", "battery_corner")
-UNDERSTANDING_METRICS = ("test/vqa/overall", *(f"test/vqa/{a}" for a in ATTRIBUTES), "test/caption/score")
-GENERATION_METRICS = ("test/gen/probe/overall", *(f"test/gen/probe/{a}" for a in ATTRIBUTES), "test/gen/cosine",
-                      "test/gen/token_accuracy")
-HIDDEN_METRIC = "test/vqa_hidden/overall"
-OTHER_ATTRIBUTES = "test/vqa_hidden/other_attributes"
+UNDERSTANDING_METRICS = (overall(Metric.VQA), *per_attribute(Metric.VQA), Metric.CAPTION)
+GENERATION_METRICS = (overall(Metric.GEN_PROBE), *per_attribute(Metric.GEN_PROBE), Metric.GEN_COSINE,
+                      Metric.GEN_TOKEN_ACCURACY)
+HIDDEN_METRIC = overall(Metric.VQA_HIDDEN)
+OTHER_ATTRIBUTES = f"{Metric.VQA_HIDDEN}/other_attributes"
 """Derived here: mean accuracy over the attributes of hidden images that the hide rule does not name."""
 FINISHED = "FINISHED"
 MIN_SEEDS_FOR_VERDICT = 3
@@ -167,7 +167,7 @@ def design_keys(prepared: pl.DataFrame) -> list[str]:
     keys = [name for name in DERIVED if done[name].n_unique() > 1]
     covered = {source for name in DERIVED for source in DERIVED[name]} | {"params.data.arm"}
     for factor in factor_names(prepared):
-        column = f"params.{factor}" if f"params.{factor}" in prepared.columns else f"tags.uvlm.factor.{factor}"
+        column = f"params.{factor}" if f"params.{factor}" in prepared.columns else f"tags.{factor_tag(factor)}"
         if column not in covered and column not in keys:
             keys.append(column)
     return keys

@@ -45,6 +45,7 @@ import polars as pl
 
 from search.tracking import check_store, sqlite_path
 from trainables.errors import UserError, nearest
+from trainables.mlflow_layout import Role, Tag, role_filter
 from trainables.workspace import tracking_uri as resolve_uri
 
 Method = Literal["auto", "sql", "client"]
@@ -98,14 +99,14 @@ def list_sweeps(tracking_uri: str | None = None) -> list[str]:
         with _connect(uri) as db:
             return [row[0] for row in db.execute(
                 "SELECT DISTINCT e.name FROM experiments e JOIN runs r ON r.experiment_id = e.experiment_id "
-                "JOIN tags t ON t.run_uuid = r.run_uuid WHERE t.key = 'uvlm.role' AND t.value = 'sweep' "
+                f"JOIN tags t ON t.run_uuid = r.run_uuid WHERE t.key = '{Tag.ROLE}' AND t.value = '{Role.SWEEP}' "
                 "AND e.lifecycle_stage = 'active' AND r.lifecycle_stage = 'active' ORDER BY e.name")]
     from mlflow import MlflowClient
 
     client = MlflowClient(uri)
     names = set()
     for experiment in client.search_experiments():
-        if client.search_runs([experiment.experiment_id], "tags.`uvlm.role` = 'sweep'", max_results=1):
+        if client.search_runs([experiment.experiment_id], role_filter(Role.SWEEP), max_results=1):
             names.add(experiment.name)
     return sorted(names)
 
@@ -120,7 +121,7 @@ def sweep_parent(sweep: str, tracking_uri: str | None = None) -> dict[str, objec
     experiment = client.get_experiment_by_name(sweep)
     if experiment is None:
         raise unknown_sweep(sweep, list_sweeps(uri))
-    parents = client.search_runs([experiment.experiment_id], "tags.`uvlm.role` = 'sweep'", order_by=["attributes.start_time DESC"])
+    parents = client.search_runs([experiment.experiment_id], role_filter(Role.SWEEP), order_by=["attributes.start_time DESC"])
     if not parents:
         raise UserError(f"sweep {sweep!r} has no parent run tagged uvlm.role=sweep")
     run = parents[0]
@@ -134,13 +135,14 @@ def unknown_sweep(sweep: str, known: Sequence[str]) -> UserError:
 
 def factor_names(runs: pl.DataFrame) -> list[str]:
     """Dotted config keys the sweep crossed (from tags uvlm.factor.<key>), in column order."""
-    return [name.removeprefix("tags.uvlm.factor.") for name in runs.columns if name.startswith("tags.uvlm.factor.")]
+    prefix = f"tags.{Tag.FACTOR}"
+    return [name.removeprefix(prefix) for name in runs.columns if name.startswith(prefix)]
 
 
 # ----------------------------------------------------------------------------- readers
 
-_TRIALS_SQL = ("SELECT r.run_uuid FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = 'uvlm.role' "
-               "AND t.value = 'trial' WHERE r.experiment_id = ? AND r.lifecycle_stage = 'active'")
+_TRIALS_SQL = (f"SELECT r.run_uuid FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = '{Tag.ROLE}' "
+               f"AND t.value = '{Role.TRIAL}' WHERE r.experiment_id = ? AND r.lifecycle_stage = 'active'")
 
 
 def _use_sql(uri: str, method: Method) -> bool:
@@ -170,7 +172,7 @@ def _sql_experiment(db: sqlite3.Connection, sweep: str) -> str:
     if row is None:
         known = [r[0] for r in db.execute(
             "SELECT DISTINCT e.name FROM experiments e JOIN runs r ON r.experiment_id = e.experiment_id "
-            "JOIN tags t ON t.run_uuid = r.run_uuid WHERE t.key = 'uvlm.role' AND t.value = 'sweep' "
+            f"JOIN tags t ON t.run_uuid = r.run_uuid WHERE t.key = '{Tag.ROLE}' AND t.value = '{Role.SWEEP}' "
             "AND e.lifecycle_stage = 'active' ORDER BY e.name")]
         raise unknown_sweep(sweep, known)
     return str(row[0])
@@ -201,7 +203,7 @@ def _client_trials(uri: str, sweep: str):
         raise unknown_sweep(sweep, list_sweeps(uri))
     found, token = [], None
     while True:
-        page = client.search_runs([experiment.experiment_id], "tags.`uvlm.role` = 'trial'", ViewType.ACTIVE_ONLY,
+        page = client.search_runs([experiment.experiment_id], role_filter(Role.TRIAL), ViewType.ACTIVE_ONLY,
                                   max_results=PAGE, page_token=token)
         found.extend(page)
         token = page.token
@@ -287,11 +289,11 @@ def _assemble(sweep: str, experiment_id: str, runs, params, tags, metrics) -> pl
         ((pl.col("end_time") - pl.col("start_time")) / 1000.0).alias("duration_s"),
         pl.col("start_time").cast(pl.Datetime("ms", "UTC")),
         pl.col("end_time").cast(pl.Datetime("ms", "UTC")),
-        column("tags.uvlm.trial_id").alias("trial_id"),
-        pl.coalesce(column("tags.uvlm.arm"), column("params.data.arm")).alias("arm"),
-        pl.coalesce(column("tags.uvlm.seed").str.to_integer(strict=False), column("params.seed", pl.Int64)).alias("seed"),
-        column("tags.uvlm.cell").alias("cell"),
-        column("tags.uvlm.error").alias("error"),
+        column(f"tags.{Tag.TRIAL_ID}").alias("trial_id"),
+        pl.coalesce(column(f"tags.{Tag.ARM}"), column("params.data.arm")).alias("arm"),
+        pl.coalesce(column(f"tags.{Tag.SEED}").str.to_integer(strict=False), column("params.seed", pl.Int64)).alias("seed"),
+        column(f"tags.{Tag.CELL}").alias("cell"),
+        column(f"tags.{Tag.ERROR}").alias("error"),
     )
     rest = [c for prefix in ("params.", "tags.", "metrics.") for c in frame.columns if c.startswith(prefix)]
     return frame.select(*FIXED_COLUMNS, *rest).sort("trial_id", "run_id", nulls_last=True)

@@ -27,9 +27,10 @@ import polars as pl
 
 from analysis.frames import factor_names
 from trainables.config import TrainConfig
+from trainables.mlflow_layout import Metric, overall
 
-OBJECTIVES = {"understanding": ("test/vqa/overall",), "mixed": ("test/vqa/overall",),
-              "generation": ("test/gen/probe/overall", "test/gen/cosine")}
+OBJECTIVES = {"understanding": (overall(Metric.VQA),), "mixed": (overall(Metric.VQA),),
+              "generation": (overall(Metric.GEN_PROBE), Metric.GEN_COSINE)}
 FINISHED = "FINISHED"
 
 

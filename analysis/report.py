@@ -36,6 +36,7 @@ from analysis.findings import EXPLORATORY, FINISHED, OTHER_ATTRIBUTES, MIN_SEEDS
 from analysis.frames import factor_names, sweep_parent
 from analysis.headlines import power_frame, sweep_findings
 from analysis.importance import best_configs, objective_for, param_importance, searched_params
+from trainables.mlflow_layout import Tag, factor_tag
 from trainables.workspace import tracking_uri as resolve_uri
 from trainables.workspace import workdir
 
@@ -67,10 +68,23 @@ class Document:
     def figure(self, name: str, title: str, data: bytes) -> None:
         self.blocks.append(("fig", name, title, data))
 
+    def links(self, items: list[tuple[str, str]]) -> None:
+        """A list of links to sibling reports: (text, path without suffix), to .md from Markdown, .html from HTML."""
+        if items:
+            self.blocks.append(("links", items))
+
+
+@dataclass
+class Built:
+    """A written report: its folder and the findings it shows."""
+
+    out: Path
+    findings: dict[int, FindingReport | str]
+
 
 def build_report(sweep: str, tracking_uri: str | None = None, out_dir: str | Path | None = None,
-                 log_artifacts: bool = True) -> Path:
-    """Write the report of `sweep` into out_dir (default <workdir>/reports/<sweep>); returns the folder."""
+                 log_artifacts: bool = True) -> Built:
+    """Write the report of `sweep` into out_dir (default <workdir>/reports/<sweep>); -> the folder and findings."""
     uri = resolve_uri(tracking_uri)
     runs, history, headlines, findings = sweep_findings(sweep, uri)
     parent = sweep_parent(sweep, uri)
@@ -83,8 +97,8 @@ def build_report(sweep: str, tracking_uri: str | None = None, out_dir: str | Pat
 
     document = Document()
     document.h(1, f"Sweep report: {sweep}")
-    document.p(f"Study {parent['tags'].get('uvlm.study', '?')}, parent run {parent['run_id']}, "
-               f"code {parent['tags'].get('uvlm.git_commit', '?')}; generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC "
+    document.p(f"Study {parent['tags'].get(Tag.STUDY, '?')}, parent run {parent['run_id']}, "
+               f"code {parent['tags'].get(Tag.GIT_COMMIT, '?')}; generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC "
                f"from {uri}.")
     _summary(document, findings, headlines is not None)
     _design(document, runs, searched)
@@ -125,7 +139,7 @@ def build_report(sweep: str, tracking_uri: str | None = None, out_dir: str | Pat
         from mlflow import MlflowClient
 
         MlflowClient(uri).log_artifacts(parent["run_id"], str(out), artifact_path="report")
-    return out
+    return Built(out, findings)
 
 
 # ----------------------------------------------------------------------------- sections
@@ -192,7 +206,7 @@ def _design(document: Document, runs: pl.DataFrame, searched: list[str]) -> None
         sizes = _natural(runs["params.data.train_images"].unique().to_list())
         items.append(f"Data sizes (training images): {', '.join(sizes)}.")
     for factor in factor_names(runs):
-        values = _natural(runs[f"tags.uvlm.factor.{factor}"].drop_nulls().unique().to_list())
+        values = _natural(runs[f"tags.{factor_tag(factor)}"].drop_nulls().unique().to_list())
         items.append(f"Crossed factor {factor}: {', '.join(values)}.")
     items.append(_budget_sentence(runs))
     items.append(_fairness_sentence(runs, searched))
@@ -365,7 +379,7 @@ def _write_tables(out: Path, runs, findings, results, importance, best) -> None:
 def _json(sweep, parent, runs, findings, importance, best, headlines=None) -> dict[str, Any]:
     counts = dict(runs.group_by("status").len().iter_rows())
     return {
-        "sweep": sweep, "parent_run_id": parent["run_id"], "study": parent["tags"].get("uvlm.study"),
+        "sweep": sweep, "parent_run_id": parent["run_id"], "study": parent["tags"].get(Tag.STUDY),
         "headlines": {"source": "declared" if headlines else "default",
                       "declared": {name: h.model_dump(mode="json") for name, h in (headlines or {}).items()},
                       "target_half_width": TARGET_HALF_WIDTH},
@@ -433,6 +447,8 @@ def render_markdown(document: Document) -> str:
             lines += ["", f"*{caption}*" if caption else "", ""]
         elif kind == "fig":
             lines += [f"![{block[2]}](figures/{block[1]}.png)", ""]
+        elif kind == "links":
+            lines += [f"- [{text}]({path}.md)" for text, path in block[1]] + [""]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -473,5 +489,8 @@ def render_html(document: Document, title: str) -> str:
             data = base64.b64encode(block[3]).decode("ascii")
             parts.append(f"<figure><img alt='{html.escape(block[2])}' src='data:image/png;base64,{data}'>"
                          f"<figcaption>{html.escape(block[2])}</figcaption></figure>")
+        elif kind == "links":
+            parts.append("<ul>" + "".join(f"<li><a href='{html.escape(path)}.html'>{html.escape(text)}</a></li>"
+                                          for text, path in block[1]) + "</ul>")
     parts.append("</body></html>")
     return "\n".join(parts)

@@ -6,9 +6,9 @@ exactly as `search` does: an experiment named after the sweep, a parent run
 tagged `uvlm.role=sweep`, one nested trial run per (cell, seed) with
 `mlflow.parentRunId`, the `uvlm.*` tags, the flattened `TrainConfig` as
 parameters, per-evaluation metric histories through `log_batch`, final
-metrics at the last step, and `generated.png` artifacts on request. It is the
-one piece of code that knows this layout on the writing side; the loader in
-`analysis.frames` is its reader.
+metrics at the last step, and `generated.png` artifacts on request. Tags, run names,
+run endings and metric names come from `trainables.mlflow_layout`, as in a
+real sweep; the loader in `analysis.frames` is its reader.
 
 The simulated metrics are additive, so every effect below is exact in
 expectation:
@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import io
 import math
-import time
 from dataclasses import dataclass, field
 from itertools import product
 from pathlib import Path
@@ -50,9 +49,9 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from trainables import mlflow_layout as layout
 from trainables.config import load_config
-
-ATTRIBUTES = ("time", "weather", "battery", "weather_corner", "battery_corner")
+from trainables.mlflow_layout import ATTRIBUTES, Metric, Tag, overall
 # Understanding level per attribute at the smallest data size; low enough that no effect is clipped at 1.
 LEVELS = {"time": 0.45, "weather": 0.7, "battery": 0.4, "weather_corner": 0.65, "battery_corner": 0.65}
 BASELINES = {"time": 0.5, "weather": 0.34, "battery": 0.52, "weather_corner": 0.25, "battery_corner": 0.25}
@@ -184,31 +183,31 @@ def simulate(design: SyntheticSweep, overrides: dict[str, Any], seed_effect: flo
             vqa[attribute] = noisy(BASELINES[attribute] * 0.6)
         else:
             vqa[attribute] = noisy(LEVELS[attribute] + growth + (benefit if arm == "mixed" else 0.0))
-        metrics[f"test/vqa/{attribute}"] = vqa[attribute]
-        metrics[f"baseline/vqa/{attribute}"] = BASELINES[attribute]
-    metrics["test/vqa/overall"] = float(np.mean(list(vqa.values())))
-    metrics["baseline/vqa/overall"] = float(np.mean(list(BASELINES.values())))
-    metrics["test/caption/score"] = noisy(0.1 if arm == "generation" else 0.6 + growth + (benefit if arm == "mixed" else 0.0))
-    metrics["baseline/caption/score"] = 0.2
+        metrics[f"{Metric.VQA}/{attribute}"] = vqa[attribute]
+        metrics[f"{Metric.BASELINE_VQA}/{attribute}"] = BASELINES[attribute]
+    metrics[overall(Metric.VQA)] = float(np.mean(list(vqa.values())))
+    metrics[overall(Metric.BASELINE_VQA)] = float(np.mean(list(BASELINES.values())))
+    metrics[Metric.CAPTION] = noisy(0.1 if arm == "generation" else 0.6 + growth + (benefit if arm == "mixed" else 0.0))
+    metrics[Metric.BASELINE_CAPTION] = 0.2
     gen_benefit = fx.generation_benefit if arm == "mixed" else 0.0
     probes = {}
     for attribute in ATTRIBUTES:
         probes[attribute] = noisy(0.2 if arm == "understanding" else 0.6 + growth + gen_benefit)
-        metrics[f"test/gen/probe/{attribute}"] = probes[attribute]
-        metrics[f"probe/true/{attribute}"] = 0.95
-    metrics["test/gen/probe/overall"] = float(np.mean(list(probes.values())))
-    metrics["probe/true/overall"] = 0.95
-    metrics["test/gen/cosine"] = noisy(0.05 if arm == "understanding" else 0.5 + growth + gen_benefit)
+        metrics[f"{Metric.GEN_PROBE}/{attribute}"] = probes[attribute]
+        metrics[f"{Metric.PROBE_TRUE}/{attribute}"] = 0.95
+    metrics[overall(Metric.GEN_PROBE)] = float(np.mean(list(probes.values())))
+    metrics[overall(Metric.PROBE_TRUE)] = 0.95
+    metrics[Metric.GEN_COSINE] = noisy(0.05 if arm == "understanding" else 0.5 + growth + gen_benefit)
     if space == "vq":
-        metrics["test/gen/token_accuracy"] = noisy(0.01 if arm == "understanding" else 0.2 + growth + gen_benefit)
+        metrics[Metric.GEN_TOKEN_ACCURACY] = noisy(0.01 if arm == "understanding" else 0.2 + growth + gen_benefit)
     if design.hide:
         lm_frozen = overrides.get("lm.trainability") == "frozen"
         gain = 0.0
         if arm == "mixed" and not overrides["data.hide_control"]:
             gain = fx.transfer_lm_frozen if lm_frozen else fx.transfer
-        metrics["test/vqa_hidden/overall"] = noisy(0.3 + gain)
-        metrics["test/vqa_hidden/weather"] = noisy(0.3 + gain)
-        metrics["test/vqa_hidden/time"] = noisy(0.45)
+        metrics[overall(Metric.VQA_HIDDEN)] = noisy(0.3 + gain)
+        metrics[f"{Metric.VQA_HIDDEN}/weather"] = noisy(0.3 + gain)
+        metrics[f"{Metric.VQA_HIDDEN}/time"] = noisy(0.45)
     return metrics
 
 
@@ -224,17 +223,17 @@ def history(final: dict[str, float], steps: tuple[int, ...], rng: np.random.Gene
         shift = trend * math.log(step / steps[-1])
 
         def along(key: str, value: float) -> float:
-            if key.startswith(("baseline/", "probe/true")) or last:
+            if key.startswith(("baseline/", Metric.PROBE_TRUE)) or last:
                 return value
             moved = value * scale + (shift if key.startswith(("test/vqa/", "test/caption/", "test/gen/")) else 0.0)
             return moved + (rng.normal(0.0, eval_noise) if eval_noise else 0.0)
 
         values = {key: along(key, value) for key, value in final.items()}
-        values["train/loss"] = 3.0 * math.exp(-2.0 * step / steps[-1]) + abs(rng.normal(0, 0.02))
-        values["train/text_loss"] = values["train/loss"] * 0.8
-        values["train/image_loss"] = values["train/loss"] * 0.2
-        values["train/samples"] = float(step * 32)
-        values["step"] = float(step)
+        values[Metric.TRAIN_LOSS] = 3.0 * math.exp(-2.0 * step / steps[-1]) + abs(rng.normal(0, 0.02))
+        values[Metric.TRAIN_TEXT_LOSS] = values[Metric.TRAIN_LOSS] * 0.8
+        values[Metric.TRAIN_IMAGE_LOSS] = values[Metric.TRAIN_LOSS] * 0.2
+        values[Metric.TRAIN_SAMPLES] = float(step * 32)
+        values[Metric.STEP] = float(step)
         rows.append((step, values))
     return rows
 
@@ -269,6 +268,8 @@ class Trial:
     """One simulated trial: what the sweep would log for it."""
 
     trial_id: int
+    name: str
+    """The run name (trainables.mlflow_layout.trial_run_name)."""
     tags: dict[str, str]
     params: dict[str, str]
     history: list[tuple[int, dict[str, float]]]
@@ -278,7 +279,7 @@ class Trial:
 
 
 def trials(design: SyntheticSweep) -> Iterator[Trial]:
-    """Every trial of the design in order (crossed cells x seeds), with tags without the parent id."""
+    """Every trial of the design in order (crossed cells x seeds); tag mlflow.parentRunId is 'parent' here."""
     rng = np.random.default_rng(design.random_seed)
     seed_effects = {seed: rng.normal(0.0, design.effects.seed_sd) for seed in design.seeds}
     crossed = factors(design)
@@ -290,14 +291,20 @@ def trials(design: SyntheticSweep) -> Iterator[Trial]:
             for name, (low, high, log) in design.searched.items():
                 overrides[name] = float(math.exp(rng.uniform(math.log(low), math.log(high))) if log else rng.uniform(low, high))
             flat = load_config(None, overrides).flatten()
-            tags = _trial_tags(design, flat, overrides, cell, seed, trial_id)
+            levels = _levels(cell, flat)
+            tags = layout.trial_tags(parent_run_id="parent", sweep=design.name, study=design.study,
+                                     trial_id=f"{trial_id:05d}", slot=trial_id, sample=0, attempt=1,
+                                     arm=overrides["data.arm"], seed=seed, levels=levels)
+            tags = {key: str(value) for key, value in tags.items()}
             final = simulate(design, overrides, seed_effects[seed], rng)
             failed = bool(rng.uniform() < design.fail_fraction)
             trend = design.effects.benefit_trend if overrides["data.arm"] == "mixed" else 0.0
             steps = history(final, design.eval_steps, rng, trend, design.effects.eval_noise)
             if failed:
-                tags["uvlm.error"] = "RuntimeError: loss is NaN at step 300"
-            yield Trial(trial_id, tags, {key: str(value) for key, value in flat.items()}, steps[:1] if failed else steps,
+                tags[Tag.ERROR] = "RuntimeError: loss is NaN at step 300"
+            else:
+                tags[Tag.CHECKPOINT] = f"/synthetic/checkpoints/{trial_id:05d}"
+            yield Trial(trial_id, layout.trial_run_name(design.study, levels, seed), tags, {key: str(value) for key, value in flat.items()}, steps[:1] if failed else steps,
                         "FAILED" if failed else "FINISHED", overrides["data.arm"] != "understanding")
             trial_id += 1
 
@@ -312,10 +319,9 @@ def runs_frame(design: SyntheticSweep):
     runs, params, tags, metrics = [], [], [], []
     for trial in trials(design):
         run_id = f"run{trial.trial_id:05d}"
-        runs.append((run_id, f"{design.name}-{trial.trial_id:05d}", trial.status, 0, 1000, f"memory://{run_id}"))
+        runs.append((run_id, trial.name, trial.status, 0, 1000, f"memory://{run_id}"))
         params += [(run_id, k, v) for k, v in trial.params.items()]
-        tags += [(run_id, k, v) for k, v in {**trial.tags, "mlflow.parentRunId": "parent",
-                                                       "mlflow.runName": f"{design.name}-{trial.trial_id:05d}"}.items()]
+        tags += [(run_id, k, v) for k, v in {**trial.tags, "mlflow.runName": trial.name}.items()]
         metrics += [(run_id, k, v) for k, v in trial.history[-1][1].items()]
     return _assemble(design.name, "0", runs, params, tags, metrics)
 
@@ -337,61 +343,48 @@ def write_sweep(tracking_uri: str, design: SyntheticSweep, artifact_root: str | 
 
     client = MlflowClient(tracking_uri)
     root = artifact_root or (sqlite_artifact_root(tracking_uri) if tracking_uri.startswith("sqlite:") else None)
-    experiment_id = client.create_experiment(design.name, artifact_location=f"{root}/{design.name}" if root else None)
-    parent = client.create_run(experiment_id, run_name=design.name, tags={
-        "uvlm.role": "sweep", "uvlm.sweep": design.name, "uvlm.study": design.study, "uvlm.git_commit": "synthetic"})
-    parent_id = parent.info.run_id
-    for trial in trials(design):
+    experiment_id = layout.experiment_id(client, design.name, root)
+    every = list(trials(design))
+    parent_id = layout.start_run(client, experiment_id, design.name, layout.sweep_tags(
+        sweep=design.name, study=design.study, git_commit="synthetic", space_digest="synthetic", trials=len(every),
+        concurrency=1, sessions=1))
+    for trial in every:
         _write_trial(client, experiment_id, parent_id, design, trial)
     client.log_text(parent_id, "\n".join(f"{k}: {v}" for k, v in factors(design).items()) + "\n", "space.yaml")
     table = {"study": design.study, "space_file": "space.yaml", "seeds": list(design.seeds)}
     if design.headlines is not None:
         table["headlines"] = design.headlines
     client.log_dict(parent_id, table, "trial_table.json")
-    client.set_terminated(parent_id, "FINISHED")
+    layout.finish(client, parent_id, "FINISHED", tags={Tag.SUMMARY: f"synthetic sweep {design.name!r}: {len(every)} trials"})
     return parent_id
 
 
-def _tag_value(value: Any) -> str:
-    if isinstance(value, tuple):
-        return "/".join(map(str, value))
-    return str(value)
-
-
-def _trial_tags(design, flat, overrides, cell, seed, trial_id) -> dict[str, str]:
-    tags = {"uvlm.role": "trial", "uvlm.sweep": design.name, "uvlm.study": design.study,
-            "uvlm.trial_id": f"{trial_id:05d}", "uvlm.arm": overrides["data.arm"], "uvlm.seed": str(seed),
-            "uvlm.cell": ";".join(f"{k}={_tag_value(v)}" for k, v in sorted(cell.items())),
-            "uvlm.checkpoint": f"/synthetic/checkpoints/{trial_id:05d}"}
+def _levels(cell: dict[str, Any], flat: dict[str, Any]) -> list[tuple[str, str]]:
+    """The cell as (factor, level) pairs for the trial's uvlm.factor.* tags, cell key and run name; the bundled
+    factors (pair, freezing) as the dotted keys they set."""
+    levels = []
     for key, value in cell.items():
         if key == "pair":
-            tags["uvlm.factor.understanding.encoder"], tags["uvlm.factor.generation.space"] = value
+            levels += [("understanding.encoder", value[0]), ("generation.space", value[1])]
         elif key == "freezing":
-            for dotted in sorted({k for bundle in FREEZING.values() for k in bundle}):
-                tags[f"uvlm.factor.{dotted}"] = str(flat[dotted])
+            levels += [(dotted, str(flat[dotted])) for dotted in sorted({k for bundle in FREEZING.values() for k in bundle})]
         else:
-            tags[f"uvlm.factor.{key}"] = str(value)
-    return tags
+            levels.append((key, str(value)))
+    return levels
 
 
 def _write_trial(client, experiment_id: str, parent_id: str, design: SyntheticSweep, trial: Trial) -> None:
-    from mlflow.entities import Metric, Param, RunTag
-
-    run = client.create_run(experiment_id, run_name=f"{design.name}-{trial.trial_id:05d}",
-                            tags={"mlflow.parentRunId": parent_id, **{k: v for k, v in trial.tags.items() if k != "uvlm.error"}})
-    run_id = run.info.run_id
-    now = int(time.time() * 1000)
-    metrics = [Metric(key, value, now + step, step) for step, values in trial.history for key, value in values.items()]
-    params = [Param(key, value) for key, value in trial.params.items()]
-    error = [RunTag("uvlm.error", trial.tags["uvlm.error"])] if "uvlm.error" in trial.tags else []
-    # MLflow's log_batch limits: 1000 metrics, 100 params, 100 tags, 1000 entities in all.
-    for start in range(0, max(len(metrics), 1), 900):
-        client.log_batch(run_id, metrics=metrics[start:start + 900])
-    for start in range(0, len(params), 100):
-        client.log_batch(run_id, params=params[start:start + 100], tags=error if start == 0 else [])
+    ending = {key: trial.tags[key] for key in layout.ENDING_TAGS & trial.tags.keys()}
+    run_id = layout.start_run(client, experiment_id, trial.name,
+                              {**{k: v for k, v in trial.tags.items() if k not in ending}, Tag.PARENT: parent_id})
+    names = sorted({key for _, values in trial.history for key in values})
+    layout.log_curve(client, run_id, names, [(step, [values.get(name, float("nan")) for name in names])
+                                             for step, values in trial.history])
+    layout.log_params(client, run_id, trial.params)
     if design.images and trial.status == "FINISHED" and trial.trains_generation:
         client.log_image(run_id, _png_array(watch_grid(trial.trial_id)), artifact_file="generated.png")
-    client.set_terminated(run_id, trial.status)
+    error = ending.pop(Tag.ERROR, None)
+    layout.finish(client, run_id, trial.status, error, tags=ending)
 
 
 def _png_array(png: bytes) -> np.ndarray:

@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from analysis.frames import list_sweeps, load_history, load_runs
     from analysis.synthetic import write_sweep
+    from trainables.mlflow_layout import Metric, Role, overall, role_filter
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     store = Path(args.store).resolve()
@@ -69,11 +70,11 @@ def main(argv: list[str] | None = None) -> int:
 
     def baseline():
         mlflow.set_tracking_uri(uri)
-        return mlflow.search_runs([experiment.experiment_id], "tags.`uvlm.role` = 'trial'", max_results=100_000,
+        return mlflow.search_runs([experiment.experiment_id], role_filter(Role.TRIAL), max_results=100_000,
                                   output_format="pandas")
 
     theirs, pandas_frame = best_of(args.repeat, baseline)
-    history, long = best_of(1, lambda: load_history("bench-load", uri, metrics=["test/vqa/overall", "train/loss"]))
+    history, long = best_of(1, lambda: load_history("bench-load", uri, metrics=[overall(Metric.VQA), Metric.TRAIN_LOSS]))
     assert frame.height == len(pandas_frame), (frame.height, len(pandas_frame))
     print(f"runs: {frame.height} trials, {frame.width} columns; history rows (2 metrics): {long.height}")
     print(f"analysis.load_runs (sqlite SQL)        {ours:7.2f} s")

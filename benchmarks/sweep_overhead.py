@@ -96,17 +96,19 @@ def sweep_names(workdir: Path) -> list[str]:
 def measure(workdir: Path, sweep: str, wall: float | None) -> dict[str, float]:
     from mlflow.tracking import MlflowClient
 
+    from trainables.mlflow_layout import Metric, Role, Tag
+
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     experiment = client.get_experiment_by_name(sweep)
     runs = client.search_runs([experiment.experiment_id], max_results=5000)
-    parent = next(run for run in runs if run.data.tags.get("uvlm.role") == "sweep")
-    trials = [run for run in runs if run.data.tags.get("uvlm.role") == "trial" and run.info.status == "FINISHED"]
-    concurrency = int(parent.data.tags["uvlm.concurrency"])
+    parent = next(run for run in runs if run.data.tags.get(Tag.ROLE) == Role.SWEEP)
+    trials = [run for run in runs if run.data.tags.get(Tag.ROLE) == Role.TRIAL and run.info.status == "FINISHED"]
+    concurrency = int(parent.data.tags[Tag.CONCURRENCY])
     if wall is None:
         wall = (parent.info.end_time - parent.info.start_time) / 1000
-    train = [run.data.metrics["time/train_seconds"] for run in trials]
+    train = [run.data.metrics[Metric.TRAIN_SECONDS] for run in trials]
     fixed = sorted((run.info.end_time - run.info.start_time) / 1000 - t for run, t in zip(trials, train))
-    evals = [run.data.metrics.get("time/eval_seconds", 0.0) for run in trials]
+    evals = [run.data.metrics.get(Metric.EVAL_SECONDS, 0.0) for run in trials]
     return {
         "trials": len(trials), "concurrency": concurrency, "wall_seconds": wall,
         "train_seconds_sum": sum(train), "ratio": wall * concurrency / sum(train),

@@ -3,13 +3,23 @@
 `uvlm sweep` and `uvlm train` both start Ray here, so a single run and a
 sweep's trials see the same environment. A local Ray keeps its temp folder
 (sockets, logs) under the working folder when that path is short enough.
+
+A local Ray's processes (gcs_server, raylet, their workers) can outlive a
+driver killed with `kill -9`. `start` records them in
+`<workdir>/ray/pids-<driver pid>.json` (each pid with its create time, and the
+driver's); `stop` removes the file. `stop_leftovers` (called by `--resume`)
+stops the recorded processes, and what they started, of a driver that is gone:
+only processes whose pid and create time both match the record, so nothing
+this machine reused the pid for and no Ray another process started.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
+import signal
 import socket
 from pathlib import Path
 
@@ -32,8 +42,11 @@ MAX_RAY_TEMP_LENGTH = 40
 
 
 def start(address: str | None, folder: Path, verbose: bool = False, *, cpus: int | None = None,
-          gpus: int | None = None) -> dict[str, float]:
-    """Start a local Ray (temp folder under `folder`) or join the cluster at `address`; -> its resources."""
+          gpus: int | None = None, label: str = "") -> dict[str, float]:
+    """Start a local Ray (temp folder under `folder`) or join the cluster at `address`; -> its resources.
+
+    A local Ray's processes are recorded under `folder` with `label` (the sweep's name), for `stop_leftovers`.
+    """
     for key, value in RAY_ENV.items():
         os.environ.setdefault(key, value)
     import ray
@@ -55,14 +68,105 @@ def start(address: str | None, folder: Path, verbose: bool = False, *, cpus: int
     if not verbose:
         for logger_name in ("ray", "ray.tune", "ray.train"):
             logging.getLogger(logger_name).setLevel(logging.ERROR)
+    if not address:
+        _record_processes(folder, label)
     return dict(ray.cluster_resources())
 
 
 def stop() -> None:
     import ray
 
+    global _record
     if ray.is_initialized():
         ray.shutdown()
+    if _record is not None:
+        _record.unlink(missing_ok=True)
+        _record = None
+
+
+# ---- what a killed driver left running ------------------------------------------------------------
+
+PIDS_FOLDER = "ray"
+_record: Path | None = None  # this driver's record, removed by stop()
+
+
+def pids_folder(folder: Path) -> Path:
+    return folder / PIDS_FOLDER
+
+
+def _record_processes(folder: Path, label: str) -> None:
+    """The driver's child processes right after ray.init: Ray's head processes (workers are theirs)."""
+    import psutil
+
+    global _record
+    driver = psutil.Process()
+    processes = []
+    for child in driver.children(recursive=True):
+        try:
+            processes.append({"pid": child.pid, "create_time": child.create_time(), "name": child.name()})
+        except psutil.Error:
+            continue
+    target = pids_folder(folder) / f"pids-{driver.pid}.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    record = {"label": label, "driver": {"pid": driver.pid, "create_time": driver.create_time()}, "processes": processes}
+    temporary = target.with_suffix(".tmp")
+    temporary.write_text(json.dumps(record, indent=1))
+    temporary.replace(target)
+    _record = target
+
+
+def stop_leftovers(folder: Path, label: str, grace_s: float = 5.0) -> list[int]:
+    """Stop the Ray processes recorded under `folder` with `label` by drivers that are gone (SIGTERM, then
+    SIGKILL after `grace_s`); -> the pids stopped. A record whose driver still runs is left alone."""
+    import psutil
+
+    found: dict[int, psutil.Process] = {}
+    for path in sorted(pids_folder(folder).glob("pids-*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if record.get("label") != label:
+            continue
+        if _same_process(record["driver"]) is not None:
+            continue  # its driver still runs: its Ray is in use
+        for entry in record.get("processes", []):
+            process = _same_process(entry)
+            if process is None:
+                continue
+            try:
+                found.update({child.pid: child for child in process.children(recursive=True)})
+            except psutil.Error:
+                pass
+            found[process.pid] = process
+        path.unlink(missing_ok=True)
+    processes = list(found.values())
+    for process in processes:
+        try:
+            process.send_signal(signal.SIGTERM)
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(processes, timeout=grace_s)
+    for process in alive:
+        try:
+            process.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=grace_s)
+    return sorted(found)
+
+
+def _same_process(entry: dict):
+    """The process of a recorded pid if it is still the one recorded (same create time), else None."""
+    import psutil
+
+    try:
+        process = psutil.Process(int(entry["pid"]))
+        if abs(process.create_time() - float(entry["create_time"])) < 0.01 and process.status() != psutil.STATUS_ZOMBIE:
+            return process
+    except (psutil.Error, KeyError, TypeError, ValueError):
+        pass
+    return None
 
 
 def check_reachable(address: str) -> None:

@@ -13,8 +13,7 @@ the whole path in a few minutes and says nothing about the findings.
 
 from __future__ import annotations
 
-import html
-import json
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -60,7 +59,8 @@ class StudyRun:
     state: str
     """new | resumed | finished (skipped)."""
     exit_code: int = 0
-    report: Path | None = None
+    report: Any = None
+    """The study's analysis.report.Built (its folder and findings) once reported."""
 
 
 def run_demo(options: DemoOptions) -> int:
@@ -175,15 +175,17 @@ def smoke_space(path: Path, out: Path) -> Path:
 def _state(uri: str, name: str) -> str:
     """new (no sweep of this name), finished (its parent run ended FINISHED: every trial ran) or resumed."""
     from search import tracking
+    from trainables import mlflow_layout as layout
+    from trainables.mlflow_layout import Role
 
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         return "new"
     client = tracking.connect(uri)
-    experiment = tracking.experiment_id(client, name, create=False)
+    experiment = layout.experiment_id(client, name, create=False)
     if experiment is None:
         return "new"
-    parents = tracking.runs(client, experiment, "sweep")
-    trials = tracking.runs(client, experiment, "trial")
+    parents = layout.runs(client, experiment, Role.SWEEP)
+    trials = layout.runs(client, experiment, Role.TRIAL)
     if not parents and not trials:
         return "new"
     return "finished" if parents and parents[-1].info.status == "FINISHED" else "resumed"
@@ -191,7 +193,7 @@ def _state(uri: str, name: str) -> str:
 
 # ----------------------------------------------------------------------------- reports
 
-def _report(name: str, uri: str, out: Path) -> Path:
+def _report(name: str, uri: str, out: Path):
     import logging
 
     from analysis.report import build_report
@@ -207,24 +209,26 @@ def headline_rows(runs: list[StudyRun]) -> list[dict[str, Any]]:
 
     rows = []
     for run in runs:
-        data = json.loads((run.report / "findings.json").read_text())
-        finding = data["findings"][str(run.finding)]
+        finding = run.report.findings[run.finding]
         base = {"study": run.study, "finding": run.finding, "report": f"{run.name}/report.html", "half_width": None}
-        if not finding["addressed"]:
-            rows.append({**base, "result": "not addressed", "comparison": finding["reason"], "metric": "",
+        if isinstance(finding, str):  # not addressed: the reason
+            rows.append({**base, "result": "not addressed", "comparison": finding, "metric": "",
                          "estimate": None, "ci": (None, None), "seeds": 0, "verdict": "-"})
             continue
-        headlines = [r for r in finding["results"] if r["headline"]]
-        if not headlines:
-            rows.append({**base, "result": "no headline result", "comparison": "; ".join(finding["skipped"][:2]),
+        if not finding.headlines:
+            rows.append({**base, "result": "no headline result", "comparison": "; ".join(finding.skipped[:2]),
                          "metric": "", "estimate": None, "ci": (None, None), "seeds": 0, "verdict": "-"})
-        for result in headlines:
-            group = ", ".join(f"{k}={v}" for k, v in result["group"].items() if k not in ("attribute", "trend", "factor"))
-            rows.append({**base, "result": result["name"] + (f" ({group})" if group else ""),
-                         "comparison": result["comparison"], "metric": result["metric"], "estimate": result["estimate"],
-                         "ci": (result["ci_low"], result["ci_high"]), "half_width": result.get("half_width"),
-                         "seeds": result["n_seeds"], "verdict": VERDICT_MARK.get(result["verdict"], result["verdict"])})
+        for result in finding.headlines:
+            group = ", ".join(f"{k}={v}" for k, v in result.group.items() if k not in ("attribute", "trend", "factor"))
+            rows.append({**base, "result": result.name + (f" ({group})" if group else ""),
+                         "comparison": result.comparison, "metric": result.metric,
+                         "estimate": _finite(result.estimate), "ci": (_finite(result.ci_low), _finite(result.ci_high)),
+                         "half_width": _finite(result.half_width), "seeds": result.n_seeds, "verdict": VERDICT_MARK.get(result.verdict, result.verdict)})
     return rows
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
 
 
 def _number(value: float | None) -> str:
@@ -251,39 +255,31 @@ def findings_table(rows: list[dict[str, Any]]) -> str:
 
 def write_index(reports: Path, runs: list[StudyRun], rows: list[dict[str, Any]], smoke: bool,
                 seconds: float) -> tuple[Path, Path]:
-    """reports/report.md and reports/index.html: the findings of the three studies, linking each study's report."""
-    title = "uvlm demo: the three studies at CPU scale" + (" (smoke: toy size, no conclusions)" if smoke else "")
-    intro = ("Each study is one sweep (a space file under spaces/); each row is a headline result of the finding the "
-             "study addresses (declared in its space file), with its 95% bootstrap interval over seeds and that "
-             "interval's half-width (±). supported: the interval excludes zero in the "
-             "paper's direction; CONTRADICTED: in the opposite direction; inconclusive: it includes zero (or fewer than "
-             "3 seeds). The per-study reports hold the design, the budget rule, every comparison, figures and limits.")
-    reports.mkdir(parents=True, exist_ok=True)
-    md = [f"# {title}", "", intro, "", "| finding | result | comparison | metric | estimate | 95% CI | ± | seeds | verdict |",
-          "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for row in rows:
-        ci = f"[{_number(row['ci'][0])}, {_number(row['ci'][1])}]" if row["estimate"] is not None else "-"
-        md.append(f"| {row['finding']} ({row['study']}) | {row['result']} | {row['comparison']} | {row['metric']} | "
-                  f"{_number(row['estimate'])} | {ci} | {_half(row.get('half_width'))} | {row['seeds']} | {row['verdict']} |")
-    md += ["", "Reports per study:", ""] + [f"- [{run.study}]({run.name}/report.md) ({run.name}/report.html)" for run in runs]
-    md += ["", f"Written by `uvlm demo{' --smoke' if smoke else ''}` in {_minutes(seconds)} (this session)."]
-    index_md = reports / "report.md"
-    index_md.write_text("\n".join(md) + "\n")
+    """reports/report.md and reports/index.html: the findings of the three studies, linking each study's report,
+    rendered by the report's own renderer."""
+    import polars as pl
 
-    cells = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(value))}</td>" for value in (
-            f"{row['finding']} ({row['study']})", row["result"], row["comparison"], row["metric"],
-            _number(row["estimate"]),
-            f"[{_number(row['ci'][0])}, {_number(row['ci'][1])}]" if row["estimate"] is not None else "-",
-            _half(row.get("half_width")), row["seeds"], row["verdict"])) + "</tr>" for row in rows)
-    links = "".join(f'<li><a href="{html.escape(run.name)}/report.html">{html.escape(run.study)}</a></li>' for run in runs)
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
-            "body{font-family:sans-serif;max-width:70em;margin:2em auto}table{border-collapse:collapse}"
-            "td,th{border:1px solid #ccc;padding:.3em .6em;font-size:.9em}</style></head><body>"
-            f"<h1>{html.escape(title)}</h1><p>{html.escape(intro)}</p><table><tr>"
-            + "".join(f"<th>{h}</th>" for h in ("finding", "result", "comparison", "metric", "estimate", "95% CI",
-                                                 "±", "seeds", "verdict"))
-            + f"</tr>{cells}</table><h2>Reports per study</h2><ul>{links}</ul></body></html>")
-    index_html = reports / "index.html"
-    index_html.write_text(page)
+    from analysis.report import Document, render_html, render_markdown
+
+    title = "uvlm demo: the three studies at CPU scale" + (" (smoke: toy size, no conclusions)" if smoke else "")
+    document = Document()
+    document.h(1, title)
+    document.p("Each study is one sweep (a space file under spaces/); each row is a headline result of the finding the "
+               "study addresses (declared in its space file), with its 95% bootstrap interval over seeds and that "
+               "interval's half-width (±). supported: the interval excludes zero in "
+               "the paper's direction; CONTRADICTED: in the opposite direction; inconclusive: it includes zero (or "
+               "fewer than 3 seeds). The per-study reports hold the design, the budget rule, every comparison, figures "
+               "and limits.")
+    document.table(pl.DataFrame([
+        {"finding": f"{row['finding']} ({row['study']})", "result": row["result"], "comparison": row["comparison"],
+         "metric": row["metric"], "estimate": _number(row["estimate"]),
+         "95% CI": f"[{_number(row['ci'][0])}, {_number(row['ci'][1])}]" if row["estimate"] is not None else "-",
+         "±": _half(row.get("half_width")), "seeds": str(row["seeds"]), "verdict": row["verdict"]} for row in rows]))
+    document.h(2, "Reports per study")
+    document.links([(run.study, f"{run.name}/report") for run in runs])
+    document.p(f"Written by uvlm demo{' --smoke' if smoke else ''} in {_minutes(seconds)} (this session).")
+    reports.mkdir(parents=True, exist_ok=True)
+    index_md, index_html = reports / "report.md", reports / "index.html"
+    index_md.write_text(render_markdown(document))
+    index_html.write_text(render_html(document, title))
     return index_md, index_html

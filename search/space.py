@@ -302,7 +302,9 @@ class Cell:
     @property
     def key(self) -> str:
         """'data.arm=mixed;data.train_images=500' (MLflow tag uvlm.cell); '' for a study without factors."""
-        return ";".join(f"{name}={label}" for name, label in self.levels)
+        from trainables.mlflow_layout import cell_key
+
+        return cell_key(self.levels)
 
 
 @dataclass(frozen=True)
@@ -418,15 +420,10 @@ def resolve_paths(overrides: dict[str, Any], config: TrainConfig, root: Path) ->
 
 
 def known_metrics() -> list[str]:
-    """The trainable's metric names (docs/ARCHITECTURE.md, "Metric names")."""
-    from trainables.data.records import ATTRIBUTES
+    """The trainable's metric names (trainables.mlflow_layout)."""
+    from trainables.mlflow_layout import metric_names
 
-    names = ["step", "train/loss", "train/text_loss", "train/image_loss", "train/samples",
-             "test/caption/score", "test/gen/cosine", "test/gen/token_accuracy",
-             "baseline/caption/score", "time/train_seconds", "time/step_seconds"]
-    for group in ("test/vqa", "test/vqa_hidden", "test/gen/probe", "probe/true", "baseline/vqa"):
-        names += [f"{group}/overall"] + [f"{group}/{attribute}" for attribute in ATTRIBUTES]
-    return names
+    return metric_names()
 
 
 def _space_error(path: Path, error: ValidationError) -> UserError:

@@ -25,8 +25,10 @@ from search import cluster as ray_cluster
 from search import tracking
 from search.space import NAME_PATTERN, Plan
 from search.trial import DEFAULT_BODY, TrialContext, resolve_body, run_trial
+from trainables import mlflow_layout as layout
 from trainables import workspace
 from trainables.errors import UserError
+from trainables.mlflow_layout import Role, Tag
 
 
 @dataclass
@@ -93,9 +95,9 @@ def run_sweep(plan: Plan, options: SweepOptions) -> Summary:
         raise UserError(f"no sweep named {name!r} to resume: {uri} does not exist yet")
 
     client = tracking.connect(uri)
-    experiment = tracking.experiment_id(client, name, create=False)
+    experiment = layout.experiment_id(client, name, create=False)
     parent = _parent_run(client, experiment) if experiment else None
-    trial_runs = tracking.runs(client, experiment, "trial") if experiment else []
+    trial_runs = layout.runs(client, experiment, Role.TRIAL) if experiment else []
     _check_identity(plan, name, options.resume, experiment_dir, parent, trial_runs)
 
     from ray.tune import Tuner
@@ -108,21 +110,27 @@ def run_sweep(plan: Plan, options: SweepOptions) -> Summary:
         raise UserError(f"sweep {name!r} has no Ray experiment state at {experiment_dir} to resume from; "
                         f"start it afresh under another --name")
 
-    cluster = ray_cluster.start(options.address, folder, options.verbose)
+    if options.resume and not options.address:
+        stopped = ray_cluster.stop_leftovers(folder, name)
+        if stopped:
+            print(f"uvlm: stopped {len(stopped)} Ray processes left by the killed driver of sweep {name!r} "
+                  f"(pids {', '.join(map(str, stopped))})", file=sys.stderr)
+    cluster = ray_cluster.start(options.address, folder, options.verbose, label=name)
     parent_id = None
     try:
         concurrency = concurrency_for(plan, cluster, options.max_concurrent)
         prepare_data(plan)
-        experiment = tracking.experiment_id(client, name, _artifact_location(options.tracking_uri, folder))
+        experiment = layout.experiment_id(client, name, _artifact_location(options.tracking_uri, folder))
         parent_id = _open_parent(client, experiment, name, plan, parent, concurrency, cluster)
         if options.resume:
-            tracking.close_stale(client, experiment, "the sweep driver stopped before the trial ended")
+            layout.close_stale(client, experiment, "the sweep driver stopped before the trial ended")
         else:
             _drop_stale_studies(name, folder)
         context = TrialContext(
             sweep=name, study=plan.study, tracking_uri=uri, experiment_id=experiment, parent_run_id=parent_id,
             slots=plan.slots, out_root=str(folder / "runs" / name),
             train_storage=str(storage / f"{name}.train"), experiment_dir=str(experiment_dir), body=options.body or DEFAULT_BODY,
+            samples=plan.space.search.samples,
         )
         print(f"uvlm: sweep {name!r}: {len(plan.slots)} trials ({_shape(plan)}), {concurrency} at a time; "
               f"MLflow experiment {name!r} at {uri}", file=sys.stderr)
@@ -130,7 +138,7 @@ def run_sweep(plan: Plan, options: SweepOptions) -> Summary:
     finally:
         ray_cluster.stop()
         if parent_id is not None:  # whatever happened, no run of this sweep stays RUNNING
-            tracking.close_stale(client, experiment, "the sweep stopped before the trial ended")
+            layout.close_stale(client, experiment, "the sweep stopped before the trial ended")
             summary = summarize(client, experiment, name, len(plan.slots), time.monotonic() - started)
             _close_parent(client, experiment, parent_id, summary)
     print(f"uvlm: {summary.line()}", file=sys.stderr)
@@ -148,12 +156,13 @@ def _fit(plan: Plan, name: str, resume: bool, experiment_dir: Path, context: Tri
     """Build or restore the Tuner and run it to the end, or until Ctrl-C (Tune then saves its state)."""
     from ray import tune
 
+    from search.concurrency import SessionLimiter, restore_tuner
     from search.progress import SweepCallback
     from search.trial import resources
 
     trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), resources(plan.slots[0].config, context.body))
     if resume:
-        tuner = tune.Tuner.restore(str(experiment_dir), trainable=trainable, resume_unfinished=True, resume_errored=False)
+        tuner = restore_tuner(experiment_dir, trainable, concurrency)
     else:
         space = plan.space
         objective = space.objective
@@ -170,8 +179,8 @@ def _fit(plan: Plan, name: str, resume: bool, experiment_dir: Path, context: Tri
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
-                search_alg=build_searcher(plan, name, folder), num_samples=len(plan.slots),
-                max_concurrent_trials=concurrency, scheduler=scheduler, time_budget_s=space.budget.time_budget_s,
+                search_alg=SessionLimiter(build_searcher(plan, name, folder), max_concurrent=concurrency),
+                num_samples=len(plan.slots), scheduler=scheduler, time_budget_s=space.budget.time_budget_s,
                 reuse_actors=True,
             ),
             run_config=tune.RunConfig(
@@ -229,7 +238,7 @@ def concurrency_for(plan: Plan, cluster: dict[str, float], requested: int | None
 # ---- MLflow parent run ---------------------------------------------------------------------------
 
 def _parent_run(client, experiment: str):
-    parents = tracking.runs(client, experiment, "sweep")
+    parents = layout.runs(client, experiment, Role.SWEEP)
     return parents[-1] if parents else None
 
 
@@ -241,7 +250,7 @@ def _check_identity(plan: Plan, name: str, resume: bool, experiment_dir: Path, p
     if resume and not exists:
         raise UserError(f"no sweep named {name!r} to resume; run it without --resume first")
     if resume and parent is not None:
-        digest = parent.data.tags.get("uvlm.space_digest")
+        digest = parent.data.tags.get(Tag.SPACE_DIGEST)
         if digest and digest != plan.digest:
             raise UserError(f"the space file {plan.path.name} changed since sweep {name!r} started; "
                             f"resume it with the original file, or start a new sweep with another --name")
@@ -253,18 +262,18 @@ def _artifact_location(explicit_uri: str | None, folder: Path) -> str | None:
 
 
 def _open_parent(client, experiment: str, name: str, plan: Plan, parent, concurrency: int, cluster) -> str:
-    tags = {"uvlm.role": "sweep", "uvlm.sweep": name, "uvlm.study": plan.study, "uvlm.git_commit": tracking.git_commit(),
-            "uvlm.space_digest": plan.digest, "uvlm.trials": len(plan.slots), "uvlm.concurrency": concurrency}
+    sessions = int(parent.data.tags.get(Tag.SESSIONS, "1")) + 1 if parent is not None else 1
+    tags = layout.sweep_tags(sweep=name, study=plan.study, git_commit=tracking.git_commit(), space_digest=plan.digest,
+                             trials=len(plan.slots), concurrency=concurrency, sessions=sessions)
     if parent is not None:
-        sessions = int(parent.data.tags.get("uvlm.sessions", "1")) + 1
-        tracking.reopen(client, parent.info.run_id, {**tags, "uvlm.sessions": sessions})
+        layout.reopen(client, parent.info.run_id, tags)
         return parent.info.run_id
-    run_id = tracking.start_run(client, experiment, name, {**tags, "uvlm.sessions": 1})
+    run_id = layout.start_run(client, experiment, name, tags)
     client.log_artifact(run_id, str(plan.path))
     client.log_dict(run_id, trial_table(plan), "trial_table.json")
-    client.log_dict(run_id, {**tracking.versions(), "git_commit": tags["uvlm.git_commit"],
+    client.log_dict(run_id, {**tracking.versions(), "git_commit": tags[Tag.GIT_COMMIT],
                              "cluster": cluster}, "versions.json")
-    tracking.log_params(client, run_id, {"space.trials": len(plan.slots), "space.cells": len(plan.cells),
+    layout.log_params(client, run_id, {"space.trials": len(plan.slots), "space.cells": len(plan.cells),
                                          "space.seeds": len(plan.space.seeds), "space.samples": plan.space.search.samples})
     return run_id
 
@@ -284,32 +293,30 @@ def trial_table(plan: Plan) -> dict[str, Any]:
 
 def _close_parent(client, experiment: str, parent_id: str, summary: Summary) -> None:
     client.log_dict(parent_id, trials_record(client, experiment), "trials.json")
-    tracking.log_metrics(client, parent_id, {f"trials/{key.replace(' ', '_')}": value for key, value in summary.counts.items()})
-    tracking.finish(client, parent_id, "FINISHED" if summary.complete else "KILLED",
-                    tags={"uvlm.summary": summary.line()})
+    layout.log_metrics(client, parent_id, {f"trials/{key.replace(' ', '_')}": value for key, value in summary.counts.items()})
+    layout.finish(client, parent_id, "FINISHED" if summary.complete else "KILLED", tags={Tag.SUMMARY: summary.line()})
 
 
 def trials_record(client, experiment: str) -> list[dict[str, Any]]:
     return [
-        {"trial_id": run.data.tags.get("uvlm.trial_id"), "slot": run.data.tags.get("uvlm.slot"),
-         "run_id": run.info.run_id, "status": run.info.status, "cell": run.data.tags.get("uvlm.cell"),
-         "seed": run.data.tags.get("uvlm.seed"), "error": run.data.tags.get("uvlm.error")}
-        for run in tracking.runs(client, experiment, "trial")
+        {"trial_id": run.data.tags.get(Tag.TRIAL_ID), "slot": run.data.tags.get(Tag.SLOT), "run_id": run.info.run_id,
+         "run_name": run.info.run_name, "status": run.info.status, "cell": run.data.tags.get(Tag.CELL),
+         "seed": run.data.tags.get(Tag.SEED), "error": run.data.tags.get(Tag.ERROR)}
+        for run in layout.runs(client, experiment, Role.TRIAL)
     ]
 
 
 def summarize(client, experiment: str, name: str, total: int, wall: float) -> Summary:
     counts = {"finished": 0, "failed": 0, "pruned": 0, "stopped": 0}
     failures = []
-    for run in _one_run_per_slot(tracking.runs(client, experiment, "trial")):
+    for run in _one_run_per_slot(layout.runs(client, experiment, Role.TRIAL)):
         status, tags = run.info.status, run.data.tags
         if status == "FINISHED":
             counts["finished"] += 1
         elif status == "FAILED":
             counts["failed"] += 1
-            failures.append(f"{run.info.run_name} ({tags.get('uvlm.cell') or 'no factors'}, seed {tags.get('uvlm.seed')}): "
-                            f"{tags.get('uvlm.error', 'no error recorded')}")
-        elif tags.get("uvlm.pruned") == "true":
+            failures.append(f"{run.info.run_name}: {tags.get(Tag.ERROR, 'no error recorded')}")
+        elif layout.is_pruned(run):
             counts["pruned"] += 1
         else:
             counts["stopped"] += 1
@@ -329,11 +336,11 @@ def _one_run_per_slot(runs: list) -> list:
     best: dict[str, Any] = {}
     loose = []
     for run in runs:
-        slot = run.data.tags.get("uvlm.slot")
+        slot = run.data.tags.get(Tag.SLOT)
         if slot is None:
             loose.append(run)
             continue
-        key = (rank.get(run.info.status, 2 if run.data.tags.get("uvlm.pruned") == "true" else 3), -(run.info.start_time or 0))
+        key = (rank.get(run.info.status, 2 if layout.is_pruned(run) else 3), -(run.info.start_time or 0))
         if slot not in best or key < best[slot][0]:
             best[slot] = (key, run)
     return [run for _, run in best.values()] + loose

@@ -1,38 +1,25 @@
-"""MLflow in the layout of docs/ARCHITECTURE.md ("MLflow layout"): experiments, parent and trial runs, tags.
+"""The tracking store and provenance: `connect` checks a tracking URI once and fails fast; versions, git commit.
 
-The sweep driver owns run lifecycles: it creates the experiment and the
-sweep's parent run, each trial driver creates (or, on a retry, reopens) its
-nested run and ends it, and nothing is ever left RUNNING: a run that no process
-can end any more is marked KILLED by the next driver that opens the sweep.
-Train rank 0 logs params, metrics and artifacts into a run it is given.
-
-Everything here takes a tracking URI; `connect` checks it once and fails fast.
+What goes into the store (tags, run names, run lifecycle, metric names) is
+owned by `trainables.mlflow_layout`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import socket
 import sqlite3
 import subprocess
 import sys
-import time
-import traceback
 import urllib.error
 import urllib.request
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 from trainables.errors import UserError
+from trainables.mlflow_layout import first_line
 
-# MLflow's limits (mlflow.utils.validation): values beyond them are refused.
-MAX_PARAM_LENGTH = 6000
-MAX_TAG_LENGTH = 8000
-BATCH = 100
 PACKAGES = ("uvlm", "torch", "ray", "optuna", "mlflow", "transformers", "peft", "pyarrow", "polars", "pydantic", "numpy")
-TERMINAL = ("FINISHED", "FAILED", "KILLED")
 
 
 def connect(uri: str):
@@ -52,7 +39,7 @@ def connect(uri: str):
         client = MlflowClient(tracking_uri=uri)
         client.search_experiments(max_results=1)
     except Exception as error:  # noqa: BLE001 - any failure here means the store is unusable
-        raise UserError(f"tracking URI {uri!r} cannot be used: {_first_line(error)}") from None
+        raise UserError(f"tracking URI {uri!r} cannot be used: {first_line(error)}") from None
     return client
 
 
@@ -129,114 +116,6 @@ def _check_server(uri: str, timeout: float = 5.0) -> None:
                         f"to use the embedded store") from None
 
 
-EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
-"""MLflow 3's UI opens an experiment of this kind on its Runs tab (the model-training view itself is
-asked for in the address: search.commands.ui.RUNS_VIEW)."""
-
-
-def experiment_id(client, name: str, artifact_location: str | None = None, create: bool = True) -> str | None:
-    """The id of the experiment `name`; created when missing (and `create`); a deleted one is an error."""
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        if experiment.lifecycle_stage == "deleted":
-            raise UserError(f"MLflow experiment {name!r} was deleted but still holds its name; restore it "
-                            f"(mlflow experiments restore) or pick another --name")
-        if create:  # made by an older uvlm or by hand; readers only read
-            for key in EXPERIMENT_TAGS.keys() - experiment.tags.keys():
-                client.set_experiment_tag(experiment.experiment_id, key, EXPERIMENT_TAGS[key])
-        return experiment.experiment_id
-    if not create:
-        return None
-    location = f"{artifact_location.rstrip('/')}/{name}" if artifact_location else None
-    try:
-        return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
-    except Exception:  # noqa: BLE001 - created concurrently by another process
-        experiment = client.get_experiment_by_name(name)
-        if experiment is None:
-            raise
-        return experiment.experiment_id
-
-
-def runs(client, experiment: str, role: str | None = None, extra: str = "") -> list:
-    """Every run of the experiment (optionally of one uvlm.role), oldest first."""
-    filters = [f"tags.`uvlm.role` = '{role}'"] if role else []
-    if extra:
-        filters.append(extra)
-    found, token = [], None
-    while True:
-        page = client.search_runs([experiment], filter_string=" and ".join(filters), max_results=1000,
-                                  order_by=["attributes.start_time ASC"], page_token=token)
-        found.extend(page)
-        token = page.token
-        if not token:
-            return found
-
-
-def trial_run(client, experiment: str, trial_id: str):
-    matches = runs(client, experiment, "trial", f"tags.`uvlm.trial_id` = '{trial_id}'")
-    return matches[-1] if matches else None
-
-
-def start_run(client, experiment: str, run_name: str, tags: dict[str, Any]) -> str:
-    run = client.create_run(experiment, run_name=run_name, tags={key: clip(value, MAX_TAG_LENGTH) for key, value in tags.items()})
-    return run.info.run_id
-
-
-def reopen(client, run_id: str, tags: dict[str, Any]) -> None:
-    """A retried trial (or resumed sweep) continues in its run: RUNNING again, with tags refreshed."""
-    client.update_run(run_id, status="RUNNING")
-    set_tags(client, run_id, tags)
-
-
-def set_tags(client, run_id: str, tags: dict[str, Any]) -> None:
-    from mlflow.entities import RunTag
-
-    items = [RunTag(key, clip(value, MAX_TAG_LENGTH)) for key, value in tags.items()]
-    for start in range(0, len(items), BATCH):
-        client.log_batch(run_id, tags=items[start:start + BATCH])
-
-
-def log_params(client, run_id: str, params: dict[str, Any]) -> None:
-    """Params in batches, values clipped to MLflow's length limit."""
-    from mlflow.entities import Param
-
-    items = [Param(key, clip(value, MAX_PARAM_LENGTH)) for key, value in params.items()]
-    for start in range(0, len(items), BATCH):
-        client.log_batch(run_id, params=items[start:start + BATCH])
-
-
-def log_metrics(client, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
-    from mlflow.entities import Metric
-
-    now = int(time.time() * 1000)
-    items = [Metric(key, float(value), now, step) for key, value in metrics.items() if _number(value)]
-    for start in range(0, len(items), BATCH):
-        client.log_batch(run_id, metrics=items[start:start + BATCH])
-
-
-def finish(client, run_id: str, status: str, error: BaseException | str | None = None, tags: dict[str, Any] | None = None) -> None:
-    """End a run FINISHED, FAILED (with tag uvlm.error and error.txt) or KILLED."""
-    assert status in TERMINAL, status
-    extra = dict(tags or {})
-    if error is not None:
-        extra["uvlm.error"] = error if isinstance(error, str) else _first_line(error)
-    if extra:
-        set_tags(client, run_id, extra)
-    if isinstance(error, BaseException):
-        text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-        with contextlib.suppress(Exception):
-            client.log_text(run_id, text, "error.txt")
-    client.set_terminated(run_id, status=status)
-
-
-def close_stale(client, experiment: str, reason: str, role: str = "trial") -> int:
-    """Mark every RUNNING run of the role KILLED: called when no live process owns them any more."""
-    stale = [run for run in runs(client, experiment, role) if run.info.status == "RUNNING"]
-    for run in stale:
-        finish(client, run.info.run_id, "KILLED", tags={"uvlm.interrupted": reason})
-    return len(stale)
-
-
 def versions() -> dict[str, str]:
     found = {"python": sys.version.split()[0]}
     for name in PACKAGES:
@@ -255,17 +134,3 @@ def git_commit(folder: Path | None = None) -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return head + ("+dirty" if dirty else "")
-
-
-def clip(value: Any, limit: int) -> str:
-    text = str(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _first_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return f"{type(error).__name__}: {lines[0] if lines else ''}"[:1000]

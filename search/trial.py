@@ -23,6 +23,7 @@ from typing import Any, Callable
 from search import tracking
 from search.space import Slot
 from trainables.config import TrainConfig
+from trainables import mlflow_layout as layout
 from trainables.errors import UserError
 
 DEFAULT_BODY = "trainables.launch:fit_in_trial"
@@ -42,6 +43,7 @@ class TrialContext:
     train_storage: str  # TorchTrainer runs (several workers) keep their checkpoints here
     experiment_dir: str  # Tune's; in-process runs keep their checkpoints in its trial folders
     body: str | Callable
+    samples: int = 1  # searched configurations per (cell, seed); run names show the sample when > 1
 
 
 def resources(config: TrainConfig, body: str | Callable) -> dict[str, float]:
@@ -67,21 +69,21 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     slot = context.slots[config["slot"]]
     train_config = slot.config.with_overrides(config.get("searched") or {})
     client = tracking.client(context.tracking_uri)
-    tags = trial_tags(context, slot, trial_id, train_config)
-    existing = tracking.trial_run(client, context.experiment_id, trial_id)
+    existing = layout.trial_run(client, context.experiment_id, trial_id)
     if existing is not None and existing.info.status in ("FINISHED", "FAILED"):
         # Ended before the driver was killed, after Tune's last snapshot: MLflow knows, so don't run it again.
         if existing.info.status == "FAILED":
-            raise RuntimeError(f"failed before the sweep was resumed: {existing.data.tags.get('uvlm.error', '')}")
+            raise RuntimeError(f"failed before the sweep was resumed: {existing.data.tags.get(layout.Tag.ERROR, '')}")
         tune.report(dict(existing.data.metrics))
         return
     if existing is None:
-        run_id = tracking.start_run(client, context.experiment_id, f"{context.sweep}-{slot.index:04d}",
-                                    {**tags, "uvlm.attempt": 1})
+        tags = trial_tags(context, slot, trial_id, train_config, attempt=1)
+        earlier = len(layout.slot_runs(client, context.experiment_id, slot.index))
+        run_id = layout.start_run(client, context.experiment_id, trial_run_name(context, slot, earlier), tags)
     else:
         run_id = existing.info.run_id
-        attempt = int(existing.data.tags.get("uvlm.attempt", "1")) + 1
-        tracking.reopen(client, run_id, {**tags, "uvlm.attempt": attempt})
+        attempt = int(existing.data.tags.get(layout.Tag.ATTEMPT, "1")) + 1
+        layout.reopen(client, run_id, trial_tags(context, slot, trial_id, train_config, attempt=attempt))
     out_dir = Path(context.out_root) / trial_id
     began = time.monotonic()
     try:
@@ -94,26 +96,25 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
             raise FloatingPointError(f"non-finite final metrics: {', '.join(bad)}")
     except Exception as error:
         if not client.get_run(run_id).data.params:
-            tracking.log_params(client, run_id, train_config.flatten())
-        tracking.finish(client, run_id, "FAILED", error)
+            layout.log_params(client, run_id, train_config.flatten())
+        layout.finish(client, run_id, "FAILED", error)
         raise
-    metrics = {**metrics, "time/fit_seconds": time.monotonic() - began}  # the body's wall time, for the overhead benchmark
+    metrics = {**metrics, layout.Metric.FIT_SECONDS: time.monotonic() - began}  # the body's wall time, for the overhead benchmark
     checkpoint_dirs = [Path(context.train_storage) / trial_id, *Path(context.experiment_dir).glob(f"*_{trial_id}_*")]
     _complete_run(client, run_id, out_dir, checkpoint_dirs, metrics)
-    tracking.finish(client, run_id, "FINISHED")
+    layout.finish(client, run_id, "FINISHED")
     tune.report({key: value for key, value in metrics.items() if isinstance(value, (int, float))})
 
 
-def trial_tags(context: TrialContext, slot: Slot, trial_id: str, config: TrainConfig) -> dict[str, Any]:
-    """The nested run's tags (docs/ARCHITECTURE.md, "MLflow layout")."""
-    tags = {
-        "mlflow.parentRunId": context.parent_run_id, "uvlm.role": "trial", "uvlm.sweep": context.sweep,
-        "uvlm.study": context.study, "uvlm.trial_id": trial_id, "uvlm.slot": slot.index,
-        "uvlm.arm": config.data.arm.value, "uvlm.seed": config.seed, "uvlm.cell": slot.cell.key,
-        "uvlm.sample": slot.sample,
-    }
-    tags.update({f"uvlm.factor.{name}": label for name, label in slot.cell.levels})
-    return tags
+def trial_tags(context: TrialContext, slot: Slot, trial_id: str, config: TrainConfig, attempt: int) -> dict[str, Any]:
+    return layout.trial_tags(parent_run_id=context.parent_run_id, sweep=context.sweep, study=context.study,
+                             trial_id=trial_id, slot=slot.index, sample=slot.sample, attempt=attempt,
+                             arm=config.data.arm.value, seed=config.seed, levels=slot.cell.levels)
+
+
+def trial_run_name(context: TrialContext, slot: Slot, earlier_runs: int = 0) -> str:
+    return layout.trial_run_name(context.study, slot.cell.levels, slot.seed,
+                                 sample=slot.sample if context.samples > 1 else None, rerun=earlier_runs)
 
 
 def _complete_run(client, run_id: str, out_dir: Path, checkpoint_dirs: list[Path], metrics: dict[str, float]) -> None:
@@ -121,14 +122,14 @@ def _complete_run(client, run_id: str, out_dir: Path, checkpoint_dirs: list[Path
     run = client.get_run(run_id)
     missing = {key: value for key, value in metrics.items() if key not in run.data.metrics}
     if missing:
-        tracking.log_metrics(client, run_id, missing, step=int(metrics.get("step", 0) or 0))
+        layout.log_metrics(client, run_id, missing, step=int(metrics.get(layout.Metric.STEP, 0) or 0))
     logged = {artifact.path for artifact in client.list_artifacts(run_id)}
     for name in ("config.yaml", "metrics.json", "generated.png", "affine.pt"):
         if (out_dir / name).is_file() and name not in logged:
             client.log_artifact(run_id, str(out_dir / name))
     checkpoints = sorted(path for folder in checkpoint_dirs for path in folder.glob("checkpoint_*") if path.is_dir())
-    if checkpoints and "uvlm.checkpoint" not in run.data.tags:
-        tracking.set_tags(client, run_id, {"uvlm.checkpoint": str(checkpoints[-1])})
+    if checkpoints and layout.Tag.CHECKPOINT not in run.data.tags:
+        layout.set_tags(client, run_id, {layout.Tag.CHECKPOINT: str(checkpoints[-1])})
 
 
 def resolve_body(body: str | Callable) -> Callable:

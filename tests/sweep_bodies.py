@@ -21,11 +21,12 @@ def quick(config, out_dir, *, run_name, storage_path, mlflow_run=None, callbacks
     from ray import tune
 
     from search import tracking
+    from trainables import mlflow_layout as layout
 
     pause = float(os.environ.get("UVLM_TEST_TRIAL_SECONDS", "0"))
     client = tracking.client(mlflow_run["tracking_uri"]) if mlflow_run else None
     if client:
-        tracking.log_params(client, mlflow_run["run_id"], config.flatten())
+        layout.log_params(client, mlflow_run["run_id"], config.flatten())
     arm_bonus = {"understanding": 0.1, "generation": 0.0, "mixed": 0.15}[config.data.arm.value]
     metrics = {}
     for evaluation in range(1, EVALUATIONS + 1):
@@ -34,7 +35,7 @@ def quick(config, out_dir, *, run_name, storage_path, mlflow_run=None, callbacks
         metrics = {"step": step, "train/loss": 1.0 / evaluation,
                    "test/vqa/overall": round(0.5 + arm_bonus - math.log10(config.optim.lr) * 0.01 + 0.01 * config.seed + 0.02 * evaluation, 6)}
         if client:
-            tracking.log_metrics(client, mlflow_run["run_id"], metrics, step=step)
+            layout.log_metrics(client, mlflow_run["run_id"], metrics, step=step)
         tune.report(metrics)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(metrics))
@@ -56,13 +57,14 @@ def chatty(config, out_dir, *, run_name, storage_path, mlflow_run=None, callback
     from ray import tune
 
     from search import tracking
+    from trainables import mlflow_layout as layout
 
     client = tracking.client(mlflow_run["tracking_uri"])
-    tracking.log_params(client, mlflow_run["run_id"], config.flatten())
+    layout.log_params(client, mlflow_run["run_id"], config.flatten())
     metrics = {}
     for step in range(1, CHATTY_STEPS + 1):
         metrics = {f"test/m{index:02d}": step * 0.01 + index for index in range(CHATTY_METRICS)}
-        tracking.log_metrics(client, mlflow_run["run_id"], metrics, step=step)
+        layout.log_metrics(client, mlflow_run["run_id"], metrics, step=step)
     tune.report({"step": CHATTY_STEPS, **metrics})
     return {"step": CHATTY_STEPS, **metrics}
 
@@ -92,6 +94,7 @@ def spread(config, out_dir, *, run_name, storage_path, mlflow_run=None, callback
     from ray.train.torch import TorchTrainer
 
     from search import tracking
+    from trainables import mlflow_layout as layout
 
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -112,5 +115,5 @@ def spread(config, out_dir, *, run_name, storage_path, mlflow_run=None, callback
     nodes = sorted({path.read_text() for path in out_dir.glob("worker-*.node")})
     if mlflow_run:
         client = tracking.client(mlflow_run["tracking_uri"])
-        tracking.set_tags(client, mlflow_run["run_id"], {"test.worker_nodes": ",".join(nodes)})
+        layout.set_tags(client, mlflow_run["run_id"], {"test.worker_nodes": ",".join(nodes)})
     return {"step": 1, "test/vqa/overall": 0.5, "test/nodes": len(nodes)}

@@ -97,9 +97,10 @@ def fake_fit(config, out_dir, *, run_name, storage_path, mlflow_run=None, callba
     from ray import tune
 
     from search import tracking
+    from trainables import mlflow_layout as layout
 
     client = tracking.client(mlflow_run["tracking_uri"])
-    tracking.log_params(client, mlflow_run["run_id"], config.flatten())
+    layout.log_params(client, mlflow_run["run_id"], config.flatten())
     arm = config.data.arm.value
     noise = 0.003 * config.seed
     und = 0.6 + (0.05 - 0.04 * config.alignment.affine_strength if arm == "mixed" else 0.0) + noise
@@ -110,7 +111,7 @@ def fake_fit(config, out_dir, *, run_name, storage_path, mlflow_run=None, callba
         transfer = 0.1 if (arm == "mixed" and not config.data.hide_control) else 0.0
         lm_trains = config.lm.trainability.value != "frozen"
         metrics["test/vqa_hidden/overall"] = 0.4 + transfer * (1.0 if lm_trains else 0.1) + noise
-    tracking.log_metrics(client, mlflow_run["run_id"], metrics, step=metrics["step"])
+    layout.log_metrics(client, mlflow_run["run_id"], metrics, step=metrics["step"])
     tune.report(metrics)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(metrics))
@@ -162,7 +163,9 @@ def test_demo_skips_finished_studies_and_reports_their_findings(tmp_path, capsys
     assert "1 mixingsupported" in lines and "1 mixingCONTRADICTED" in lines, table  # + on understanding, - on generation
     assert "2 alignmentsupported" in lines and "3 transfersupported" in lines, table
     md = (tmp_path / "reports" / "report.md").read_text()
-    assert md.count("| 1 (mixing) |") >= 2 and "[alignment](alignment/report.md)" in md
+    assert md.count("| 1 (mixing) |") >= 2 and "- [alignment](alignment/report.md)" in md
+    page = (tmp_path / "reports" / "index.html").read_text()  # the report's renderer: linked, verdicts coloured
+    assert "<a href='alignment/report.html'>alignment</a>" in page and "<td class='CONTRADICTED'>" in page
     for study, _ in STUDIES:
         assert (tmp_path / "reports" / study / "report.html").is_file()
 

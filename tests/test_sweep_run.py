@@ -7,6 +7,7 @@ MLflow are all real; only the training is replaced.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -16,11 +17,13 @@ import time
 from pathlib import Path
 
 import optuna
+import psutil
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
 from search.cluster import temp_dir as ray_temp_dir
+from trainables.mlflow_layout import ENDING_TAGS, SWEEP_TAGS, TRIAL_TAGS, Tag, factor_tag
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_DATA = {"data.path": "data/tiny", "data.generate_train_images": 20, "data.generate_test_images": 10,
@@ -55,6 +58,10 @@ def runs_of(folder: Path, sweep: str, role: str = "trial") -> list:
     return mlflow.search_runs([experiment.experiment_id], filter_string=f"tags.`uvlm.role` = '{role}'", max_results=1000)
 
 
+def uvlm_tags(run) -> set[str]:
+    return {key for key in run.data.tags if key.startswith("uvlm.") or key == Tag.PARENT}
+
+
 def kill_ray_leftovers(folder: Path) -> None:
     """Ray processes that outlive a kill -9 of the driver: found by their temp folder, killed by PID."""
     marker = ray_temp_dir(folder / "work")
@@ -85,6 +92,7 @@ def test_sweep_logs_parent_and_nested_runs_in_the_contract_layout(tmp_path):
     assert parent.info.status == "FINISHED" and parent.info.run_name == "layout"
     assert parent.data.tags["uvlm.sweep"] == "layout" and parent.data.tags["uvlm.study"] == "layout"
     assert parent.data.tags["uvlm.git_commit"]
+    assert uvlm_tags(parent) == SWEEP_TAGS
     artifacts = {artifact.path for artifact in client(tmp_path).list_artifacts(parent.info.run_id)}
     assert {"layout.yaml", "trial_table.json", "versions.json", "trials.json"} <= artifacts
 
@@ -103,6 +111,11 @@ def test_sweep_logs_parent_and_nested_runs_in_the_contract_layout(tmp_path):
         assert [metric.step for metric in history] == [10, 20, 30]
     assert sorted((run.data.tags["uvlm.arm"], run.data.tags["uvlm.seed"]) for run in trials) == [
         ("mixed", "0"), ("mixed", "1"), ("understanding", "0"), ("understanding", "1")]
+    assert sorted(run.info.run_name for run in trials) == [
+        "layout/arm=mixed/seed=0", "layout/arm=mixed/seed=1", "layout/arm=understanding/seed=0",
+        "layout/arm=understanding/seed=1"]
+    for run in trials:  # exactly the tags the layout declares
+        assert uvlm_tags(run) - ENDING_TAGS == TRIAL_TAGS | {factor_tag("data.arm")}, run.info.run_name
 
     studies = {summary.study_name: summary.n_trials for summary in
                optuna.study.get_all_study_summaries(f"sqlite:///{tmp_path / 'work' / 'optuna.db'}")}
@@ -129,7 +142,7 @@ def test_failing_and_nan_trials_are_recorded_and_the_sweep_goes_on(tmp_path):
     assert nan_run.info.status == "FAILED" and "non-finite final metrics" in nan_run.data.tags["uvlm.error"]
     assert by_cell[("generation", "0")].data.params["data.arm"] == "generation", "a failed trial keeps its params"
     assert {by_cell[key].info.status for key in [("mixed", "0"), ("mixed", "1"), ("understanding", "0")]} == {"FINISHED"}
-    assert "failed: faults-" in result.stderr and "boom" in result.stderr
+    assert "failed: faults/arm=generation/seed=0: ValueError: boom" in result.stderr, result.stderr
 
 
 def test_asha_prunes_weak_trials_and_their_runs_end_killed(tmp_path):
@@ -164,8 +177,8 @@ def test_kill_9_of_the_driver_then_resume_finishes_every_trial_exactly_once(tmp_
                 objective={"metric": "test/vqa/overall", "mode": "max"},
                 search={"params": {"optim.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}})
     space = space_file(tmp_path, "crash", **tree)
-    driver = uvlm(tmp_path, "sweep", str(space), "--trainable", "sweep_bodies:quick", popen=True,
-                  env={"UVLM_TEST_TRIAL_SECONDS": "4"})
+    driver = uvlm(tmp_path, "sweep", str(space), "--trainable", "sweep_bodies:quick", "--max-concurrent", "1",
+                  popen=True, env={"UVLM_TEST_TRIAL_SECONDS": "4"})
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and driver.poll() is None:
@@ -174,18 +187,34 @@ def test_kill_9_of_the_driver_then_resume_finishes_every_trial_exactly_once(tmp_
                     and _finished(tmp_path, "crash", "RUNNING") >= 1:
                 break  # kill mid-trial: at least two finished and one still running
         assert driver.poll() is None, driver.stdout.read()
+        (record,) = (tmp_path / "work" / "ray").glob("pids-*.json")
+        recorded = json.loads(record.read_text())
+        assert recorded["driver"]["pid"] == driver.pid and recorded["label"] == "crash"
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=30)
+        killed_at = time.time() * 1000
+        leftovers = [psutil.Process(entry["pid"]) for entry in recorded["processes"] if psutil.pid_exists(entry["pid"])]
+        assert any(process.name().startswith(("raylet", "gcs_server")) for process in leftovers), recorded
+    except BaseException:
+        kill_ray_leftovers(tmp_path)
+        raise
     finally:
         driver.kill()
-        kill_ray_leftovers(tmp_path)
     before = {run.info.run_id: run for run in runs_of(tmp_path, "crash")}
     finished_before = {run_id for run_id, run in before.items() if run.info.status == "FINISHED"}
     assert 2 <= len(finished_before) < 6
     assert any(run.info.status == "RUNNING" for run in before.values()), "the kill left trials running"
 
-    resumed = uvlm(tmp_path, "sweep", str(space), "--trainable", "sweep_bodies:quick", "--resume")
+    try:
+        resumed = uvlm(tmp_path, "sweep", str(space), "--trainable", "sweep_bodies:quick", "--resume",
+                       "--max-concurrent", "2", env={"UVLM_TEST_TRIAL_SECONDS": "4"})
+    finally:
+        kill_ray_leftovers(tmp_path)
     assert resumed.returncode == 0, resumed.stderr
+    assert "Ray processes left by the killed driver of sweep 'crash'" in resumed.stderr
+    for process in leftovers:  # stopped by the resumed driver, before it started its own Ray
+        assert not process.is_running() or process.status() == psutil.STATUS_ZOMBIE, process
+    assert not list((tmp_path / "work" / "ray").glob("pids-*.json")), "a driver that ends removes its record"
     after = runs_of(tmp_path, "crash")
     assert not [run for run in after if run.info.status == "RUNNING"]
     finished = [run for run in after if run.info.status == "FINISHED"]
@@ -193,8 +222,13 @@ def test_kill_9_of_the_driver_then_resume_finishes_every_trial_exactly_once(tmp_
     for run in after:
         if run.info.run_id in finished_before:
             assert run.data.tags["uvlm.attempt"] == "1" and run.info.end_time == before[run.info.run_id].info.end_time
+    assert len({run.info.run_name for run in after}) == len(after), "run names are unique within the sweep"
     (parent,) = runs_of(tmp_path, "crash", "sweep")
     assert parent.info.status == "FINISHED" and parent.data.tags["uvlm.sessions"] == "2"
+    # --max-concurrent 2 on resume: two of the resumed trials ran at once (the first session ran one at a time)
+    assert parent.data.tags["uvlm.concurrency"] == "2"
+    spans = [(run.info.start_time, run.info.end_time) for run in finished if run.info.start_time > killed_at]
+    assert any(a[0] < b[1] and b[0] < a[1] for i, a in enumerate(spans) for b in spans[i + 1:]), spans
 
     # Optuna proposes what an uninterrupted sweep proposes, slot by slot.
     reference_space = space_file(tmp_path, "reference", **tree)

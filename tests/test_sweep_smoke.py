@@ -10,7 +10,7 @@ import pytest
 
 from test_sweep_run import ROOT, client, runs_of, uvlm
 
-ATTRIBUTES = ("time", "weather", "battery", "weather_corner", "battery_corner")
+from trainables.data.records import ATTRIBUTES
 
 
 @pytest.fixture(scope="module")

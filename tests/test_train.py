@@ -12,6 +12,7 @@ from trainables.config import load_config
 from trainables.data.prepare import ensure_dataset
 from trainables.data.records import ATTRIBUTES, Task
 from trainables.launch import loop_config
+from trainables.mlflow_layout import TRAIN_TAGS
 from trainables.rundata import Order, RunData, length_groups, total_steps
 from trainables.tokenizer import WordTokenizer
 from trainables.train import NonFiniteLoss, run_local
@@ -48,6 +49,7 @@ def test_uvlm_train_writes_metrics_grid_and_mlflow_run(data_path, tmp_path, monk
     client = MlflowClient(f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}")
     run = client.search_runs([client.get_experiment_by_name("uvlm-train").experiment_id])[0]
     assert run.info.status == "FINISHED" and run.info.run_name == "e2e"
+    assert {key for key in run.data.tags if key.startswith("uvlm.")} == TRAIN_TAGS
     assert run.data.params["generation.space"] == "patch" and run.data.params["budget.value"] == "30.0"
     assert run.data.metrics["test/vqa/overall"] == pytest.approx(metrics["test/vqa/overall"])
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "test/vqa/overall")]

@@ -47,12 +47,13 @@ def test_ui_serves_the_embedded_store(tmp_path):
 def test_sweep_experiments_open_on_the_training_runs_view(tmp_path):
     """MLflow 3's UI opens an experiment without a kind on GenAI tabs; ours are tagged as model training (Runs tab)."""
     from search import tracking
+    from trainables import mlflow_layout as layout
 
     client = tracking.connect(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    created = tracking.experiment_id(client, "mixing", str(tmp_path / "artifacts"))
+    created = layout.experiment_id(client, "mixing", str(tmp_path / "artifacts"))
     assert client.get_experiment(created).tags["mlflow.experimentKind"] == "custom_model_development"
     older = client.create_experiment("made-by-hand")  # e.g. by an older uvlm
-    assert tracking.experiment_id(client, "made-by-hand") == older
+    assert layout.experiment_id(client, "made-by-hand") == older
     assert client.get_experiment(older).tags["mlflow.experimentKind"] == "custom_model_development"
 
 

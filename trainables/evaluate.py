@@ -23,6 +23,7 @@ import torch
 from trainables import scoring
 from trainables.data.records import Task, WatchFace, is_hidden
 from trainables.encoders import to_float_images
+from trainables.mlflow_layout import Metric, prefixed
 from trainables.model import Generated
 from trainables.probe import fit_probe
 from trainables.rundata import RunData
@@ -39,10 +40,6 @@ class Prompt:
     attribute: str | None = None  # VQA: the attribute asked
     mentioned: tuple[str, ...] = ()  # caption / generation: attributes of the reference
     hidden: bool = False  # the image matches a hide rule
-
-
-def prefixed(metrics: dict[str, float], prefix: str) -> dict[str, float]:
-    return {f"{prefix}/{key}": value for key, value in metrics.items()}
 
 
 class Evaluator:
@@ -71,10 +68,10 @@ class Evaluator:
         """Constant answers (most frequent training answer per attribute) scored like the model."""
         train = [(t.attribute, t.answer, r.face) for r in self.data.vqa_reference for t in r.turns]
         test = [(p.attribute, "", p.face) for p in self.vqa]
-        metrics = prefixed(scoring.constant_answer_baseline(train, test), "baseline/vqa")
+        metrics = prefixed(scoring.constant_answer_baseline(train, test), Metric.BASELINE_VQA)
         if self.captions:
             captions = [(p.face, p.mentioned) for p in self.captions]
-            metrics["baseline/caption/score"] = scoring.constant_caption_baseline(train, captions)
+            metrics[Metric.BASELINE_CAPTION] = scoring.constant_caption_baseline(train, captions)
         return metrics
 
     def true_tokens(self, model) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -94,7 +91,7 @@ class Evaluator:
         faces = self._image_faces()
         self.probe, held_out = fit_probe(features.numpy(), faces, self.cache_dir)
         metrics = scoring.probe_accuracy(self.probe, features.numpy()[held_out], faces[held_out])
-        return prefixed(metrics, "probe/true")
+        return prefixed(metrics, Metric.PROBE_TRUE)
 
     def _image_faces(self) -> list[WatchFace]:
         faces: dict[str, WatchFace] = {}
@@ -113,14 +110,14 @@ class Evaluator:
         vqa = self.vqa[:limit]
         if vqa:
             answers = self._answers(model, vqa)
-            metrics |= prefixed(scoring.score_vqa((p.attribute, a, p.face) for p, a in zip(vqa, answers)), "test/vqa")
+            metrics |= prefixed(scoring.score_vqa((p.attribute, a, p.face) for p, a in zip(vqa, answers)), Metric.VQA)
             hidden = [(p.attribute, a, p.face) for p, a in zip(vqa, answers) if p.hidden]
             if self.data.hide_rules and hidden:
-                metrics |= prefixed(scoring.score_vqa(hidden), "test/vqa_hidden")
+                metrics |= prefixed(scoring.score_vqa(hidden), Metric.VQA_HIDDEN)
         captions = self.captions[:limit]
         if captions:
             texts = self._answers(model, captions)
-            metrics["test/caption/score"] = float(np.mean([scoring.score_caption(t, p.face, p.mentioned) for p, t in zip(captions, texts)]))
+            metrics[Metric.CAPTION] = float(np.mean([scoring.score_caption(t, p.face, p.mentioned) for p, t in zip(captions, texts)]))
         pictures = None
         generations = self.generations[:limit]
         if generations:
@@ -153,13 +150,13 @@ class Evaluator:
         predicted = torch.cat(features)
         true_features, true_codes = self.true_tokens(model)
         rows = [p.example.image_index for p in prompts]
-        metrics = {"test/gen/cosine": scoring.cosine_to_target(predicted, true_features[rows])}
+        metrics = {Metric.GEN_COSINE: scoring.cosine_to_target(predicted, true_features[rows])}
         if true_codes is not None:
-            metrics["test/gen/token_accuracy"] = scoring.token_accuracy(torch.cat(codes), true_codes[rows])
+            metrics[Metric.GEN_TOKEN_ACCURACY] = scoring.token_accuracy(torch.cat(codes), true_codes[rows])
         if self.probe is not None:
             read = self.probe(predicted.numpy())
             items = [(a, read[a][i], p.face) for i, p in enumerate(prompts) for a in p.mentioned]
-            metrics |= prefixed(scoring.score_vqa(items), "test/gen/probe")
+            metrics |= prefixed(scoring.score_vqa(items), Metric.GEN_PROBE)
         pictures = model.decode_images(Generated(predicted.to(device), torch.cat(codes).to(device) if true_codes is not None else None))
         return metrics, (None if pictures is None else pictures.cpu())
 

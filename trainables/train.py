@@ -33,6 +33,7 @@ from trainables.encoders import to_float_images
 from trainables.errors import UserError
 from trainables.evaluate import Evaluator
 from trainables.freezing import apply_trainability
+from trainables.mlflow_layout import TRAIN_CURVE, Metric, Tag, overall
 from trainables.model import UnifiedVLM, build_model
 from trainables.rundata import Order, RunData, global_counts, length_groups, total_steps
 from trainables.sequences import Example, collate
@@ -40,8 +41,6 @@ from trainables.spaces import needs_vq
 from trainables.tokenizer import PretrainedTokenizer, TextTokenizer, WordTokenizer
 
 CHECKPOINT_FILE = "state.pt"
-TRAIN_CURVE = ("train/loss", "train/text_loss", "train/image_loss")
-"""Logged to MLflow as a curve (a point every eval.log_every_steps), not once per evaluation."""
 
 
 class NonFiniteLoss(UserError):
@@ -144,7 +143,7 @@ class Recipe:
             return self.report()
         except NonFiniteLoss as error:
             if self.logger:
-                self.logger.tags({"uvlm.error": str(error)})
+                self.logger.tags({Tag.ERROR: str(error)})
             raise
 
     # -- setup --------------------------------------------------------------------------------
@@ -181,7 +180,7 @@ class Recipe:
             self.evaluator = Evaluator(self.data, self.tok, self.model.encoder.num_tokens, self.cache_dir)
             self.fixed = self.evaluator.baselines() | self.evaluator.fit_probe(self.model)
             if self.mlflow:
-                from trainables.tracking import RunLogger
+                from trainables.mlflow_layout import RunLogger
 
                 self.logger = RunLogger(self.mlflow["tracking_uri"], self.mlflow["run_id"])
                 self.logger.params(config.flatten())
@@ -286,7 +285,7 @@ class Recipe:
             bar.update(1)
             if self.step % every == 0 and self.step < self.steps:
                 metrics, _ = self.evaluate(limit=config.eval.max_eval_records)
-                bar.set_postfix_str(f"loss {metrics['train/loss']:.3f} vqa {metrics.get('test/vqa/overall', float('nan')):.3f}")
+                bar.set_postfix_str(f"loss {metrics[Metric.TRAIN_LOSS]:.3f} vqa {metrics.get(overall(Metric.VQA), float('nan')):.3f}")
         bar.close()
 
     def train_step(self, global_batch: list[Example]) -> tuple[float, float, float]:
@@ -322,8 +321,8 @@ class Recipe:
             torch.distributed.all_reduce(window)
         n = max(window[3].item(), 1.0)
         self.window.zero_()
-        return {"step": self.step, "train/loss": window[0].item() / n, "train/text_loss": window[1].item() / n,
-                "train/image_loss": window[2].item() / n, "train/samples": self.samples}
+        return {Metric.STEP: self.step, Metric.TRAIN_LOSS: window[0].item() / n, Metric.TRAIN_TEXT_LOSS: window[1].item() / n,
+                Metric.TRAIN_IMAGE_LOSS: window[2].item() / n, Metric.TRAIN_SAMPLES: self.samples}
 
     def evaluate(self, limit: int | None, final: bool = False) -> tuple[dict[str, float], torch.Tensor | None]:
         """Rank 0 scores the model; every rank reports (Ray Train needs all), rank 0 with a checkpoint."""
@@ -335,14 +334,14 @@ class Recipe:
             self.eval_seconds += time.perf_counter() - started
             if final:
                 metrics |= self.fixed | {
-                    "time/train_seconds": self.train_seconds,
-                    "time/step_seconds": self.train_seconds / max(self.step, 1),
-                    "time/step_seconds_median": float(np.median(self.step_times)) if self.step_times else 0.0,
-                    "time/setup_seconds": self.setup_seconds,
-                    "time/eval_seconds": self.eval_seconds,
+                    Metric.TRAIN_SECONDS: self.train_seconds,
+                    Metric.STEP_SECONDS: self.train_seconds / max(self.step, 1),
+                    Metric.STEP_SECONDS_MEDIAN: float(np.median(self.step_times)) if self.step_times else 0.0,
+                    Metric.SETUP_SECONDS: self.setup_seconds,
+                    Metric.EVAL_SECONDS: self.eval_seconds,
                 }
                 if self.session.device.type == "cuda":
-                    metrics["memory/peak_gb"] = torch.cuda.max_memory_allocated(self.session.device) / 2**30
+                    metrics[Metric.PEAK_MEMORY] = torch.cuda.max_memory_allocated(self.session.device) / 2**30
             if self.logger:
                 self.logger.metrics({k: v for k, v in metrics.items() if k not in TRAIN_CURVE}, self.step)
                 self.logger.curve(TRAIN_CURVE, [(step, means.tolist()) for step, means in self.curve])

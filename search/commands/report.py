@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from analysis.report import build_report
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
-    out = build_report(args.sweep, args.tracking_uri, args.out, log_artifacts=not args.no_log)
+    out = build_report(args.sweep, args.tracking_uri, args.out, log_artifacts=not args.no_log).out
     print(f"report: {out / 'report.html'}")
     print(f"        {out / 'report.md'}, {out / 'findings.json'}")
     return 0

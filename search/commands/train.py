@@ -82,35 +82,37 @@ def train(config, out_dir: Path, name: str, mlflow_run: dict[str, str], in_proce
 def start_mlflow_run(uri: str, name: str, config) -> dict[str, str]:
     """Create the run in the driver (workers only log into it)."""
     from search import tracking
+    from trainables import mlflow_layout as layout
     from trainables import workspace
 
     client = tracking.connect(uri)
-    experiment_id = tracking.experiment_id(client, EXPERIMENT, workspace.artifact_root() if uri.startswith("sqlite:") else None)
-    tags = {"uvlm.role": "train", "uvlm.arm": config.data.arm.value, "uvlm.seed": str(config.seed)}
-    run = client.create_run(experiment_id, run_name=name, tags=tags)
-    return {"tracking_uri": uri, "run_id": run.info.run_id}
+    experiment_id = layout.experiment_id(client, EXPERIMENT, workspace.artifact_root() if uri.startswith("sqlite:") else None)
+    run_id = layout.start_run(client, experiment_id, name, layout.train_tags(arm=config.data.arm.value, seed=config.seed))
+    return {"tracking_uri": uri, "run_id": run_id}
 
 
 def end_mlflow_run(mlflow_run: dict[str, str], status: str, error: BaseException | None = None) -> None:
     from mlflow.tracking import MlflowClient
 
+    from trainables import mlflow_layout as layout
+
     client = MlflowClient(mlflow_run["tracking_uri"])
-    if error is not None:
-        client.set_tag(mlflow_run["run_id"], "uvlm.error", str(error)[:5000] or type(error).__name__)
-    client.set_terminated(mlflow_run["run_id"], status=status)
+    layout.finish(client, mlflow_run["run_id"], status, str(error) or type(error).__name__ if error is not None else None)
 
 
 def summary(metrics: dict[str, float]) -> str:
     """Per-attribute test scores beside the constant-answer baseline, then the other final metrics."""
-    from trainables.data.records import ATTRIBUTES
+    from trainables.mlflow_layout import ATTRIBUTES, Metric, overall
 
     lines = [f"{'VQA':<16}{'model':>8}{'baseline':>10}"]
     for key in (*ATTRIBUTES, "overall"):
-        if f"test/vqa/{key}" in metrics:
-            lines.append(f"{key:<16}{metrics[f'test/vqa/{key}']:>8.3f}{metrics.get(f'baseline/vqa/{key}', float('nan')):>10.3f}")
-    if "test/caption/score" in metrics:
-        lines.append(f"{'caption':<16}{metrics['test/caption/score']:>8.3f}{metrics.get('baseline/caption/score', float('nan')):>10.3f}")
-    for key in ("test/gen/cosine", "test/gen/token_accuracy", "test/gen/probe/overall", "probe/true/overall", "time/step_seconds"):
+        if f"{Metric.VQA}/{key}" in metrics:
+            lines.append(f"{key:<16}{metrics[f'{Metric.VQA}/{key}']:>8.3f}"
+                         f"{metrics.get(f'{Metric.BASELINE_VQA}/{key}', float('nan')):>10.3f}")
+    if Metric.CAPTION in metrics:
+        lines.append(f"{'caption':<16}{metrics[Metric.CAPTION]:>8.3f}{metrics.get(Metric.BASELINE_CAPTION, float('nan')):>10.3f}")
+    for key in (Metric.GEN_COSINE, Metric.GEN_TOKEN_ACCURACY, overall(Metric.GEN_PROBE), overall(Metric.PROBE_TRUE),
+                Metric.STEP_SECONDS):
         if key in metrics:
             lines.append(f"{key:<26}{metrics[key]:.4f}")
     return "\n".join(lines)
