@@ -218,7 +218,7 @@ class EvalConfig(StrictModel):
     """Cap on test records per task in intermediate evaluations (the final one uses all)."""
     grid_images: int = Field(default=16, ge=1, le=limits.GRID_IMAGES[1])
     """Generated images in the saved grid."""
-    log_every_steps: int = Field(default=10, gt=0)
+    log_every_steps: int = Field(default=10, ge=1, le=limits.STEPS[1])
     """The training losses' curve: their mean over every N steps, sent to MLflow in one batch per evaluation."""
 
 
