@@ -38,6 +38,7 @@ from analysis.findings import (DERIVED, FINISHED, InsufficientData, Result, _res
                                shared_levels)
 from search.space import Direction, Headline, Statistic
 from trainables.errors import UserError
+from trainables.yamlfile import load_yaml
 
 MAX_GRID = 10
 """Fractions of the budget on the common grid (the paper's 10%, 20%, ..., 100%) at most."""
@@ -65,7 +66,6 @@ def parse(record: dict[str, Any] | None) -> dict[str, Headline] | None:
 
 def from_parent(sweep: str, tracking_uri: str | None = None) -> dict[str, Headline] | None:
     """The declared headlines of `sweep`, read from its parent run's artifacts (module docstring); None if none."""
-    import yaml
     from mlflow import MlflowClient
 
     from analysis.frames import sweep_parent
@@ -85,7 +85,8 @@ def from_parent(sweep: str, tracking_uri: str | None = None) -> dict[str, Headli
         space_file = table.get("space_file")
         if space_file not in logged:
             return None
-        tree = yaml.safe_load(Path(client.download_artifacts(parent, space_file, folder)).read_text()) or {}
+        text = Path(client.download_artifacts(parent, space_file, folder)).read_text()
+        tree = load_yaml(text, f"the space file {space_file!r} logged on sweep {sweep!r}") or {}
     return parse(tree.get("headlines"))
 
 
