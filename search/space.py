@@ -267,9 +267,9 @@ class SpaceFile(SpaceModel):
     def _seed_list(cls, seeds: list[int] | int) -> list[int]:
         if isinstance(seeds, int):
             if seeds < 1:
-                raise ValueError(f"a seed count must be at least 1 (got {seeds})")
+                raise ValueError("a seed count must be at least 1")
             if seeds > limits.SEEDS_PER_CELL[1]:
-                raise ValueError(f"a seed count must be at most {limits.SEEDS_PER_CELL[1]} (got {seeds})")
+                raise ValueError(f"a seed count must be at most {limits.SEEDS_PER_CELL[1]}")
             return list(range(seeds))
         if not seeds:
             raise ValueError("seeds must not be empty")

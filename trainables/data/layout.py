@@ -133,7 +133,8 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     """The manifest of a dataset folder, checked for shape; UserError when missing or foreign."""
     path = folder / MANIFEST
     if not folder.is_dir():
-        raise UserError(f"dataset folder {str(folder)!r} does not exist")
+        what = "is a file, not a dataset folder" if folder.exists() else "does not exist"
+        raise UserError(f"dataset folder {str(folder)!r} {what}")
     if not path.is_file():
         raise UserError(f"{str(folder)!r} is not a uvlm dataset: it has no {MANIFEST}")
     manifest = read_json(path)
