@@ -52,6 +52,8 @@ class World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, data_path) -> World:
     """A working folder with an MLflow store holding one sweep, a report, the tiny dataset and broken copies."""
+    from PIL import Image
+
     from analysis.synthetic import SyntheticSweep, write_sweep
     from search import tracking
 
@@ -65,6 +67,8 @@ def world(tmp_path_factory, data_path) -> World:
     report.mkdir(parents=True)
     (report / "report.md").write_text("# Sweep report: mixing\n")
     (report / "findings.json").write_text("{}\n")
+    (work / "runs" / "old-run").mkdir(parents=True)
+    (work / "runs" / "old-run" / "metrics.json").write_text('{"test/vqa/overall": 0.5}\n')
 
     files = root / "files"
     files.mkdir()
@@ -81,6 +85,10 @@ def world(tmp_path_factory, data_path) -> World:
     (files / "good-space.yaml").write_text(SPACE.replace("DATA", str(data_path)))
     (files / "section-not-mapping.yaml").write_text("optim: 3\n")
     (files / "llava.json").write_text('{"not": "a list"}')
+    Image.new("RGB", (8, 8)).save(files / "watch.png")
+    (files / "llava-good.json").write_text('[{"id": "a", "image": "watch.png", "conversations": '
+                                           '[{"from": "human", "value": "<image>\\nWhat is this?"}, '
+                                           '{"from": "gpt", "value": "A watch."}]}]')
     (files / "list.yaml").write_text("- optim\n- data\n")
     good = SPACE.replace("DATA", str(data_path))
     (files / "space-base-folder.yaml").write_text(f"base: {files}\n" + good)
@@ -155,6 +163,8 @@ CASES = [
      "expected a JSON list"),
     ("llava-images-is-file", "data llava --json {files}/llava.json --images {files}/notes.txt --out {root}/llava",
      "is a file, not a folder"),
+    ("llava-collides-with-dataset", "data llava --json {files}/llava-good.json --images {files} --out {data}",
+     "already holds a different dataset"),
     ("llava-zero-shard", "data llava --json {files}/llava.json --images {files} --out {root}/llava --shard-records 0",
      "--shard-records must be between 1"),
     # uvlm train
@@ -184,6 +194,9 @@ CASES = [
     ("train-store-not-a-db", "train --set data.path={data} --tracking-uri sqlite:///{files}/notes.txt",
      "is not an SQLite database"),
     ("train-out-is-a-file", "train --set data.path={data} --out {files}/notes.txt", "--out"),
+    ("train-name-escapes", "train --name ../../elsewhere", "use letters, digits"),
+    ("train-name-collides", "train --name old-run", "already holds files"),
+    ("train-out-holds-a-report", "train --out {report}", "already holds files"),
     ("train-huge-batch", "train --set optim.batch_size=100000", "less than or equal to 4096"),
     ("train-config-is-a-list", "train {files}/list.yaml", "must hold a mapping"),
     ("train-corrupt-dataset", "train --set data.path={broken}/truncated-shard --tracking-uri sqlite:///{store}",
@@ -203,6 +216,7 @@ CASES = [
     ("sweep-store-folder", "sweep {files}/good-space.yaml --tracking-uri sqlite:///{files}", "is a folder"),
     ("sweep-unreachable-server", "sweep {files}/good-space.yaml --tracking-uri {closed}", "is unreachable"),
     ("sweep-unknown-command", "swep {files}/good-space.yaml", "did you mean 'sweep'"),
+    ("sweep-storage-is-file", "sweep {files}/good-space.yaml --storage {files}/notes.txt", "--storage"),
     ("sweep-name-collides", "sweep {files}/good-space.yaml --name mixing --trainable sweep_bodies:quick",
      "sweep 'mixing' already exists"),
     ("validate-base-is-folder", "validate {files}/space-base-folder.yaml", "is a folder"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Callable
 
 from trainables import limits
@@ -23,3 +24,13 @@ def number(bounds: limits.Bounds, kind: type = int) -> Callable[[str], float]:
         return value
 
     return parse
+
+
+def name(text: str) -> str:
+    """An argparse `type` for a name that becomes a folder and an MLflow name (no '/', no '..')."""
+    from search.space import NAME_PATTERN
+
+    if not re.match(NAME_PATTERN, text):
+        raise argparse.ArgumentTypeError(f"{text!r}: use letters, digits, '.', '_' and '-' (at most 100), "
+                                         f"starting with a letter or digit")
+    return text

@@ -96,6 +96,8 @@ def run_sweep(args: argparse.Namespace) -> int:
     from trainables import workspace
 
     check_store(workspace.tracking_uri(options.tracking_uri, options.workdir), create=True)  # before Ray and torch load
+    if options.storage and "://" not in options.storage:  # a local Ray results folder (not s3:// and the like)
+        workspace.output_folder(options.storage, "--storage")
     return sweep(plan, options).exit_code
 
 

@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from search.commands import name as name_type
+
 EXPERIMENT = "uvlm-train"
 
 
@@ -27,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field by its dotted name, e.g. --set optim.lr=1e-3 (repeatable)")
     parser.add_argument("--out", help="output folder (default: <workdir>/runs/<run name>)")
-    parser.add_argument("--name", help="run name in MLflow and Ray (default: train-<time>)")
+    parser.add_argument("--name", type=name_type, help="run name in MLflow and Ray (default: train-<time>)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or the embedded store)")
     parser.add_argument("--no-ray", action="store_true", help="run the same loop in this process, without Ray (debugging)")
     parser.set_defaults(run=run)
@@ -36,10 +38,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from trainables import workspace
     from trainables.config import load_config
+    from trainables.errors import UserError
 
     config = load_config(args.config, args.overrides)
     name = args.name or time.strftime("train-%Y%m%d-%H%M%S")
     out_dir = workspace.output_folder(args.out) if args.out else workspace.workdir() / "runs" / name
+    if out_dir.is_dir() and any(out_dir.iterdir()):  # another run's metrics and checkpoints would be overwritten
+        raise UserError(f"{'--out' if args.out else 'run folder'} {str(out_dir)!r} already holds files; "
+                        f"choose another {'--out' if args.out else '--name'}")
     from search import tracking
     from trainables.data.prepare import ensure_dataset
 
