@@ -7,6 +7,7 @@ owned by `trainables.mlflow_layout`.
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import sqlite3
 import subprocess
@@ -55,7 +56,11 @@ def check_store(uri: str, create: bool = False) -> None:
         _check_server(uri)
     elif scheme == "sqlite":
         _check_sqlite(uri, create)
-    elif scheme not in ("file", "postgresql", "mysql", "mssql", "databricks") and not uri.startswith("/"):
+    elif scheme == "file" or uri.startswith("/"):
+        if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("true", "1"):
+            raise UserError(f"tracking URI {uri!r} is a folder store, which MLflow 3 refuses (unless "
+                            f"MLFLOW_ALLOW_FILE_STORE=true); use a database such as sqlite:///PATH/mlflow.db")
+    elif scheme not in ("postgresql", "mysql", "mssql", "databricks"):
         raise UserError(f"tracking URI {uri!r}: unsupported scheme {scheme or '(none)'!r}; "
                         f"use sqlite:///PATH, http(s)://HOST:PORT or a database URL")
 

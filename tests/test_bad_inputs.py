@@ -236,6 +236,8 @@ CASES = [
     ("report-store-missing", "report mixing --tracking-uri sqlite:///{root}/none.db", "no MLflow store"),
     ("report-unreachable-server", "report mixing --tracking-uri {closed}", "is unreachable"),
     ("report-unsupported-uri", "report mixing --tracking-uri ftp://host/store", "unsupported scheme 'ftp'"),
+    ("report-folder-store", "report mixing --tracking-uri {files}", "is a folder store"),
+    ("report-file-uri-store", "report mixing --tracking-uri file://{files}", "is a folder store"),
     ("report-out-is-a-file", "report mixing --out {files}/notes.txt", "--out"),
     # uvlm demo
     ("demo-workdir-is-file", "demo --workdir {files}/notes.txt", "working folder"),
