@@ -239,6 +239,12 @@ CASES = [
     ("report-folder-store", "report mixing --tracking-uri {files}", "is a folder store"),
     ("report-file-uri-store", "report mixing --tracking-uri file://{files}", "is a folder store"),
     ("report-out-is-a-file", "report mixing --out {files}/notes.txt", "--out"),
+    # uvlm power
+    ("power-half-width-nan", "power mixing --half-width nan", "--half-width must be a finite number between 1e-06"),
+    ("power-half-width-negative", "power mixing --half-width -0.1", "--half-width must be between 1e-06 and 1000000"),
+    ("power-half-width-word", "power mixing --half-width wide", "expected a number (got 'wide')"),
+    ("power-store-other-program", "power mixing --tracking-uri sqlite:///{files}/other.db", "another program"),
+    ("power-sweep-typo", "power mixnig", "did you mean 'mixing'"),
     # uvlm demo
     ("demo-workdir-is-file", "demo --workdir {files}/notes.txt", "working folder"),
     ("demo-unreachable-server", "demo --workdir {root}/demo --tracking-uri {closed}", "is unreachable"),
@@ -262,7 +268,7 @@ CASES = [
 
 def test_there_are_enough_cases_for_every_command():
     commands = {case[1].split()[0] for case in CASES}
-    assert {"data", "train", "sweep", "validate", "report", "demo", "ui"} <= commands
+    assert {"data", "train", "sweep", "validate", "report", "power", "demo", "ui"} <= commands
     assert len(CASES) >= 40
 
 

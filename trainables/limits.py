@@ -45,6 +45,8 @@ SAMPLES = (1, 100_000)
 TRIALS = 100_000
 """Slots in one sweep: the trial table is built in memory before any run."""
 TIME_BUDGET_S = (0, 10 * 365 * 86400)
+HALF_WIDTH = (1e-6, 1e6)
+"""A target 95% half-width, on the scale of the statistic (accuracies, slopes)."""
 
 
 def problem(value: float, bounds: Bounds) -> str | None:

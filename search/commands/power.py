@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from search.commands import number
+from trainables import limits
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -15,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "power with those seeds, and the seeds a 95% half-width of --half-width needs at that SD.",
     )
     parser.add_argument("sweep", metavar="SWEEP", help="the sweep's name (its MLflow experiment)")
-    parser.add_argument("--half-width", type=float, default=None, metavar="W",
+    parser.add_argument("--half-width", type=number(limits.HALF_WIDTH, float), default=None, metavar="W",
                         help="target 95%% half-width on the statistic's own scale (default 0.02)")
     parser.add_argument("--tracking-uri", metavar="URI",
                         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the working folder's sqlite store)")
@@ -25,14 +28,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
 
+    from search.tracking import check_store
+    from trainables import workspace
+
+    check_store(workspace.tracking_uri(args.tracking_uri))  # before the analysis stack is imported
     import polars as pl
 
     from analysis.findings import FindingReport
     from analysis.headlines import power_frame, sweep_findings
     from trainables.errors import UserError
 
-    if args.half_width is not None and not args.half_width > 0:
-        raise UserError(f"--half-width must be above 0 (got {args.half_width})")
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     _, _, declared, findings = sweep_findings(args.sweep, args.tracking_uri)
     headlines = [r for f in findings.values() if isinstance(f, FindingReport) for r in f.headlines]
