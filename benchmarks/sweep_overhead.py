@@ -15,6 +15,7 @@ per trial, as before). Then it reads each sweep's MLflow runs and prints, per sw
   fixed median  per trial, everything that is not a training step: the trial's MLflow run from
   fixed p90     start to end minus its training steps (set-up, evaluations, checkpoints, MLflow)
   eval median   per trial, the evaluations alone (time/eval_seconds), included in the fixed cost
+  fixed - eval  per trial, the fixed cost without the evaluations (set-up, checkpoints, MLflow, Tune)
 
 and the new/baseline ratios. Figures on a shared 2-core machine vary with its load: run it on an idle one.
 """
@@ -114,14 +115,17 @@ def measure(workdir: Path, sweep: str, wall: float | None) -> dict[str, float]:
         "train_seconds_sum": sum(train), "ratio": wall * concurrency / sum(train),
         "fixed_seconds_median": statistics.median(fixed), "fixed_seconds_p90": fixed[min(len(fixed) - 1, int(0.9 * len(fixed)))],
         "eval_seconds_median": statistics.median(evals),
+        "fixed_less_eval_median": statistics.median(f - e for f, e in zip(
+            ((run.info.end_time - run.info.start_time) / 1000 - t for run, t in zip(trials, train)), evals)),
     }
 
 
 def report(figures: dict[str, dict[str, float]]) -> str:
     columns = [("trials", "{:.0f}"), ("concurrency", "{:.0f}"), ("wall_seconds", "{:.1f}"), ("train_seconds_sum", "{:.1f}"),
                ("ratio", "{:.3f}"), ("fixed_seconds_median", "{:.1f}"), ("fixed_seconds_p90", "{:.1f}"),
-               ("eval_seconds_median", "{:.1f}")]
-    heads = ["sweep", "trials", "at once", "wall s", "train loop s", "ratio", "fixed median s", "fixed p90 s", "eval median s"]
+               ("eval_seconds_median", "{:.1f}"), ("fixed_less_eval_median", "{:.1f}")]
+    heads = ["sweep", "trials", "at once", "wall s", "train loop s", "ratio", "fixed median s", "fixed p90 s", "eval median s",
+             "fixed - eval median s"]
     rows = [[name] + [fmt.format(values[key]) for key, fmt in columns] for name, values in figures.items()]
     widths = [max(len(str(row[i])) for row in [heads] + rows) for i in range(len(heads))]
     lines = ["  ".join(str(cell).rjust(width) for cell, width in zip(row, widths)) for row in [heads] + rows]
