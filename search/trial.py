@@ -67,7 +67,7 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     slot = context.slots[config["slot"]]
     train_config = slot.config.with_overrides(config.get("searched") or {})
     client = tracking.client(context.tracking_uri)
-    tags = trial_tags(context, slot, trial_id, train_config)
+    tags = trial_tags(context, slot, trial_id, train_config, config.get("optuna"))
     existing = tracking.trial_run(client, context.experiment_id, trial_id)
     if existing is not None and existing.info.status in ("FINISHED", "FAILED"):
         # Ended before the driver was killed, after Tune's last snapshot: MLflow knows, so don't run it again.
@@ -82,6 +82,7 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
         run_id = existing.info.run_id
         attempt = int(existing.data.tags.get("uvlm.attempt", "1")) + 1
         tracking.reopen(client, run_id, {**tags, "uvlm.attempt": attempt})
+    link_optuna_trial(config.get("optuna"), slot, run_id)
     out_dir = Path(context.out_root) / trial_id
     began = time.monotonic()
     try:
@@ -104,16 +105,36 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     tune.report({key: value for key, value in metrics.items() if isinstance(value, (int, float))})
 
 
-def trial_tags(context: TrialContext, slot: Slot, trial_id: str, config: TrainConfig) -> dict[str, Any]:
+def trial_tags(context: TrialContext, slot: Slot, trial_id: str, config: TrainConfig,
+               optuna_trial: dict[str, Any] | None = None) -> dict[str, Any]:
     """The nested run's tags (docs/ARCHITECTURE.md, "MLflow layout")."""
     tags = {
         "mlflow.parentRunId": context.parent_run_id, "uvlm.role": "trial", "uvlm.sweep": context.sweep,
         "uvlm.study": context.study, "uvlm.trial_id": trial_id, "uvlm.slot": slot.index,
         "uvlm.arm": config.data.arm.value, "uvlm.seed": config.seed, "uvlm.cell": slot.cell.key,
-        "uvlm.sample": slot.sample,
+        "uvlm.sample": slot.sample, "uvlm.phase": slot.phase.value,
     }
     tags.update({f"uvlm.factor.{name}": label for name, label in slot.cell.levels})
+    if optuna_trial:  # the Optuna trial whose configuration this run trains (a held-out run: the cell's best)
+        tags.update({"uvlm.optuna_study": optuna_trial["study"], "uvlm.optuna_trial": optuna_trial["trial"]})
     return tags
+
+
+def link_optuna_trial(optuna_trial: dict[str, Any] | None, slot: Slot, run_id: str) -> None:
+    """The Optuna trial of a tuning run carries the MLflow run id of each of its seeds as user attribute
+    `mlflow_run_id.seed=<seed>` (set while the Optuna trial still runs; the searcher tells it later).
+    A storage that stays locked loses the link, never the trial."""
+    if not optuna_trial or not optuna_trial.get("storage"):
+        return
+    import optuna
+
+    storage = optuna.storages.RDBStorage(optuna_trial["storage"], engine_kwargs={"connect_args": {"timeout": 30}})
+    try:
+        storage.set_trial_user_attr(optuna_trial["trial_id"], f"mlflow_run_id.seed={slot.seed}", run_id)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        pass  # a rerun after a resume: the configuration was told already
+    finally:
+        storage.remove_session()
 
 
 def _complete_run(client, run_id: str, out_dir: Path, checkpoint_dirs: list[Path], metrics: dict[str, float]) -> None:
