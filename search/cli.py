@@ -20,6 +20,7 @@ COMMANDS = [
     "search.commands.report",
     "search.commands.sweep",
     "search.commands.ui",
+    "search.commands.dashboard",
     "search.commands.demo",
 ]
 
