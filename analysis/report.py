@@ -32,6 +32,7 @@ import polars as pl
 
 from analysis import figures as figs
 from analysis import stats
+from analysis import tuning
 from analysis.findings import FINISHED, MIN_SEEDS_FOR_VERDICT, FindingReport, Result, all_findings
 from analysis.frames import factor_names, load_history, load_runs, sweep_parent
 from analysis.importance import best_configs, objective_for, param_importance, searched_params
@@ -79,7 +80,7 @@ def build_report(sweep: str, tracking_uri: str | None = None, out_dir: str | Pat
     out = Path(out_dir) if out_dir else workdir() / "reports" / sweep
     (out / "figures").mkdir(parents=True, exist_ok=True)
     history = load_history(sweep, uri, metrics=HISTORY_METRICS)
-    findings = all_findings(runs)
+    findings = all_findings(tuning.finding_runs(runs))  # a tuned sweep's findings: its held-out re-runs only
     searched = searched_params(runs)
     importance = param_importance(runs)
     best = best_configs(runs)
@@ -112,6 +113,8 @@ def build_report(sweep: str, tracking_uri: str | None = None, out_dir: str | Pat
           lambda: figs.parallel_coordinates(runs, searched, objectives))
     _draw(document, figures, "generated_images", "Generated images of the best runs",
           lambda: figs.image_grids(_best_images(best, uri)))
+    tuned = tuning.section(document, runs, *tuning.objective_of(parent["run_id"], uri),
+                           lambda name, caption, draw: _draw(document, figures, name, caption, draw))
     document.h(2, "Limits of the evidence")
     document.ul(_limits(runs, findings))
 
@@ -121,6 +124,8 @@ def build_report(sweep: str, tracking_uri: str | None = None, out_dir: str | Pat
         (out / "figures" / f"{name}.png").write_bytes(data)
     (out / "findings.json").write_text(json.dumps(_json(sweep, parent, runs, findings, importance, best), indent=2,
                                                   default=_plain))
+    if tuned:
+        (out / "tuning.json").write_text(json.dumps(tuned, indent=2, default=_plain))
     (out / "report.md").write_text(render_markdown(document))
     (out / "report.html").write_text(render_html(document, f"Sweep report: {sweep}"))
     if log_artifacts:
