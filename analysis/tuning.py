@@ -206,7 +206,18 @@ def section(document, runs: pl.DataFrame, metric: str | None, mode: str, draw: C
             "tuned": _ci(row["tuned"], row["tuned_ci"]), "tuned verdict": row["tuned_verdict"],
             "untuned": _ci(row["untuned"], row["untuned_ci"]), "untuned verdict": row["untuned_verdict"] or "-",
             "seeds": row["seeds"]} for row in comparison]), "The finding, tuned vs untuned (95% intervals over seeds)")
-    return out
+    return _finite_or_none(out)
+
+
+def _finite_or_none(value: Any) -> Any:
+    """NaN (e.g. no interval from one seed) as null, so tuning.json is strict JSON like findings.json."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(item) for item in value]
+    return value
 
 
 def _ci(value: float | None, interval: tuple) -> str:
