@@ -133,6 +133,11 @@ def link_optuna_trial(optuna_trial: dict[str, Any] | None, slot: Slot, run_id: s
         storage.set_trial_user_attr(optuna_trial["trial_id"], f"mlflow_run_id.seed={slot.seed}", run_id)
     except optuna.exceptions.UpdateFinishedTrialError:
         pass  # a rerun after a resume: the configuration was told already
+    except Exception as error:  # noqa: BLE001 - e.g. sqlite locked for 30 s: the MLflow tags still link the two
+        import sys
+
+        print(f"uvlm: warning: Optuna trial {optuna_trial['trial']} of {optuna_trial['study']!r} not linked to MLflow "
+              f"run {run_id}: {str(error).splitlines()[0]}", file=sys.stderr)
     finally:
         storage.remove_session()
 
