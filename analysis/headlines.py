@@ -165,6 +165,7 @@ def sweep_findings(sweep: str, tracking_uri: str | None = None):
     """(runs, history, declared headlines or None, all_findings) of a sweep in the MLflow store."""
     from analysis.findings import all_findings
     from analysis.frames import load_history, load_runs
+    from analysis.tuning import finding_runs
 
     runs = load_runs(sweep, tracking_uri)
     if runs.is_empty():
@@ -172,7 +173,7 @@ def sweep_findings(sweep: str, tracking_uri: str | None = None):
     headlines = from_parent(sweep, tracking_uri)
     wanted = sorted({*HISTORY_METRICS, *(h.metric for h in (headlines or {}).values())})
     history = load_history(sweep, tracking_uri, metrics=wanted)
-    return runs, history, headlines, all_findings(runs, history, headlines)
+    return runs, history, headlines, all_findings(finding_runs(runs), history, headlines)  # a tuned sweep: held-out runs
 
 
 def power_frame(results: list[Result], half_width: float | None = None) -> pl.DataFrame:

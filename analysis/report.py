@@ -32,6 +32,7 @@ import polars as pl
 
 from analysis import figures as figs
 from analysis import stats
+from analysis import tuning
 from analysis.findings import EXPLORATORY, FINISHED, OTHER_ATTRIBUTES, MIN_SEEDS_FOR_VERDICT, TARGET_HALF_WIDTH, FindingReport, Result
 from analysis.frames import factor_names, sweep_parent
 from analysis.headlines import power_frame, sweep_findings
@@ -124,6 +125,8 @@ def build_report(sweep: str, tracking_uri: str | None = None, out_dir: str | Pat
           lambda: figs.parallel_coordinates(runs, searched, objectives))
     _draw(document, figures, "generated_images", "Generated images of the best runs",
           lambda: figs.image_grids(_best_images(best, uri)))
+    tuned = tuning.section(document, runs, *tuning.objective_of(parent["run_id"], uri),
+                           lambda name, caption, draw: _draw(document, figures, name, caption, draw))
     document.h(2, "Limits of the evidence")
     document.ul(_limits(runs, findings))
 
@@ -133,6 +136,8 @@ def build_report(sweep: str, tracking_uri: str | None = None, out_dir: str | Pat
         (out / "figures" / f"{name}.png").write_bytes(data)
     (out / "findings.json").write_text(json.dumps(_json(sweep, parent, runs, findings, importance, best, headlines),
                                                   indent=2, default=_plain))
+    if tuned:
+        (out / "tuning.json").write_text(json.dumps(tuned, indent=2, default=_plain))
     (out / "report.md").write_text(render_markdown(document))
     (out / "report.html").write_text(render_html(document, f"Sweep report: {sweep}"))
     if log_artifacts:

@@ -22,6 +22,7 @@ COMMANDS = [
     "search.commands.power",
     "search.commands.sweep",
     "search.commands.ui",
+    "search.commands.dashboard",
     "search.commands.demo",
 ]
 

@@ -13,6 +13,7 @@ the whole path in a few minutes and says nothing about the findings.
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
@@ -29,6 +30,11 @@ from trainables.yamlfile import read_yaml
 
 STUDIES = (("mixing", 1), ("alignment", 2), ("transfer", 3))
 """Each study's space file stem and the finding (1-3 of STUDY.md) it is designed to address."""
+OPTUNA_STUDIES = (("ratio", 1), ("tuning", 1))
+"""Studies where Optuna searches (the mixing ratio; fair per-arm tuning re-run on held-out seeds). They do not fit
+the demo's 30 minutes beside the three (about 8 and 13 minutes on 2 cores): `uvlm demo --study ratio|tuning` runs
+them; `--smoke` runs them at toy size with the three, so CI checks their whole path."""
+ALL_STUDIES = dict(STUDIES + OPTUNA_STUDIES)
 SPACES = Path(__file__).resolve().parents[1] / "spaces"
 
 # --smoke: every study at toy size. Relative data paths move under <workdir>/smoke-data.
@@ -49,6 +55,8 @@ class DemoOptions:
     """Folder holding mixing.yaml, alignment.yaml and transfer.yaml."""
     body: str | None = None
     """The trial body (search.sweep); tests pass a cheap one. Default: the real trainable."""
+    studies: list[str] | None = None
+    """Run only these studies (names of ALL_STUDIES); default the three of STUDIES (with --smoke, all five)."""
 
 
 @dataclass
@@ -72,9 +80,10 @@ def run_demo(options: DemoOptions) -> int:
     folder = workspace.workdir(options.workdir)
     folder.mkdir(parents=True, exist_ok=True)
     uri = workspace.tracking_uri(options.tracking_uri, folder)
-    plans = [load_space(_space_path(options, study, folder)) for study, _ in STUDIES]  # all valid before any compute
+    chosen = selected(options)
+    plans = [load_space(_space_path(options, study, folder)) for study, _ in chosen]  # all valid before any compute
     runs = []
-    for (study, finding), plan in zip(STUDIES, plans):
+    for (study, finding), plan in zip(chosen, plans):
         name = f"{study}-smoke" if options.smoke else study
         runs.append(StudyRun(study, finding, name, _state(uri, name)))
     sweep_options = [SweepOptions(name=run.name, tracking_uri=options.tracking_uri, workdir=str(folder),
@@ -83,9 +92,9 @@ def run_demo(options: DemoOptions) -> int:
         if run.state == "new":
             dry_run(plan, sweep)  # datasets, resources and every trial's config, before the first study starts
     total = sum(len(plan.slots) for plan in plans)
-    _say(f"demo{' (smoke)' if options.smoke else ''}: 3 studies, {total} trials, working folder {folder}")
+    _say(f"demo{' (smoke)' if options.smoke else ''}: {len(chosen)} studies, {total} trials, working folder {folder}")
     for index, (plan, run, sweep) in enumerate(zip(plans, runs, sweep_options), 1):
-        label = f"[{index}/3] {run.study} (finding {run.finding}): {len(plan.slots)} trials"
+        label = f"[{index}/{len(chosen)}] {run.study} (finding {run.finding}): {len(plan.slots)} trials"
         if run.state == "finished":
             _say(f"{label}: finished earlier, skipped")
             continue
@@ -107,9 +116,22 @@ def run_demo(options: DemoOptions) -> int:
         print(f"MLflow UI:     open {uri.rstrip('/')}{RUNS_VIEW}   (one experiment per study)")
     else:
         print(f"MLflow UI:     uvlm ui --workdir {folder}   (then http://127.0.0.1:5000{RUNS_VIEW}; one experiment per study)")
-    print(f"Optuna:        pip install optuna-dashboard && optuna-dashboard {workspace.optuna_storage(folder)}")
+    print(f"Optuna:        uvlm dashboard --workdir {folder}   (then http://127.0.0.1:8080/dashboard; one study per "
+          f"cell of a searched sweep)")
     print(f"demo wall time: {_minutes(time.monotonic() - began)}", flush=True)
     return max(run.exit_code for run in runs)
+
+
+def selected(options: DemoOptions) -> tuple[tuple[str, int], ...]:
+    """The studies this demo runs, in order: --study names, else the three (and the Optuna ones with --smoke)."""
+    if options.studies:
+        unknown = [name for name in options.studies if name not in ALL_STUDIES]
+        if unknown:
+            from trainables.errors import unknown_choice
+
+            raise UserError(unknown_choice("--study", unknown[0], list(ALL_STUDIES)))
+        return tuple((name, ALL_STUDIES[name]) for name in dict.fromkeys(options.studies))
+    return STUDIES + (OPTUNA_STUDIES if options.smoke else ())
 
 
 def _env_uri() -> str | None:
@@ -147,6 +169,8 @@ def smoke_space(path: Path, out: Path) -> Path:
             overrides["data.path"] = str(data_root / Path(overrides["data.path"]).name)
         if "data.train_images" in overrides:
             overrides["data.train_images"] = SMOKE_TRAIN_IMAGES[-1]
+        for key in SMOKE_FIXED.keys() & overrides.keys():  # e.g. a factor level's own budget.value
+            overrides[key] = SMOKE_FIXED[key]
         return overrides
 
     tree["fixed"] = {**shrink(tree.get("fixed", {})), **SMOKE_FIXED}
@@ -160,6 +184,13 @@ def smoke_space(path: Path, out: Path) -> Path:
             factors[name] = levels
     tree["factors"] = factors
     tree["seeds"] = 1
+    if tree.get("search", {}).get("params"):  # two configurations per cell: Optuna's studies get complete trials
+        tree["search"] = {**tree["search"], "samples": min(tree["search"].get("samples", 1), 2),
+                          "startup_trials": 1}
+    if tree.get("holdout"):
+        tree["holdout"] = {**tree["holdout"], "seeds": tree["holdout"]["seeds"][:1]}
+    if tree.get("early_stopping"):
+        tree["early_stopping"] = {**tree["early_stopping"], "enabled": False}  # no rung within a few steps
     out.mkdir(parents=True, exist_ok=True)
     target = out / path.name
     header = (f"# uvlm demo --smoke: {path.name} shrunk to toy size (one seed, {SMOKE_FIXED['budget.value']} steps).\n"
@@ -209,6 +240,12 @@ def headline_rows(runs: list[StudyRun]) -> list[dict[str, Any]]:
 
     rows = []
     for run in runs:
+        path = run.report.out / "tuning.json"
+        tuned = json.loads(path.read_text()) if path.is_file() else {}
+        if tuned.get("best_ratio"):  # the ratio study has one arm: its finding is the best ratio
+            rows += _tuning_rows(run, tuned)
+            continue
+        held_out = " (tuned, held-out seeds)" if tuned.get("tuned_vs_untuned") else ""
         finding = run.report.findings[run.finding]
         base = {"study": run.study, "finding": run.finding, "report": f"{run.name}/report.html", "half_width": None}
         if isinstance(finding, str):  # not addressed: the reason
@@ -220,10 +257,29 @@ def headline_rows(runs: list[StudyRun]) -> list[dict[str, Any]]:
                          "metric": "", "estimate": None, "ci": (None, None), "seeds": 0, "verdict": "-"})
         for result in finding.headlines:
             group = ", ".join(f"{k}={v}" for k, v in result.group.items() if k not in ("attribute", "trend", "factor"))
-            rows.append({**base, "result": result.name + (f" ({group})" if group else ""),
+            rows.append({**base, "result": result.name + (f" ({group})" if group else "") + held_out,
                          "comparison": result.comparison, "metric": result.metric,
                          "estimate": _finite(result.estimate), "ci": (_finite(result.ci_low), _finite(result.ci_high)),
                          "half_width": _finite(result.half_width), "seeds": result.n_seeds, "verdict": VERDICT_MARK.get(result.verdict, result.verdict)})
+        rows += _tuning_rows(run, tuned)  # the untuned finding on the same held-out seeds, beside the tuned one
+    return rows
+
+
+def _tuning_rows(run: StudyRun, tuned: dict[str, Any]) -> list[dict[str, Any]]:
+    """A searched study's own rows: the best mixing ratio, and the untuned finding beside the tuned one."""
+    from analysis.report import VERDICT_MARK
+
+    base = {"study": run.study, "finding": run.finding, "report": f"{run.name}/report.html", "half_width": None}
+    rows = []
+    if ratio := tuned.get("best_ratio"):
+        rows.append({**base, "result": f"best mixing ratio ({ratio['configurations']} configurations)",
+                     "comparison": "argmax of the mean over seeds", "metric": "data.generation_ratio",
+                     "estimate": ratio["ratio"], "ci": (ratio["ci_low"], ratio["ci_high"]), "seeds": ratio["seeds"],
+                     "verdict": "-"})
+    for row in tuned.get("tuned_vs_untuned", []):
+        rows.append({**base, "result": f"{row['result']} (untuned, held-out seeds)", "comparison": row["comparison"],
+                     "metric": row["metric"], "estimate": row["untuned"], "ci": tuple(row["untuned_ci"]),
+                     "seeds": row["seeds"], "verdict": VERDICT_MARK.get(row["untuned_verdict"], row["untuned_verdict"] or "-")})
     return rows
 
 

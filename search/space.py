@@ -9,7 +9,10 @@ A space file says which runs a study needs. Its parts:
                   list of values, or a named factor whose levels set several keys together
   seeds           a list of seeds, or a count N meaning 0..N-1; every cell runs every seed
   search          hyperparameters Optuna samples (uniform, loguniform, int, categorical),
-                  conditional ones with `when`, and `samples` per (cell, seed)
+                  conditional ones with `when`, and `samples`: Optuna trials (configurations) per
+                  cell, each scored on every seed (Optuna is told the mean over the seeds)
+  holdout         after tuning, each cell's best configuration re-runs on these seeds, which
+                  tuning never saw (never pruned); optionally the untuned configuration too
   objective       the metric Optuna and ASHA optimise, and its direction
   resources       per trial: Train workers, CPUs and GPUs per worker
   budget          concurrency and a time limit for the whole sweep
@@ -167,12 +170,34 @@ class Search(SpaceModel):
     sampler: SamplerKind = SamplerKind.TPE
     seed: int = Field(default=0, ge=limits.SEED[0], le=limits.SEED[1])
     """Seeds the sampler; each cell's study adds its cell index."""
+    multivariate: bool = True
+    """TPE: model the searched parameters jointly (Optuna's multivariate TPE), not one at a time."""
     startup_trials: int = Field(default=10, ge=1, le=limits.SAMPLES[1])
     """TPE: random trials per cell before the model takes over."""
     samples: int = Field(default=1, ge=1, le=limits.SAMPLES[1])
-    """Searched configurations per (cell, seed)."""
+    """Optuna trials per cell: each is one configuration, run on every seed of `seeds` (paired), and
+    Optuna is told the mean of the objective over those seeds. The same budget for every cell (arm)."""
     params: dict[str, Param] = Field(default_factory=dict)
     """Dotted TrainConfig keys -> distributions, sampled in this order (define-by-run)."""
+
+
+class Holdout(SpaceModel):
+    """Fair per-cell tuning: the best configuration of each cell re-run on fresh seeds (no winner's curse)."""
+
+    seeds: list[int]
+    """Seeds tuning never saw; each cell's best configuration runs once on each, after every tuning trial ended."""
+    untuned: bool = True
+    """Also run each cell's untuned configuration (the searched keys at their defaults) on the same seeds,
+    so the report compares the tuned finding with the untuned one, paired by seed."""
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, seeds: list[int]) -> list[int]:
+        if not seeds:
+            raise ValueError("holdout.seeds must not be empty")
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"holdout.seeds repeat a value (got {seeds})")
+        return seeds
 
 
 class Resources(SpaceModel):
@@ -203,7 +228,8 @@ class Budget(SpaceModel):
 
 class EarlyStopping(SpaceModel):
     enabled: bool = False
-    """ASHA: stop trials whose objective is in the bottom part at a rung. Compares trials of all cells."""
+    """ASHA: stop tuning trials whose objective is in the bottom part at a rung, compared within their cell;
+    held-out re-runs are never stopped."""
     grace_steps: int = Field(default=250, ge=1, le=limits.STEPS[1])
     """No trial is stopped before this many training steps."""
     reduction_factor: float = Field(default=3.0, gt=1, le=limits.FACTOR[1])
@@ -256,6 +282,8 @@ class SpaceFile(SpaceModel):
     seeds: list[int] | int = Field(default_factory=lambda: [0])
     objective: Objective | None = None
     search: Search = Field(default_factory=Search)
+    holdout: Holdout | None = None
+    """Re-run each cell's best searched configuration on held-out seeds (needs search.params)."""
     resources: Resources = Field(default_factory=Resources)
     budget: Budget = Field(default_factory=Budget)
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
@@ -288,6 +316,12 @@ class SpaceFile(SpaceModel):
             raise ValueError(f"{needs} needs an `objective` (metric and mode)")
         if self.search.samples > 1 and not self.search.params:
             raise ValueError("search.samples > 1 repeats identical runs: add search.params or use more seeds")
+        if self.holdout is not None:
+            if not self.search.params:
+                raise ValueError("holdout re-runs the best searched configuration: it needs search.params")
+            shared = sorted(set(self.holdout.seeds) & set(self.seeds))
+            if shared:
+                raise ValueError(f"holdout.seeds must be seeds tuning never saw; {shared} are also in `seeds`")
         return self
 
 
@@ -307,6 +341,14 @@ class Cell:
         return cell_key(self.levels)
 
 
+class Phase(str, enum.Enum):
+    """What a slot is for. Only tuning slots may be pruned; held-out ones never are."""
+
+    TUNE = "tune"  # an Optuna configuration on one of `seeds` (every slot of a study without holdout)
+    HOLDOUT = "holdout"  # a cell's best tuned configuration on one of holdout.seeds
+    UNTUNED = "untuned"  # a cell's untuned configuration on one of holdout.seeds (the comparison)
+
+
 @dataclass(frozen=True)
 class Slot:
     """One trial to run: a cell, a seed and a sample index; searched values come at run time."""
@@ -317,6 +359,7 @@ class Slot:
     sample: int
     overrides: dict[str, Any]  # fixed + factor levels + resources + seed (dotted keys), as written
     config: TrainConfig  # built from base + overrides once, relative paths made absolute (trials run elsewhere)
+    phase: Phase = Phase.TUNE
 
 
 @dataclass
@@ -356,7 +399,7 @@ class Plan:
         """The trial table: one row per slot, as it will run."""
         return [
             {"slot": slot.index, "cell": slot.cell.key, "seed": slot.seed, "sample": slot.sample,
-             "overrides": slot.overrides}
+             "phase": slot.phase.value, "overrides": slot.overrides}
             for slot in self.slots
         ]
 
@@ -393,10 +436,15 @@ def load_space(path: str | Path) -> Plan:
     cells = _cells(space)
     root = Path.cwd()
     slots = []
-    for index, (sample, seed, cell) in enumerate(product(range(space.search.samples), space.seeds, cells)):
+    # Tuning: every Optuna configuration (sample) of every cell on every seed; then the held-out re-runs.
+    order = [(Phase.TUNE, sample, seed, cell) for sample, seed, cell in product(range(space.search.samples), space.seeds, cells)]
+    if space.holdout is not None:
+        phases = [Phase.HOLDOUT] + ([Phase.UNTUNED] if space.holdout.untuned else [])
+        order += [(phase, 0, seed, cell) for seed, cell, phase in product(space.holdout.seeds, cells, phases)]
+    for index, (phase, sample, seed, cell) in enumerate(order):
         overrides = {**space.fixed, **cell.overrides, **space.resources.overrides(), "seed": seed}
         slots.append(Slot(index=index, cell=cell, seed=seed, sample=sample, overrides=overrides,
-                          config=_slot_config(path, base, overrides, cell, root)))
+                          config=_slot_config(path, base, overrides, cell, root), phase=phase))
     plan = Plan(path=path, text=text, space=space, base=base, cells=cells, slots=slots)
     _check_configs(plan)
     return plan
@@ -465,6 +513,11 @@ def _model_at(parts: list[str]) -> type[BaseModel]:
 def _enum_at(loc: list[str]) -> type[enum.Enum] | None:
     return {"type": DistributionKind, "mode": Mode, "sampler": SamplerKind, "expected": Direction,
             "statistic": Statistic}.get(loc[-1])
+
+
+def searched_space(space: SpaceFile) -> dict[str, str]:
+    """The searched parameters as text (key -> distribution): what an Optuna study of this sweep must match."""
+    return {key: param.describe() for key, param in space.search.params.items()}
 
 
 def _load_base(space_path: Path, base: str | None) -> dict[str, Any]:
@@ -568,6 +621,9 @@ def _check_configs(plan: Plan) -> None:
     name = plan.path.name
     configs = {slot.cell.index: slot.config for slot in plan.first_of_each_cell()}
     for key, param in plan.space.search.params.items():
+        if param.when and not any(condition_holds(param.when, config.flatten()) for config in configs.values()):
+            raise UserError(f"space file {name}: search.params.{key}.when {param.when} holds in no cell, so "
+                            f"{key!r} would never be searched")
         for slot in plan.first_of_each_cell():
             if not condition_holds(param.when, configs[slot.cell.index].flatten()):
                 continue

@@ -93,6 +93,7 @@ def run_sweep(plan: Plan, options: SweepOptions) -> Summary:
         concurrency_for(plan, ray_cluster.resources(None, plan.space.resources.gpus_per_worker > 0), options.max_concurrent)
     if options.resume and _missing_store(uri):
         raise UserError(f"no sweep named {name!r} to resume: {uri} does not exist yet")
+    check_optuna(plan, name, folder)
 
     client = tracking.connect(uri)
     experiment = layout.experiment_id(client, name, create=False)
@@ -147,6 +148,17 @@ def run_sweep(plan: Plan, options: SweepOptions) -> Summary:
     return summary
 
 
+def check_optuna(plan: Plan, name: str, folder: Path) -> None:
+    """A searched sweep's Optuna storage opens and takes writes, and its studies (if any) search this space."""
+    if not plan.space.search.params:
+        return
+    from search.tuning import check_storage, check_studies
+
+    url = workspace.optuna_storage(folder)
+    check_storage(url)
+    check_studies(plan, name, url)  # on --resume too: the digest check finds a changed file, this a changed store
+
+
 def _missing_store(uri: str) -> bool:
     return uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists()
 
@@ -168,14 +180,13 @@ def _fit(plan: Plan, name: str, resume: bool, experiment_dir: Path, context: Tri
         objective = space.objective
         scheduler = None
         if space.early_stopping.enabled:
-            from ray.tune.schedulers import ASHAScheduler
+            from search.tuning import PairedASHA
 
-            max_steps = max(int(slot.config.budget.value) for slot in plan.first_of_each_cell())
-            # max_t above the last step: ASHA stops trials at rungs only, never at their own end, so a trial
-            # that runs its whole budget ends itself and its run ends FINISHED.
-            scheduler = ASHAScheduler(time_attr="step", metric=objective.metric, mode=objective.mode.value,
-                                      max_t=max_steps + 1, grace_period=space.early_stopping.grace_steps,
-                                      reduction_factor=space.early_stopping.reduction_factor)
+            scheduler = PairedASHA(
+                {slot.index: slot.cell.index for slot in plan.slots},
+                {slot.cell.index: int(slot.config.budget.value) for slot in plan.first_of_each_cell()},
+                time_attr="step", metric=objective.metric, mode=objective.mode.value,
+                grace_period=space.early_stopping.grace_steps, reduction_factor=space.early_stopping.reduction_factor)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
@@ -199,7 +210,7 @@ def build_searcher(plan: Plan, name: str, folder: Path):
     from search.searcher import SlotRef, SlotSearcher
 
     objective = plan.space.objective
-    refs = [SlotRef(slot.index, slot.cell.index, slot.cell.key) for slot in plan.slots]
+    refs = [SlotRef(slot.index, slot.cell.index, slot.cell.key, slot.seed, slot.sample, slot.phase) for slot in plan.slots]
     cell_values = {slot.cell.index: slot.config.flatten() for slot in plan.first_of_each_cell()}
     return SlotSearcher(refs, cell_values, plan.space.search,
                         metric=objective.metric if objective else None,
@@ -361,7 +372,11 @@ def _shape(plan: Plan) -> str:
     parts = [f"{len(plan.cells)} cells", f"{len(plan.space.seeds)} seeds"]
     if plan.space.search.samples > 1:
         parts.append(f"{plan.space.search.samples} samples")
-    return " x ".join(parts)
+    text = " x ".join(parts)
+    if plan.space.holdout:
+        held = sum(1 for slot in plan.slots if slot.phase.value != "tune")
+        text += f" + {held} held-out"
+    return text
 
 
 def _duration(seconds: float) -> str:
@@ -380,6 +395,7 @@ def dry_run(plan: Plan, options: SweepOptions) -> str:
         resolve_body(options.body)
     cluster = ray_cluster.resources(options.address, gpus_needed=plan.space.resources.gpus_per_worker > 0)
     concurrency = concurrency_for(plan, cluster, options.max_concurrent)
+    check_optuna(plan, name, workspace.workdir(options.workdir))
     space = plan.space
     resources = space.resources
     lines = [
@@ -391,8 +407,15 @@ def dry_run(plan: Plan, options: SweepOptions) -> str:
     if space.objective:
         lines.append(f"  objective: {space.objective.metric} ({space.objective.mode.value})")
     if space.search.params:
-        lines.append(f"  searched by Optuna ({space.search.sampler.value}, seed {space.search.seed}, one study per cell):")
-        lines += [f"    {key}: {param.describe()}" for key, param in space.search.params.items()]
+        search = space.search
+        lines.append(f"  searched by Optuna ({search.sampler.value}{', multivariate' if search.multivariate else ''}, "
+                     f"seed {search.seed}, one study per cell, {search.samples} configuration(s) per cell, "
+                     f"each scored on {len(space.seeds)} seed(s)):")
+        lines += [f"    {key}: {param.describe()}" for key, param in search.params.items()]
+        lines.append(f"  Optuna storage: {workspace.optuna_storage(workspace.workdir(options.workdir))}")
+    if space.holdout:
+        lines.append(f"  held out: each cell's best configuration re-runs on seeds {space.holdout.seeds}"
+                     + (" beside its untuned configuration" if space.holdout.untuned else "") + " (never pruned)")
     lines.append(f"  early stopping (ASHA): {'on, grace ' + str(space.early_stopping.grace_steps) + ' steps' if space.early_stopping.enabled else 'off'}")
     if space.budget.time_budget_s:
         lines.append(f"  time budget: {_duration(space.budget.time_budget_s)}")
@@ -425,7 +448,8 @@ def check_data(plan: Plan) -> list[str]:
 
 
 def table_text(plan: Plan) -> str:
-    rows = [("trial", "cell", "seed", "sample")] + [
-        (str(slot.index), slot.cell.key or "-", str(slot.seed), str(slot.sample)) for slot in plan.slots]
-    widths = [max(len(row[column]) for row in rows) for column in range(4)]
+    rows = [("trial", "cell", "seed", "sample", "phase")] + [
+        (str(slot.index), slot.cell.key or "-", str(slot.seed), str(slot.sample) if slot.phase.value == "tune" else "best"
+         if slot.phase.value == "holdout" else "default", slot.phase.value) for slot in plan.slots]
+    widths = [max(len(row[column]) for row in rows) for column in range(5)]
     return "\n".join("  " + "  ".join(value.ljust(width) for value, width in zip(row, widths)).rstrip() for row in rows)

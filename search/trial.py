@@ -77,13 +77,15 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
         tune.report(dict(existing.data.metrics))
         return
     if existing is None:
-        tags = trial_tags(context, slot, trial_id, train_config, attempt=1)
+        tags = trial_tags(context, slot, trial_id, train_config, attempt=1, optuna_trial=config.get("optuna"))
         earlier = len(layout.slot_runs(client, context.experiment_id, slot.index))
         run_id = layout.start_run(client, context.experiment_id, trial_run_name(context, slot, earlier), tags)
     else:
         run_id = existing.info.run_id
         attempt = int(existing.data.tags.get(layout.Tag.ATTEMPT, "1")) + 1
-        layout.reopen(client, run_id, trial_tags(context, slot, trial_id, train_config, attempt=attempt))
+        layout.reopen(client, run_id, trial_tags(context, slot, trial_id, train_config, attempt=attempt,
+                                                  optuna_trial=config.get("optuna")))
+    link_optuna_trial(config.get("optuna"), slot, run_id)
     out_dir = Path(context.out_root) / trial_id
     began = time.monotonic()
     try:
@@ -106,15 +108,39 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     tune.report({key: value for key, value in metrics.items() if isinstance(value, (int, float))})
 
 
-def trial_tags(context: TrialContext, slot: Slot, trial_id: str, config: TrainConfig, attempt: int) -> dict[str, Any]:
+def trial_tags(context: TrialContext, slot: Slot, trial_id: str, config: TrainConfig, attempt: int,
+               optuna_trial: dict[str, Any] | None = None) -> dict[str, Any]:
     return layout.trial_tags(parent_run_id=context.parent_run_id, sweep=context.sweep, study=context.study,
                              trial_id=trial_id, slot=slot.index, sample=slot.sample, attempt=attempt,
-                             arm=config.data.arm.value, seed=config.seed, levels=slot.cell.levels)
+                             arm=config.data.arm.value, seed=config.seed, levels=slot.cell.levels,
+                             phase=slot.phase.value, optuna_trial=optuna_trial)
 
 
 def trial_run_name(context: TrialContext, slot: Slot, earlier_runs: int = 0) -> str:
     return layout.trial_run_name(context.study, slot.cell.levels, slot.seed,
                                  sample=slot.sample if context.samples > 1 else None, rerun=earlier_runs)
+
+
+def link_optuna_trial(optuna_trial: dict[str, Any] | None, slot: Slot, run_id: str) -> None:
+    """The Optuna trial of a tuning run carries the MLflow run id of each of its seeds as user attribute
+    `mlflow_run_id.seed=<seed>` (set while the Optuna trial still runs; the searcher tells it later).
+    A storage that stays locked loses the link, never the trial."""
+    if not optuna_trial or not optuna_trial.get("storage"):
+        return
+    import optuna
+
+    storage = optuna.storages.RDBStorage(optuna_trial["storage"], engine_kwargs={"connect_args": {"timeout": 30}})
+    try:
+        storage.set_trial_user_attr(optuna_trial["trial_id"], f"mlflow_run_id.seed={slot.seed}", run_id)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        pass  # a rerun after a resume: the configuration was told already
+    except Exception as error:  # noqa: BLE001 - e.g. sqlite locked for 30 s: the MLflow tags still link the two
+        import sys
+
+        print(f"uvlm: warning: Optuna trial {optuna_trial['trial']} of {optuna_trial['study']!r} not linked to MLflow "
+              f"run {run_id}: {str(error).splitlines()[0]}", file=sys.stderr)
+    finally:
+        storage.remove_session()
 
 
 def _complete_run(client, run_id: str, out_dir: Path, checkpoint_dirs: list[Path], metrics: dict[str, float]) -> None:

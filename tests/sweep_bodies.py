@@ -117,3 +117,27 @@ def spread(config, out_dir, *, run_name, storage_path, mlflow_run=None, callback
         client = tracking.client(mlflow_run["tracking_uri"])
         layout.set_tags(client, mlflow_run["run_id"], {"test.worker_nodes": ",".join(nodes)})
     return {"step": 1, "test/vqa/overall": 0.5, "test/nodes": len(nodes)}
+
+
+def graded(config, out_dir, *, run_name, storage_path, mlflow_run=None, callbacks=()):
+    """An objective every 10 steps up to budget.value that peaks at lr = 3e-3 and at generation_ratio = 0.5,
+    a little higher for higher seeds; seeds >= 5 (held out in the tests) score 0.5 lower, so ASHA would
+    stop them at once if it ever saw them."""
+    from ray import tune
+
+    from search import tracking
+    from trainables import mlflow_layout as layout
+
+    client = tracking.client(mlflow_run["tracking_uri"]) if mlflow_run else None
+    if client:
+        layout.log_params(client, mlflow_run["run_id"], config.flatten())
+    quality = (0.6 - 0.1 * abs(math.log10(config.optim.lr / 3e-3)) - 0.1 * abs(config.data.generation_ratio - 0.5)
+               + 0.01 * config.seed - (0.5 if config.seed >= 5 else 0.0))
+    metrics = {}
+    for step in range(10, int(config.budget.value) + 1, 10):
+        time.sleep(0.2)
+        metrics = {"step": step, "test/vqa/overall": round(quality + 0.001 * step, 6)}
+        if client:
+            layout.log_metrics(client, mlflow_run["run_id"], metrics, step=step)
+        tune.report(metrics)
+    return metrics

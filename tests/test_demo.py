@@ -9,11 +9,12 @@ import re
 import shlex
 from pathlib import Path
 
+import optuna
 import pytest
 import yaml
 
 from search.cli import build_parser
-from search.demo import STUDIES, smoke_space
+from search.demo import OPTUNA_STUDIES, STUDIES, smoke_space
 from search.space import load_space
 from trainables.data.prepare import smartwatch_options
 from trainables.data.records import is_hidden
@@ -21,6 +22,7 @@ from trainables.data.smartwatch import sample_image
 from test_sweep_run import ROOT, runs_of, uvlm
 
 STUDY_FILES = [ROOT / "spaces" / f"{study}.yaml" for study, _ in STUDIES]
+OPTUNA_FILES = [ROOT / "spaces" / f"{study}.yaml" for study, _ in OPTUNA_STUDIES]
 
 
 # ----------------------------------------------------------------------------- the CPU-scale design
@@ -76,7 +78,7 @@ def test_every_arm_of_a_study_has_the_same_budget_optimiser_and_alpha(path):
 # ----------------------------------------------------------------------------- --smoke
 
 def test_smoke_spaces_are_the_studies_at_toy_size(tmp_path):
-    for path in STUDY_FILES:
+    for path in STUDY_FILES + OPTUNA_FILES:
         smoke = smoke_space(path, tmp_path / "smoke-spaces")
         plan, original = load_space(smoke), load_space(path)
         assert [[name for name, _ in cell.levels] for cell in plan.cells] == \
@@ -129,14 +131,25 @@ def test_demo_runs_every_study_reports_them_and_a_rerun_skips_them(tmp_path):
     index = (tmp_path / "work" / "reports" / "index.html").read_text()
     assert all(f"{study}-smoke/report.html" in index for study, _ in STUDIES)
     assert "Findings (95% intervals over seeds" in first.stdout
-    assert "uvlm ui --workdir" in first.stdout and "optuna-dashboard sqlite:///" in first.stdout
-    trials = {study: len(runs_of(tmp_path, f"{study}-smoke")) for study, _ in STUDIES}
-    assert trials == {"mixing": 3, "alignment": 4, "transfer": 4}  # the cells of each study, one seed
+    assert "uvlm ui --workdir" in first.stdout and "uvlm dashboard --workdir" in first.stdout
+    assert "pip install" not in first.stdout
+    trials = {study: len(runs_of(tmp_path, f"{study}-smoke")) for study, _ in STUDIES + OPTUNA_STUDIES}
+    # The cells of each study at one seed; ratio: 2 configurations; tuning: 2 arms x 2 configurations + 2 arms x
+    # one held-out seed x (tuned, untuned).
+    assert trials == {"mixing": 3, "alignment": 4, "transfer": 4, "ratio": 2, "tuning": 8}
+    storage = f"sqlite:///{tmp_path / 'work' / 'optuna.db'}"
+    studies = {summary.study_name for summary in optuna.study.get_all_study_summaries(storage)}
+    assert studies == {"ratio-smoke/all", "tuning-smoke/arm=understanding", "tuning-smoke/arm=mixed"}
+    for name in studies:
+        for trial in optuna.load_study(study_name=name, storage=storage).trials:
+            assert trial.state == optuna.trial.TrialState.COMPLETE and trial.params, (name, trial)
+    assert "best mixing ratio" in first.stdout and "(untuned, held-out seeds)" in first.stdout
 
     second = uvlm(tmp_path, *args, timeout=600)
     assert second.returncode == 0, second.stdout + second.stderr
-    assert second.stderr.count("finished earlier, skipped") == 3, second.stderr
-    assert {study: len(runs_of(tmp_path, f"{study}-smoke")) for study, _ in STUDIES} == trials, "no trial was redone"
+    assert second.stderr.count("finished earlier, skipped") == 5, second.stderr
+    assert {study: len(runs_of(tmp_path, f"{study}-smoke")) for study, _ in STUDIES + OPTUNA_STUDIES} == trials, \
+        "no trial was redone"
 
 
 def test_demo_skips_finished_studies_and_reports_their_findings(tmp_path, capsys):

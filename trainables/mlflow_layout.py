@@ -65,6 +65,9 @@ class Tag:
     CELL = "uvlm.cell"
     FACTOR = "uvlm.factor."  # + the factor's name (a dotted key, or a named factor's name)
     CHECKPOINT = "uvlm.checkpoint"
+    PHASE = "uvlm.phase"  # tune | holdout | untuned (search.space.Phase)
+    OPTUNA_STUDY = "uvlm.optuna_study"  # the Optuna study and trial whose configuration the run trains
+    OPTUNA_TRIAL = "uvlm.optuna_trial"
     # how a run ended
     ERROR = "uvlm.error"
     PRUNED = "uvlm.pruned"
@@ -75,8 +78,10 @@ SWEEP_TAGS = frozenset({Tag.ROLE, Tag.SWEEP, Tag.STUDY, Tag.GIT_COMMIT, Tag.SPAC
                         Tag.SESSIONS, Tag.SUMMARY})
 """The uvlm tags of a sweep's ended parent run."""
 TRIAL_TAGS = frozenset({Tag.PARENT, Tag.ROLE, Tag.SWEEP, Tag.STUDY, Tag.TRIAL_ID, Tag.SLOT, Tag.SAMPLE, Tag.ATTEMPT,
-                        Tag.ARM, Tag.SEED, Tag.CELL})
-"""Tags of every trial run, besides one Tag.FACTOR tag per crossed factor and the ENDING_TAGS."""
+                        Tag.ARM, Tag.SEED, Tag.CELL, Tag.PHASE})
+"""Tags of every trial run, besides one Tag.FACTOR tag per crossed factor, OPTUNA_TAGS when a searcher proposed
+its configuration, and the ENDING_TAGS."""
+OPTUNA_TAGS = frozenset({Tag.OPTUNA_STUDY, Tag.OPTUNA_TRIAL})
 ENDING_TAGS = frozenset({Tag.CHECKPOINT, Tag.ERROR, Tag.PRUNED, Tag.INTERRUPTED})
 """Tags a trial run may get as it ends: its last checkpoint, or why it did not finish."""
 TRAIN_TAGS = frozenset({Tag.ROLE, Tag.ARM, Tag.SEED})
@@ -100,12 +105,16 @@ def sweep_tags(*, sweep: str, study: str, git_commit: str, space_digest: str, tr
 
 
 def trial_tags(*, parent_run_id: str, sweep: str, study: str, trial_id: str, slot: int, sample: int, attempt: int,
-               arm: str, seed: int, levels: Sequence[tuple[str, str]]) -> dict[str, Any]:
-    """A trial run's tags; `levels` are the crossed (factor name, level label) pairs of its cell."""
+               arm: str, seed: int, levels: Sequence[tuple[str, str]], phase: str = "tune",
+               optuna_trial: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A trial run's tags; `levels` are the crossed (factor name, level label) pairs of its cell; `optuna_trial`
+    ({"study", "trial"}) the Optuna trial whose configuration it trains, if a searcher proposed it."""
     tags = {Tag.PARENT: parent_run_id, Tag.ROLE: Role.TRIAL.value, Tag.SWEEP: sweep, Tag.STUDY: study,
             Tag.TRIAL_ID: trial_id, Tag.SLOT: slot, Tag.SAMPLE: sample, Tag.ATTEMPT: attempt, Tag.ARM: arm,
-            Tag.SEED: seed, Tag.CELL: cell_key(levels)}
+            Tag.SEED: seed, Tag.CELL: cell_key(levels), Tag.PHASE: phase}
     tags.update({factor_tag(name): label for name, label in levels})
+    if optuna_trial:
+        tags.update({Tag.OPTUNA_STUDY: optuna_trial["study"], Tag.OPTUNA_TRIAL: optuna_trial["trial"]})
     return tags
 
 

@@ -19,7 +19,7 @@ named after the sweep, trials are runs nested under the sweep's run; single
   uvlm ui --port 5000
   uvlm ui --host 0.0.0.0      # reachable from other machines (trusted networks only)
 The Optuna studies (one per cell of a searched sweep) are in <working folder>/optuna.db:
-  pip install optuna-dashboard && optuna-dashboard sqlite:///uvlm-work/optuna.db
+  uvlm dashboard                     # optuna-dashboard on 127.0.0.1:8080
 """
 
 
