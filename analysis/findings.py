@@ -31,7 +31,9 @@ from trainables.errors import UserError
 ATTRIBUTES = ("time", "weather", "battery", "weather_corner", "battery_corner")
 UNDERSTANDING_METRICS = ("test/vqa/overall", *(f"test/vqa/{a}" for a in ATTRIBUTES), "test/caption/score")
 GENERATION_METRICS = ("test/gen/probe/overall", *(f"test/gen/probe/{a}" for a in ATTRIBUTES), "test/gen/cosine",
-                      "test/gen/token_accuracy")
+                      "test/gen/token_accuracy", "test/gen/frechet")
+LOWER_IS_BETTER = frozenset({"test/gen/frechet"})
+"""Metrics where a benefit is a decrease (a distance): their expected sign is flipped."""
 HIDDEN_METRIC = "test/vqa_hidden/overall"
 FINISHED = "FINISHED"
 MIN_SEEDS_FOR_VERDICT = 3
@@ -269,8 +271,9 @@ def mutual_benefit(runs: pl.DataFrame) -> FindingReport:
                 continue
             tables.append(pairs)
             attribute = metric.rsplit("/", 1)[-1]
+            direction = -1 if metric in LOWER_IS_BETTER else +1
             report.results.append(_result(1, f"{side} benefit", metric, comparison, _mean(pairs),
-                                          _test_text("mean", pairs), +1, {"attribute": attribute},
+                                          _test_text("mean", pairs), direction, {"attribute": attribute},
                                           headline=metric == primary))
             if metric != primary:
                 continue

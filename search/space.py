@@ -346,9 +346,9 @@ def known_metrics() -> list[str]:
     from trainables.data.records import ATTRIBUTES
 
     names = ["step", "train/loss", "train/text_loss", "train/image_loss", "train/samples",
-             "test/caption/score", "test/gen/cosine", "test/gen/token_accuracy",
+             "test/caption/score", "test/gen/cosine", "test/gen/token_accuracy", "test/gen/frechet",
              "baseline/caption/score", "time/train_seconds", "time/step_seconds"]
-    for group in ("test/vqa", "test/vqa_hidden", "test/gen/probe", "probe/true", "baseline/vqa"):
+    for group in ("test/vqa", "test/vqa_hidden", "test/gen/probe", "probe/true", "baseline/vqa", "baseline/gen/probe"):
         names += [f"{group}/overall"] + [f"{group}/{attribute}" for attribute in ATTRIBUTES]
     return names
 

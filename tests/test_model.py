@@ -96,6 +96,65 @@ def test_default_shapes_match_the_study():
     assert batch.input_ids[batch.gen_pred_mask & ~batch.gen_mask].eq(tok.boi).all()
 
 
+@pytest.mark.parametrize("space,loss", [("vq", "ce"), ("patch", "cosine")])
+@pytest.mark.parametrize("positions", [True, False])
+def test_free_running_image_equals_teacher_forcing_on_its_own_tokens(space, loss, positions):
+    """Free-running generation (left-padded prompts, KV cache, fed-back tokens) sees what teacher forcing
+    (right padding, one pass) sees: fed its own tokens as targets, the teacher-forced head predicts them."""
+    _, tok, images, model, _ = make([f"generation.space={space}", f"generation.loss={loss}",
+                                     f"generation.image_positions={str(positions).lower()}"])
+    torch.manual_seed(1)
+    for p in model.parameters():  # away from the near-uniform init, where ties could hide a mismatch
+        p.data.add_(0.5 * torch.randn_like(p))
+    model.eval()
+    ng = model.space.num_tokens
+    prompts = ["Draw a smart watch.", "Draw a smart watch. The battery is at 42%."]
+    prompt_batch = collate([generation_example(tok, q, "Here is the image.", i, 0) for i, q in enumerate(prompts)],
+                           images, tok, left_pad=True)
+    generated = model.generate_image(prompt_batch.input_ids, prompt_batch.attention_mask)
+    forced = collate([generation_example(tok, q, "Here is the image.", i, ng) for i, q in enumerate(prompts)], images, tok)
+    fed = model.affine_g(generated.features)  # (B, Ng, Dg): what generation fed back
+    with torch.no_grad():
+        embeds = model.embed(forced.input_ids, forced.und_mask, forced.und_images, forced.gen_mask, fed, forced.gen_pred_mask)
+        hidden = model.backbone(inputs_embeds=embeds, attention_mask=forced.attention_mask, use_cache=False).last_hidden_state
+        predicted = model.head(hidden[forced.gen_pred_mask]).reshape(2, ng, -1)
+    if model.space.discrete:
+        assert torch.equal(predicted.argmax(-1), generated.codes)
+    else:
+        assert torch.allclose(model.to_space(predicted), fed, atol=1e-4)
+    assert (model.gen_positions is not None) == positions
+
+
+def test_sampled_codes_are_reproducible_and_a_cold_temperature_is_argmax():
+    _, tok, images, model, _ = make(["generation.space=vq", "generation.loss=ce"])
+    model.eval()
+    prompts = collate([generation_example(tok, "Draw a smart watch.", "Here is the image.", i, 0) for i in range(4)],
+                      images, tok, left_pad=True)
+    argmax = model.generate_image(prompts.input_ids, prompts.attention_mask).codes
+    model.temperature = 1e-4
+    assert torch.equal(model.generate_image(prompts.input_ids, prompts.attention_mask).codes, argmax)
+    model.temperature = 50.0  # near-uniform draws over the 16 codes: not the argmax, but the same each call
+    hot = model.generate_image(prompts.input_ids, prompts.attention_mask).codes
+    assert torch.equal(model.generate_image(prompts.input_ids, prompts.attention_mask).codes, hot)
+    assert not torch.equal(hot, argmax)
+
+
+def test_image_positions_tell_apart_what_is_predicted_at_each_cell():
+    _, tok, images, model, counts = make(["generation.space=vq", "generation.loss=ce"])
+    assert counts["generation_positions"] == (model.space.num_tokens * model.lm.config.hidden_size,) * 2
+    batch = mixed_batch(tok, images, model)
+    with torch.no_grad():
+        plain = model.embed(batch.input_ids, batch.und_mask, batch.und_images, batch.gen_mask,
+                            model.target_tokens(batch.gen_images)[0])
+        cells = model.embed(batch.input_ids, batch.und_mask, batch.und_images, batch.gen_mask,
+                            model.target_tokens(batch.gen_images)[0], batch.gen_pred_mask)
+    added = (cells - plain)[batch.gen_pred_mask].reshape(2, model.space.num_tokens, -1)
+    assert torch.allclose(added[0], model.gen_positions.weight) and torch.allclose(added[1], model.gen_positions.weight)
+    assert torch.equal(cells[~batch.gen_pred_mask], plain[~batch.gen_pred_mask])  # text and understanding untouched
+    _, _, _, frozen, counts = make(["generation.space=vq", "generation.loss=ce", "trainability.generation_projector=frozen"])
+    assert counts["generation_positions"][0] == 0 and not frozen.gen_positions.weight.requires_grad
+
+
 def test_image_token_count_mismatch_is_an_explicit_error():
     _, tok, images, model, _ = make([])
     batch = mixed_batch(tok, images, model)

@@ -167,6 +167,11 @@ class GenerationConfig(StrictModel):
     alpha: float = Field(default=0.2, ge=0)
     """Total loss = text CE + alpha * image loss."""
     projector: ProjectorKind = ProjectorKind.LINEAR
+    temperature: float = Field(default=0.0, ge=0)
+    """Discrete spaces: free-running codes are sampled from softmax(logits / temperature); 0 = argmax."""
+    image_positions: bool = True
+    """Add a learned embedding of the next grid cell to the LM input at <boi> and at each image token
+    (trained with the generation projector). Without it the tiny LM locates the corners from RoPE alone."""
 
     @model_validator(mode="after")
     def _loss_fits_space(self) -> GenerationConfig:

@@ -165,6 +165,7 @@ class Recipe:
             self._write_run_files()
             self.evaluator = Evaluator(self.data, self.tok, self.model.encoder.num_tokens, self.cache_dir)
             self.fixed = self.evaluator.baselines() | self.evaluator.fit_probe(self.model)
+            self.fixed |= self.evaluator.probe_baseline(self.model)
             if self.mlflow:
                 from trainables.tracking import RunLogger
 

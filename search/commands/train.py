@@ -107,7 +107,8 @@ def end_mlflow_run(mlflow_run: dict[str, str], status: str, error: BaseException
 
 
 def summary(metrics: dict[str, float]) -> str:
-    """Per-attribute test scores beside the constant-answer baseline, then the other final metrics."""
+    """Per-attribute test scores beside the constant baselines (and the probe's reading of true tokens), then the
+    other final metrics."""
     from trainables.data.records import ATTRIBUTES
 
     lines = [f"{'VQA':<16}{'model':>8}{'baseline':>10}"]
@@ -116,7 +117,14 @@ def summary(metrics: dict[str, float]) -> str:
             lines.append(f"{key:<16}{metrics[f'test/vqa/{key}']:>8.3f}{metrics.get(f'baseline/vqa/{key}', float('nan')):>10.3f}")
     if "test/caption/score" in metrics:
         lines.append(f"{'caption':<16}{metrics['test/caption/score']:>8.3f}{metrics.get('baseline/caption/score', float('nan')):>10.3f}")
-    for key in ("test/gen/cosine", "test/gen/token_accuracy", "test/gen/probe/overall", "probe/true/overall", "time/step_seconds"):
+    if "test/gen/probe/overall" in metrics:
+        lines.append(f"{'generation probe':<16}{'model':>8}{'baseline':>10}{'true':>8}")
+        for key in (*ATTRIBUTES, "overall"):
+            if f"test/gen/probe/{key}" in metrics:
+                lines.append(f"{key:<16}{metrics[f'test/gen/probe/{key}']:>8.3f}"
+                             f"{metrics.get(f'baseline/gen/probe/{key}', float('nan')):>10.3f}"
+                             f"{metrics.get(f'probe/true/{key}', float('nan')):>8.3f}")
+    for key in ("test/gen/cosine", "test/gen/token_accuracy", "test/gen/frechet", "time/step_seconds"):
         if key in metrics:
             lines.append(f"{key:<26}{metrics[key]:.4f}")
     return "\n".join(lines)
