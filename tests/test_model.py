@@ -257,7 +257,21 @@ def test_bad_names_list_the_valid_ones():
     with pytest.raises(UserError, match="same"):
         load_config(None, ["generation.space=pixels"])
     with pytest.raises(UserError, match="does not fit"):
-        load_config(None, ["generation.space=vq"])
+        load_config(None, ["generation.space=vq", "generation.loss=cosine"])
+    with pytest.raises(UserError, match="does not fit"):
+        load_config(None, ["generation.space=patch", "generation.loss=ce"])
+    with pytest.raises(UserError, match="does not fit"):
+        load_config(None, ["generation.space=same", "understanding.encoder=vq", "generation.loss=mse"])
+
+
+@pytest.mark.parametrize("overrides,loss", [
+    ([], "ce"), (["generation.space=patch"], "cosine"), (["generation.space=siglip"], "cosine"),
+    (["generation.space=same"], "cosine"), (["generation.space=same", "understanding.encoder=vq"], "ce"),
+    (["generation.space=patch", "generation.loss=mse"], "mse"),
+])
+def test_an_unset_image_loss_follows_the_space(overrides, loss):
+    config = load_config(None, overrides)
+    assert config.generation.loss.value == loss and config.flatten()["generation.loss"] == loss
 
 
 def test_pretrained_lm_and_tokenizer_from_a_local_folder(tmp_path):
@@ -272,7 +286,7 @@ def test_pretrained_lm_and_tokenizer_from_a_local_folder(tmp_path):
     lm = LlamaForCausalLM(LlamaConfig(vocab_size=len(words), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                       num_attention_heads=2, tie_word_embeddings=False))
     lm.save_pretrained(tmp_path)
-    config, _, images, _, _ = make([])
+    config, _, images, _, _ = make(["generation.space=patch"])  # no VQ tokenizer to fit here
     config = load_config(config.model_dump(mode="json"), [f"lm.pretrained_path={tmp_path}", "lm.trainability=lora"])
     from trainables.tokenizer import PretrainedTokenizer
 
@@ -287,14 +301,15 @@ def test_pretrained_lm_and_tokenizer_from_a_local_folder(tmp_path):
 
 
 def test_pretrained_paths_without_the_needed_files(tmp_path):
-    config = load_config(None, TINY + [f"lm.pretrained_path={tmp_path}"])
+    config = load_config(None, TINY + ["generation.space=patch", f"lm.pretrained_path={tmp_path}"])
     tok = WordTokenizer.build(TEXTS)
     with pytest.raises(UserError, match="config.json"):
         build_model(config, tok, 64)
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(UserError, match="no weights"):
         build_model(config, tok, 64)
-    config = load_config(None, TINY + ["understanding.encoder=siglip", f"understanding.pretrained_path={tmp_path / 'nope'}"])
+    config = load_config(None, TINY + ["generation.space=patch", "understanding.encoder=siglip",
+                                       f"understanding.pretrained_path={tmp_path / 'nope'}"])
     with pytest.raises(UserError, match="siglip pretrained path"):
         build_model(config, tok, 64)
     from trainables.tokenizer import PretrainedTokenizer

@@ -50,7 +50,7 @@ def test_uvlm_train_writes_metrics_grid_and_mlflow_run(data_path, tmp_path, monk
     client = MlflowClient(f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}")
     run = client.search_runs([client.get_experiment_by_name("uvlm-train").experiment_id])[0]
     assert run.info.status == "FINISHED" and run.info.run_name == "e2e"
-    assert run.data.params["generation.space"] == "patch" and run.data.params["budget.value"] == "30.0"
+    assert run.data.params["generation.space"] == "vq" and run.data.params["budget.value"] == "30.0"
     assert run.data.metrics["test/vqa/overall"] == pytest.approx(metrics["test/vqa/overall"])
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "test/vqa/overall")]
     assert steps == [15, 30]
