@@ -316,3 +316,13 @@ def test_pretrained_paths_without_the_needed_files(tmp_path):
 
     with pytest.raises(UserError, match="tokenizer"):
         PretrainedTokenizer(tmp_path / "nope")
+
+
+def test_a_codebook_larger_than_the_distinct_patches_shrinks_to_them():
+    images = torch.randint(0, 256, (2, 64, 64, 3), dtype=torch.uint8)
+    images[1] = images[0]  # 16 distinct patches of 8 x 8 at 32 px
+    vq = fit_kmeans_vq(to_float_images(images), 32, 8, 512, 0, None, "t")
+    assert vq.codebook_size == 16 and torch.equal(vq.encode(to_float_images(images[:1]))[0].sort().values, torch.arange(16))
+    config = load_config(None, TINY)
+    model = build_model(config, WordTokenizer.build(TEXTS), 64, vq)
+    assert model.head.out_features == 16

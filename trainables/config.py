@@ -159,8 +159,8 @@ class GenerationConfig(StrictModel):
     patch_size: int = Field(default=8, gt=0)
     """Pixels per generated token side (patch and vq spaces)."""
     codebook_size: int = Field(default=512, gt=1)
-    """vq: number of k-means codes fitted on the training images. 512 keeps the weather icons apart
-    (the probe reads weather from true codes at 1.0, against 0.85 with 256)."""
+    """vq: number of k-means codes fitted on the training images (at most their distinct patches). 512 keeps the
+    weather icons apart (the probe reads weather from true codes at 1.0, against 0.85 with 256)."""
     vq_pretrained_path: str | None = None
     """vq: local LlamaGen-style VQ checkpoint; None = the k-means codebook."""
     feature_pretrained_path: str | None = None
