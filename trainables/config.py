@@ -161,6 +161,9 @@ class GenerationConfig(StrictModel):
     codebook_size: int = Field(default=512, gt=1)
     """vq: number of k-means codes fitted on the training images (at most their distinct patches). 512 keeps the
     weather icons apart (the probe reads weather from true codes at 1.0, against 0.85 with 256)."""
+    codebook_seed: int = 0
+    """vq: seed of the k-means fit. Fixed across run seeds, like a pretrained tokenizer: every seed and arm then
+    shares one codebook, one probe and one constant baseline (with the run's seed they moved with it)."""
     vq_pretrained_path: str | None = None
     """vq: local LlamaGen-style VQ checkpoint; None = the k-means codebook."""
     feature_pretrained_path: str | None = None

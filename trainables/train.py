@@ -190,7 +190,7 @@ class Recipe:
 
         g = config.generation
         return fit_kmeans_vq(to_float_images(self.data.train.images), g.image_size, g.patch_size, g.codebook_size,
-                             config.seed, self.cache_dir, self.data.fingerprint)
+                             g.codebook_seed, self.cache_dir, self.data.fingerprint)
 
     def _setup_model(self) -> UnifiedVLM:
         config = self.config
