@@ -39,7 +39,9 @@ from trainables.mlflow_layout import ATTRIBUTES, Metric, factor_tag, overall, pe
 
 UNDERSTANDING_METRICS = (overall(Metric.VQA), *per_attribute(Metric.VQA), Metric.CAPTION)
 GENERATION_METRICS = (overall(Metric.GEN_PROBE), *per_attribute(Metric.GEN_PROBE), Metric.GEN_COSINE,
-                      Metric.GEN_TOKEN_ACCURACY)
+                      Metric.GEN_TOKEN_ACCURACY, Metric.GEN_FRECHET)
+LOWER_IS_BETTER = frozenset({Metric.GEN_FRECHET})
+"""Metrics where a benefit is a decrease (a distance): their expected sign is flipped."""
 HIDDEN_METRIC = overall(Metric.VQA_HIDDEN)
 OTHER_ATTRIBUTES = f"{Metric.VQA_HIDDEN}/other_attributes"
 """Derived here: mean accuracy over the attributes of hidden images that the hide rule does not name."""
@@ -329,8 +331,9 @@ def mutual_benefit(runs: pl.DataFrame) -> FindingReport:
                 continue
             tables.append(pairs)
             attribute = metric.rsplit("/", 1)[-1]
+            direction = -1 if metric in LOWER_IS_BETTER else +1
             report.results.append(_result(1, f"{side} benefit", metric, comparison, _mean(pairs),
-                                          _test_text("mean", pairs), +1, {"attribute": attribute},
+                                          _test_text("mean", pairs), direction, {"attribute": attribute},
                                           headline=metric == primary))
             if metric != primary:
                 continue

@@ -7,7 +7,6 @@ import json
 import math
 import re
 import shlex
-from pathlib import Path
 
 import optuna
 import pytest

@@ -96,6 +96,65 @@ def test_default_shapes_match_the_study():
     assert batch.input_ids[batch.gen_pred_mask & ~batch.gen_mask].eq(tok.boi).all()
 
 
+@pytest.mark.parametrize("space,loss", [("vq", "ce"), ("patch", "cosine")])
+@pytest.mark.parametrize("positions", [True, False])
+def test_free_running_image_equals_teacher_forcing_on_its_own_tokens(space, loss, positions):
+    """Free-running generation (left-padded prompts, KV cache, fed-back tokens) sees what teacher forcing
+    (right padding, one pass) sees: fed its own tokens as targets, the teacher-forced head predicts them."""
+    _, tok, images, model, _ = make([f"generation.space={space}", f"generation.loss={loss}",
+                                     f"generation.image_positions={str(positions).lower()}"])
+    torch.manual_seed(1)
+    for p in model.parameters():  # away from the near-uniform init, where ties could hide a mismatch
+        p.data.add_(0.5 * torch.randn_like(p))
+    model.eval()
+    ng = model.space.num_tokens
+    prompts = ["Draw a smart watch.", "Draw a smart watch. The battery is at 42%."]
+    prompt_batch = collate([generation_example(tok, q, "Here is the image.", i, 0) for i, q in enumerate(prompts)],
+                           images, tok, left_pad=True)
+    generated = model.generate_image(prompt_batch.input_ids, prompt_batch.attention_mask)
+    forced = collate([generation_example(tok, q, "Here is the image.", i, ng) for i, q in enumerate(prompts)], images, tok)
+    fed = model.affine_g(generated.features)  # (B, Ng, Dg): what generation fed back
+    with torch.no_grad():
+        embeds = model.embed(forced.input_ids, forced.und_mask, forced.und_images, forced.gen_mask, fed, forced.gen_pred_mask)
+        hidden = model.backbone(inputs_embeds=embeds, attention_mask=forced.attention_mask, use_cache=False).last_hidden_state
+        predicted = model.head(hidden[forced.gen_pred_mask]).reshape(2, ng, -1)
+    if model.space.discrete:
+        assert torch.equal(predicted.argmax(-1), generated.codes)
+    else:
+        assert torch.allclose(model.to_space(predicted), fed, atol=1e-4)
+    assert (model.gen_positions is not None) == positions
+
+
+def test_sampled_codes_are_reproducible_and_a_cold_temperature_is_argmax():
+    _, tok, images, model, _ = make(["generation.space=vq", "generation.loss=ce"])
+    model.eval()
+    prompts = collate([generation_example(tok, "Draw a smart watch.", "Here is the image.", i, 0) for i in range(4)],
+                      images, tok, left_pad=True)
+    argmax = model.generate_image(prompts.input_ids, prompts.attention_mask).codes
+    model.temperature = 1e-4
+    assert torch.equal(model.generate_image(prompts.input_ids, prompts.attention_mask).codes, argmax)
+    model.temperature = 50.0  # near-uniform draws over the 16 codes: not the argmax, but the same each call
+    hot = model.generate_image(prompts.input_ids, prompts.attention_mask).codes
+    assert torch.equal(model.generate_image(prompts.input_ids, prompts.attention_mask).codes, hot)
+    assert not torch.equal(hot, argmax)
+
+
+def test_image_positions_tell_apart_what_is_predicted_at_each_cell():
+    _, tok, images, model, counts = make(["generation.space=vq", "generation.loss=ce"])
+    assert counts["generation_positions"] == (model.space.num_tokens * model.lm.config.hidden_size,) * 2
+    batch = mixed_batch(tok, images, model)
+    with torch.no_grad():
+        plain = model.embed(batch.input_ids, batch.und_mask, batch.und_images, batch.gen_mask,
+                            model.target_tokens(batch.gen_images)[0])
+        cells = model.embed(batch.input_ids, batch.und_mask, batch.und_images, batch.gen_mask,
+                            model.target_tokens(batch.gen_images)[0], batch.gen_pred_mask)
+    added = (cells - plain)[batch.gen_pred_mask].reshape(2, model.space.num_tokens, -1)
+    assert torch.allclose(added[0], model.gen_positions.weight) and torch.allclose(added[1], model.gen_positions.weight)
+    assert torch.equal(cells[~batch.gen_pred_mask], plain[~batch.gen_pred_mask])  # text and understanding untouched
+    _, _, _, frozen, counts = make(["generation.space=vq", "generation.loss=ce", "trainability.generation_projector=frozen"])
+    assert counts["generation_positions"][0] == 0 and not frozen.gen_positions.weight.requires_grad
+
+
 def test_image_token_count_mismatch_is_an_explicit_error():
     _, tok, images, model, _ = make([])
     batch = mixed_batch(tok, images, model)
@@ -198,7 +257,21 @@ def test_bad_names_list_the_valid_ones():
     with pytest.raises(UserError, match="same"):
         load_config(None, ["generation.space=pixels"])
     with pytest.raises(UserError, match="does not fit"):
-        load_config(None, ["generation.space=vq"])
+        load_config(None, ["generation.space=vq", "generation.loss=cosine"])
+    with pytest.raises(UserError, match="does not fit"):
+        load_config(None, ["generation.space=patch", "generation.loss=ce"])
+    with pytest.raises(UserError, match="does not fit"):
+        load_config(None, ["generation.space=same", "understanding.encoder=vq", "generation.loss=mse"])
+
+
+@pytest.mark.parametrize("overrides,loss", [
+    ([], "ce"), (["generation.space=patch"], "cosine"), (["generation.space=siglip"], "cosine"),
+    (["generation.space=same"], "cosine"), (["generation.space=same", "understanding.encoder=vq"], "ce"),
+    (["generation.space=patch", "generation.loss=mse"], "mse"),
+])
+def test_an_unset_image_loss_follows_the_space(overrides, loss):
+    config = load_config(None, overrides)
+    assert config.generation.loss.value == loss and config.flatten()["generation.loss"] == loss
 
 
 def test_pretrained_lm_and_tokenizer_from_a_local_folder(tmp_path):
@@ -213,7 +286,7 @@ def test_pretrained_lm_and_tokenizer_from_a_local_folder(tmp_path):
     lm = LlamaForCausalLM(LlamaConfig(vocab_size=len(words), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                       num_attention_heads=2, tie_word_embeddings=False))
     lm.save_pretrained(tmp_path)
-    config, _, images, _, _ = make([])
+    config, _, images, _, _ = make(["generation.space=patch"])  # no VQ tokenizer to fit here
     config = load_config(config.model_dump(mode="json"), [f"lm.pretrained_path={tmp_path}", "lm.trainability=lora"])
     from trainables.tokenizer import PretrainedTokenizer
 
@@ -228,17 +301,28 @@ def test_pretrained_lm_and_tokenizer_from_a_local_folder(tmp_path):
 
 
 def test_pretrained_paths_without_the_needed_files(tmp_path):
-    config = load_config(None, TINY + [f"lm.pretrained_path={tmp_path}"])
+    config = load_config(None, TINY + ["generation.space=patch", f"lm.pretrained_path={tmp_path}"])
     tok = WordTokenizer.build(TEXTS)
     with pytest.raises(UserError, match="config.json"):
         build_model(config, tok, 64)
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(UserError, match="no weights"):
         build_model(config, tok, 64)
-    config = load_config(None, TINY + ["understanding.encoder=siglip", f"understanding.pretrained_path={tmp_path / 'nope'}"])
+    config = load_config(None, TINY + ["generation.space=patch", "understanding.encoder=siglip",
+                                       f"understanding.pretrained_path={tmp_path / 'nope'}"])
     with pytest.raises(UserError, match="siglip pretrained path"):
         build_model(config, tok, 64)
     from trainables.tokenizer import PretrainedTokenizer
 
     with pytest.raises(UserError, match="tokenizer"):
         PretrainedTokenizer(tmp_path / "nope")
+
+
+def test_a_codebook_larger_than_the_distinct_patches_shrinks_to_them():
+    images = torch.randint(0, 256, (2, 64, 64, 3), dtype=torch.uint8)
+    images[1] = images[0]  # 16 distinct patches of 8 x 8 at 32 px
+    vq = fit_kmeans_vq(to_float_images(images), 32, 8, 512, 0, None, "t")
+    assert vq.codebook_size == 16 and torch.equal(vq.encode(to_float_images(images[:1]))[0].sort().values, torch.arange(16))
+    config = load_config(None, TINY)
+    model = build_model(config, WordTokenizer.build(TEXTS), 64, vq)
+    assert model.head.out_features == 16

@@ -316,3 +316,21 @@ def test_probe_accuracy_scores_on_the_vqa_scale():
     assert scores == pytest.approx({"weather": 0.5, "battery": 0.75, "overall": 0.625})
     with pytest.raises(ValueError, match="images"):
         probe_accuracy(lambda tokens: {"weather": ["raining"]}, np.zeros((2, 16)), faces)
+
+
+def test_frechet_distance_is_zero_for_one_set_and_the_squared_shift_for_a_shifted_one():
+    from scipy import linalg
+
+    from trainables.scoring import frechet_distance
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(400, 6)) @ rng.normal(size=(6, 6))
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    assert frechet_distance(a, a + 2.0) == pytest.approx(6 * 4.0, rel=1e-6)  # same covariance, mean moved by 2 in 6 dims
+    b = rng.normal(size=(300, 6)) * 3.0
+    ca, cb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    reference = ((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(ca + cb - 2 * linalg.sqrtm(ca @ cb).real)
+    assert frechet_distance(a, b) == pytest.approx(reference, rel=1e-6)
+    assert frechet_distance(a, b) == pytest.approx(frechet_distance(b, a), rel=1e-6)
+    with pytest.raises(ValueError, match="feature sets"):
+        frechet_distance(a, b[:, :5])

@@ -38,8 +38,10 @@ def test_uvlm_train_writes_metrics_grid_and_mlflow_run(data_path, tmp_path, monk
     for attribute in (*ATTRIBUTES, "overall"):
         assert f"test/vqa/{attribute}" in metrics and f"baseline/vqa/{attribute}" in metrics
     for name in ("test/caption/score", "baseline/caption/score", "test/gen/cosine", "test/gen/probe/overall",
-                 "probe/true/overall", "train/loss", "train/samples", "time/train_seconds", "time/step_seconds"):
+                 "probe/true/overall", "train/loss", "train/samples", "time/train_seconds", "time/step_seconds",
+                 "test/gen/frechet", "baseline/gen/probe/overall", *(f"baseline/gen/probe/{a}" for a in ATTRIBUTES)):
         assert name in metrics, name
+    assert metrics["test/gen/frechet"] >= 0 and 0 <= metrics["baseline/gen/probe/overall"] <= 1
     assert metrics["step"] == 30 and metrics["train/samples"] == 30 * 16
     assert (out / "generated.png").stat().st_size > 0 and (out / "config.yaml").is_file()
     assert "baseline" in capsys.readouterr().out
@@ -50,7 +52,7 @@ def test_uvlm_train_writes_metrics_grid_and_mlflow_run(data_path, tmp_path, monk
     run = client.search_runs([client.get_experiment_by_name("uvlm-train").experiment_id])[0]
     assert run.info.status == "FINISHED" and run.info.run_name == "e2e"
     assert {key for key in run.data.tags if key.startswith("uvlm.")} == TRAIN_TAGS
-    assert run.data.params["generation.space"] == "patch" and run.data.params["budget.value"] == "30.0"
+    assert run.data.params["generation.space"] == "vq" and run.data.params["budget.value"] == "30.0"
     assert run.data.metrics["test/vqa/overall"] == pytest.approx(metrics["test/vqa/overall"])
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "test/vqa/overall")]
     assert steps == [15, 30]
@@ -86,6 +88,15 @@ def test_same_config_same_metrics_whatever_ran_before_in_the_process(data_path, 
     second = run_local(loop_config(config, tmp_path / "b", None))
     assert untimed(first) == untimed(second)
     assert "test/gen/token_accuracy" in first
+
+
+def test_every_seed_shares_one_codebook_probe_and_generation_baseline(data_path, tmp_path):
+    runs = [run_local(loop_config(small(data_path, **{"budget.value": 1, "eval.every_steps": 100, "seed": seed}),
+                                  tmp_path / str(seed), None)) for seed in (0, 1)]
+    shared = [k for k in runs[0] if k.startswith(("probe/true/", "baseline/gen/probe/"))]
+    assert "probe/true/overall" in shared and "baseline/gen/probe/overall" in shared
+    assert all(runs[0][k] == runs[1][k] for k in shared)
+    assert runs[0]["train/loss"] != runs[1]["train/loss"]  # the seed still moves the model
 
 
 def test_length_groups_take_the_step_of_one_padded_batch(data_path, tmp_path):
@@ -160,9 +171,10 @@ def test_resume_from_a_checkpoint_continues_exactly(data_path, tmp_path):
     assert untimed(resumed) == untimed(whole)
 
 
-# Recorded in-process on one thread (re-recorded when the default MLP width became 128); a silent change in the
-# data, the model, the loss or the scorers moves these.
-PINNED_300 = {"train/loss": 0.5617, "test/vqa/overall": 0.3102, "test/gen/cosine": 0.6204}
+# Recorded in-process on one thread (re-recorded when the default generation became 512 k-means codes with
+# cross-entropy at alpha 1.0 and cell embeddings: the loss now holds the codes' cross-entropy); a silent change in
+# the data, the model, the loss or the scorers moves these.
+PINNED_300 = {"train/loss": 2.0552, "test/vqa/overall": 0.3486, "test/gen/cosine": 0.7078, "test/gen/frechet": 3.545}
 
 
 @pytest.mark.slow
@@ -171,6 +183,7 @@ def test_300_step_run_keeps_its_recorded_metrics(data_path, tmp_path):
     assert metrics["train/loss"] == pytest.approx(PINNED_300["train/loss"], rel=0.02)
     assert metrics["test/vqa/overall"] == pytest.approx(PINNED_300["test/vqa/overall"], abs=0.03)
     assert metrics["test/gen/cosine"] == pytest.approx(PINNED_300["test/gen/cosine"], abs=0.02)
+    assert metrics["test/gen/frechet"] == pytest.approx(PINNED_300["test/gen/frechet"], rel=0.05)
 
 
 def test_hidden_attribute_runs_report_vqa_on_hidden_test_images(tmp_path):

@@ -6,10 +6,13 @@
   captions   greedy caption -> fraction of the mentioned attributes stated correctly.
   generation the prompt and reply, then <boi>; the LM generates every image token from its own
              previous ones. Scored against the test image's true tokens (cosine after centring,
-             token accuracy for codes) and by the attribute probe on the mentioned attributes.
+             token accuracy for codes) and by the attribute probe on the mentioned attributes;
+             decodable spaces also by a Fréchet distance to the true test images in a fixed
+             feature space (the images at FRECHET_SIDE x FRECHET_SIDE RGB pixels).
 
-The constant-answer baselines and the probe's accuracy on true tokens do not
-depend on the model and are computed once.
+The constant-answer baselines, the probe's constant baseline (every generated
+image the training mean, or each cell's most frequent code) and the probe's
+accuracy on true tokens do not depend on the model and are computed once.
 """
 
 from __future__ import annotations
@@ -31,6 +34,15 @@ from trainables.sequences import Example, collate, generation_example, understan
 from trainables.tokenizer import TextTokenizer
 
 EVAL_BATCH = 64
+FRECHET_SIDE = 8
+"""Fréchet features: images area-averaged to 8 x 8 RGB (192 values): a fixed space shared by every
+generation space and run, with fewer dimensions than test images so the covariances are full rank."""
+
+
+def frechet_features(images: torch.Tensor) -> np.ndarray:
+    """(N, 3, H, W) float in [0, 1] -> (N, 3 * FRECHET_SIDE**2)."""
+    small = torch.nn.functional.adaptive_avg_pool2d(images.float(), FRECHET_SIDE)
+    return small.reshape(len(images), -1).cpu().numpy()
 
 
 @dataclass
@@ -92,6 +104,23 @@ class Evaluator:
         self.probe, held_out = fit_probe(features.numpy(), faces, self.cache_dir)
         metrics = scoring.probe_accuracy(self.probe, features.numpy()[held_out], faces[held_out])
         return prefixed(metrics, Metric.PROBE_TRUE)
+
+    def probe_baseline(self, model, sample: int = 512) -> dict[str, float]:
+        """The probe on a constant generation, `baseline/gen/probe/...`: every prompt answered with the
+        training images' mean tokens (continuous spaces) or each cell's most frequent code (discrete)."""
+        if self.probe is None or not self.generations:
+            return {}
+        images = self.data.train.images[:sample] if len(self.data.train.images) else self.data.test.images[:sample]
+        with torch.no_grad():
+            target = model.space.encode(to_float_images(images).to(_device(model)))
+        if target.codes is not None:
+            mode = torch.mode(target.codes, dim=0).values  # (Ng,) most frequent code of each cell
+            constant = model.space.code_vectors(mode[None])  # (1, Ng, Dg)
+        else:
+            constant = target.features.mean(0, keepdim=True)  # (1, Ng, Dg)
+        read = self.probe(constant.float().cpu().numpy())
+        items = [(a, read[a][0], p.face) for p in self.generations for a in p.mentioned]
+        return prefixed(scoring.score_vqa(items), "baseline/gen/probe")
 
     def _image_faces(self) -> list[WatchFace]:
         faces: dict[str, WatchFace] = {}
@@ -158,6 +187,9 @@ class Evaluator:
             items = [(a, read[a][i], p.face) for i, p in enumerate(prompts) for a in p.mentioned]
             metrics |= prefixed(scoring.score_vqa(items), Metric.GEN_PROBE)
         pictures = model.decode_images(Generated(predicted.to(device), torch.cat(codes).to(device) if true_codes is not None else None))
+        if pictures is not None and len(prompts) > 1:
+            truth = to_float_images(self.data.test.images[rows])
+            metrics["test/gen/frechet"] = scoring.frechet_distance(frechet_features(pictures), frechet_features(truth))
         return metrics, (None if pictures is None else pictures.cpu())
 
 

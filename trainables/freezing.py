@@ -3,6 +3,7 @@
   lm                     full | lora | frozen   (lora: peft adapters on every linear layer of the LM)
   understanding_projector, generation_projector, head    train | frozen
   encoder, space         always frozen (as in the paper)
+  generation_positions   follows generation_projector (the image-cell embeddings feed the same input)
 
 `apply_trainability` is the one place that sets `requires_grad`; it returns the
 trainable and total parameter counts per component, which the run logs.
@@ -26,7 +27,11 @@ def components(model: nn.Module) -> dict[str, nn.Module]:
         "understanding_projector": model.projector,
         "generation_projector": model.gen_projector,
         "head": model.head,
+        **({"generation_positions": model.gen_positions} if model.gen_positions is not None else {}),
     }
+
+
+POLICY = {"generation_positions": "generation_projector"}  # a component trained or frozen with another's policy
 
 
 def add_lora(lm: nn.Module, config: LMConfig) -> None:
@@ -52,7 +57,7 @@ def apply_trainability(model: nn.Module, lm_config: LMConfig, parts: Trainabilit
         elif name in ("encoder", "space"):
             module.requires_grad_(False)
         else:
-            module.requires_grad_(getattr(parts, name) == PartTrainability.TRAIN)
+            module.requires_grad_(getattr(parts, POLICY.get(name, name)) == PartTrainability.TRAIN)
     return {
         name: (sum(p.numel() for p in m.parameters() if p.requires_grad), sum(p.numel() for p in m.parameters()))
         for name, m in components(model).items()

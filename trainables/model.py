@@ -7,6 +7,8 @@ One causal LM reads and writes images:
   generation      prompt -> LM -> after <boi>, one image token per position: head(hidden) is
                   the next token (codebook logits, or a feature vector), and the ground-truth
                   token goes back in through the generation projector (teacher forcing).
+                  <boi> and each image token also get a learned embedding of the grid cell
+                  they predict next (generation.image_positions).
 
   loss = text CE (answers only) + alpha * image loss (cosine | mse | ce)
 
@@ -90,7 +92,14 @@ class UnifiedVLM(nn.Module):
         self.projector = projector(config.understanding.projector, Du, H)  # (.., Du) -> (.., H)
         self.gen_projector = projector(config.generation.projector, Dg, H)  # (.., Dg) -> (.., H)
         self.head = nn.Linear(H, space.codebook_size if space.discrete else Dg)  # (.., H) -> (.., K | Dg)
+        # Which grid cell comes next, added to the input that predicts it: a 2-layer LM finds its
+        # place in the image from RoPE alone only slowly, and the attributes live in fixed cells
+        # (the corners). Row k is added at <boi> (k = 0) and at image token k-1.
+        self.gen_positions = nn.Embedding(space.num_tokens, H) if config.generation.image_positions else None  # (Ng, H)
+        if self.gen_positions is not None:
+            nn.init.normal_(self.gen_positions.weight, std=0.02)
         self.loss_kind, self.alpha = config.generation.loss, config.generation.alpha
+        self.temperature = config.generation.temperature  # discrete decoding: 0 = argmax, else sampling
         # Centre and typical norm of the (misaligned) training targets: the cosine loss compares
         # centred vectors and fixes only their direction, so decoding rescales to the typical norm.
         self.register_buffer("gen_centre", torch.zeros(Dg))
@@ -134,9 +143,18 @@ class UnifiedVLM(nn.Module):
             features = self.affine_g(target.features)  # for a discrete space: misaligned code vectors
         return features, target.codes
 
+    def next_cell(self, k: int | None, rows: int) -> torch.Tensor | int:
+        """The embedding of grid cell k for `rows` rows (B, H), or 0 without image positions (or k = None: all cells, (rows*Ng, H))."""
+        if self.gen_positions is None:
+            return 0
+        table = self.gen_positions.weight  # (Ng, H)
+        return table.repeat(rows, 1) if k is None else table[k].expand(rows, -1)
+
     def embed(self, input_ids: torch.Tensor, und_mask: torch.Tensor, und_images: torch.Tensor,
-              gen_mask: torch.Tensor | None = None, gen_features: torch.Tensor | None = None) -> torch.Tensor:
-        """Token embeddings with image features written over the placeholders. -> (B, T, H)"""
+              gen_mask: torch.Tensor | None = None, gen_features: torch.Tensor | None = None,
+              gen_pred_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Token embeddings with image features written over the placeholders, and the next cell's
+        embedding added where an image token is predicted. -> (B, T, H)"""
         embeds = self.lm.get_input_embeddings()(input_ids).clone()  # (B, T, H); clone: written in place below
         n_tokens, n_images = int(und_mask.sum()), und_images.shape[0]
         if n_tokens != n_images * self.encoder.num_tokens:
@@ -156,13 +174,17 @@ class UnifiedVLM(nn.Module):
                 )
             g = self.gen_projector(gen_features)  # (Bg, Ng, H)
             embeds[gen_mask] = g.reshape(-1, g.shape[-1]).to(embeds.dtype)
+        if gen_pred_mask is not None and self.gen_positions is not None and gen_pred_mask.any():
+            cells = torch.zeros_like(embeds)  # (B, T, H); rows of Ng predicting positions, in order
+            cells[gen_pred_mask] = self.next_cell(None, int(gen_pred_mask.sum()) // self.space.num_tokens).to(embeds.dtype)
+            embeds = embeds + cells
         return embeds
 
     # -- training -----------------------------------------------------------------------------
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Loss sums and counts of one batch (the loop normalises them by global counts)."""
         gen_features, gen_codes = self.target_tokens(batch.gen_images)  # (Bg, Ng, Dg), (Bg, Ng)
-        embeds = self.embed(batch.input_ids, batch.und_mask, batch.und_images, batch.gen_mask, gen_features)
+        embeds = self.embed(batch.input_ids, batch.und_mask, batch.und_images, batch.gen_mask, gen_features, batch.gen_pred_mask)
         hidden = self.backbone(inputs_embeds=embeds, attention_mask=batch.attention_mask, use_cache=False).last_hidden_state  # (B, T, H)
         text_sum, text_count = text_loss(self.lm.get_output_embeddings()(hidden), batch.labels)
         predicted = self.head(hidden[batch.gen_pred_mask])  # (Bg*Ng, K | Dg)
@@ -172,12 +194,16 @@ class UnifiedVLM(nn.Module):
         return {"text_sum": text_sum, "text_count": text_count, "image_sum": image_sum, "image_count": image_count}
 
     # -- inference ----------------------------------------------------------------------------
-    def _prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, und_images: torch.Tensor):
-        """Left-padded prompts -> (last hidden (B, H), cache, attention mask, next positions (B, 1))."""
+    def _prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, und_images: torch.Tensor,
+                 last_extra: torch.Tensor | int = 0):
+        """Left-padded prompts -> (last hidden (B, H), cache, attention mask, next positions (B, 1)).
+        `last_extra` (B, H) is added to the last token's embedding (<boi>: the first cell's)."""
         from transformers import DynamicCache
 
         und_mask = input_ids == self.tok.image
         embeds = self.embed(input_ids, und_mask, und_images)  # (B, T, H)
+        if not isinstance(last_extra, int):
+            embeds[:, -1] = embeds[:, -1] + last_extra.to(embeds.dtype)
         positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # left padding: real tokens start at 0
         cache = DynamicCache(config=self.lm.config)
         out = self.backbone(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=positions,
@@ -224,19 +250,26 @@ class UnifiedVLM(nn.Module):
     def generate_image(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Generated:
         """Free-running image tokens after left-padded prompts ending in <boi>: each prediction is fed back."""
         empty = torch.zeros((0, 3, 1, 1), device=input_ids.device)
-        h, cache, mask, pos = self._prefill(input_ids, attention_mask, empty)
+        B = input_ids.shape[0]
+        h, cache, mask, pos = self._prefill(input_ids, attention_mask, empty, self.next_cell(0, B))
         features, codes = [], []
+        sampler = torch.Generator(input_ids.device).manual_seed(0)  # the same draws at every evaluation
         for i in range(self.space.num_tokens):
             y = self.head(h)  # (B, K | Dg)
             if self.space.discrete:
-                code = y.argmax(-1)  # (B,)
+                if self.temperature > 0:
+                    probs = torch.softmax(y.float() / self.temperature, -1)  # (B, K)
+                    code = torch.multinomial(probs, 1, generator=sampler)[:, 0]  # (B,)
+                else:
+                    code = y.argmax(-1)  # (B,)
                 codes.append(code)
                 x = self.affine_g(self.space.code_vectors(code[:, None]))[:, 0]  # (B, Dg)
             else:
                 x = self.to_space(y.float()).to(y.dtype)  # (B, Dg)
             features.append(x)
             if i < self.space.num_tokens - 1:
-                h, mask, pos = self._step(self.gen_projector(x)[:, None], cache, mask, pos)
+                e = self.gen_projector(x) + self.next_cell(i + 1, B)  # (B, H): token i, predicting cell i+1
+                h, mask, pos = self._step(e[:, None], cache, mask, pos)
         feats = self.affine_g.inverse(torch.stack(features, 1).float())  # (B, Ng, Dg), back to the space's own coordinates
         return Generated(feats, torch.stack(codes, 1) if codes else None)
 

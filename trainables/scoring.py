@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from trainables.data.records import ATTRIBUTES, CORNERS, WEATHERS, WatchFace
+from trainables.data.records import ATTRIBUTES, WEATHERS, WatchFace
 
 VQAItem = tuple[str, str, WatchFace]
 """(attribute asked, predicted answer text, ground truth of the image)."""
@@ -328,3 +328,22 @@ def probe_accuracy(predict_fn: ProbeFn, tokens: Any, faces: Sequence[WatchFace])
             raise ValueError(f"probe_accuracy: {len(answers)} {attribute} answers for {len(faces)} images")
         items.extend((attribute, answer, face) for answer, face in zip(answers, faces))
     return score_vqa(items)
+
+
+def frechet_distance(a: Any, b: Any) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets (N, D) and (M, D):
+    |mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2), the formula of FID.
+
+    The matrix square roots come from symmetric eigendecompositions (negative eigenvalues of
+    rank-deficient covariances clipped to 0), so the result is real and >= 0 up to rounding.
+    """
+    a, b = _as_numpy(a).astype(np.float64), _as_numpy(b).astype(np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or len(a) < 2 or len(b) < 2:
+        raise ValueError(f"frechet_distance: need two (N>=2, D) feature sets of one width, got {a.shape} and {b.shape}")
+    mu = a.mean(0) - b.mean(0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    w, v = np.linalg.eigh(cov_a)
+    root_a = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T  # S_a^1/2
+    cross = np.linalg.eigvalsh(root_a @ cov_b @ root_a)  # eigenvalues of S_a^1/2 S_b S_a^1/2
+    trace = np.trace(cov_a) + np.trace(cov_b) - 2.0 * np.sqrt(np.clip(cross, 0.0, None)).sum()
+    return float(max(mu @ mu + trace, 0.0))

@@ -23,7 +23,6 @@ from torch import nn
 
 from trainables.config import EncoderName, GenerationConfig, GenerationSpaceName, UnderstandingConfig
 from trainables.encoders import PatchEncoder, TowerEncoder, VQEncoder, build_tower, freeze, unpatchify
-from trainables.errors import UserError
 
 
 @dataclass

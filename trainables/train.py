@@ -179,6 +179,7 @@ class Recipe:
             self._write_run_files()
             self.evaluator = Evaluator(self.data, self.tok, self.model.encoder.num_tokens, self.cache_dir)
             self.fixed = self.evaluator.baselines() | self.evaluator.fit_probe(self.model)
+            self.fixed |= self.evaluator.probe_baseline(self.model)
             if self.mlflow:
                 from trainables.mlflow_layout import RunLogger
 
@@ -203,7 +204,7 @@ class Recipe:
 
         g = config.generation
         return fit_kmeans_vq(to_float_images(self.data.train.images), g.image_size, g.patch_size, g.codebook_size,
-                             config.seed, self.cache_dir, self.data.fingerprint)
+                             g.codebook_seed, self.cache_dir, self.data.fingerprint)
 
     def _setup_model(self) -> UnifiedVLM:
         config = self.config

@@ -51,11 +51,14 @@ def nearest_code(vectors: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
 
 
 def kmeans(points: torch.Tensor, k: int, seed: int, iters: int = 25) -> torch.Tensor:
-    """Lloyd's k-means, initialised on k distinct random points; empty clusters are re-seeded."""
+    """Lloyd's k-means, initialised on k distinct random points; empty clusters are re-seeded.
+
+    With fewer than k distinct points (toy datasets of a few dozen images) the codebook is every
+    distinct point: the codebook size (and the head) shrink to that count.
+    """
     g = torch.Generator().manual_seed(seed)
     unique = torch.unique(points, dim=0)
-    if len(unique) < k:
-        raise UserError(f"generation.codebook_size {k} exceeds the {len(unique)} distinct training patches")
+    k = min(k, len(unique))
     centroids = unique[torch.randperm(len(unique), generator=g)[:k]].clone()  # (K, D)
     for _ in range(iters):
         assign = nearest_code(points, centroids)  # (M,)

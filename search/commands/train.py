@@ -107,8 +107,9 @@ def end_mlflow_run(mlflow_run: dict[str, str], status: str, error: BaseException
 
 
 def summary(metrics: dict[str, float]) -> str:
-    """Per-attribute test scores beside the constant-answer baseline, then the other final metrics."""
-    from trainables.mlflow_layout import ATTRIBUTES, Metric, overall
+    """Per-attribute test scores beside the constant baselines (and the probe's reading of true tokens), then the
+    other final metrics."""
+    from trainables.mlflow_layout import ATTRIBUTES, Metric
 
     lines = [f"{'VQA':<16}{'model':>8}{'baseline':>10}"]
     for key in (*ATTRIBUTES, "overall"):
@@ -117,8 +118,14 @@ def summary(metrics: dict[str, float]) -> str:
                          f"{metrics.get(f'{Metric.BASELINE_VQA}/{key}', float('nan')):>10.3f}")
     if Metric.CAPTION in metrics:
         lines.append(f"{'caption':<16}{metrics[Metric.CAPTION]:>8.3f}{metrics.get(Metric.BASELINE_CAPTION, float('nan')):>10.3f}")
-    for key in (Metric.GEN_COSINE, Metric.GEN_TOKEN_ACCURACY, overall(Metric.GEN_PROBE), overall(Metric.PROBE_TRUE),
-                Metric.STEP_SECONDS):
+    if f"{Metric.GEN_PROBE}/overall" in metrics:
+        lines.append(f"{'generation probe':<16}{'model':>8}{'baseline':>10}{'true':>8}")
+        for key in (*ATTRIBUTES, "overall"):
+            if f"{Metric.GEN_PROBE}/{key}" in metrics:
+                lines.append(f"{key:<16}{metrics[f'{Metric.GEN_PROBE}/{key}']:>8.3f}"
+                             f"{metrics.get(f'{Metric.BASELINE_GEN_PROBE}/{key}', float('nan')):>10.3f}"
+                             f"{metrics.get(f'{Metric.PROBE_TRUE}/{key}', float('nan')):>8.3f}")
+    for key in (Metric.GEN_COSINE, Metric.GEN_TOKEN_ACCURACY, Metric.GEN_FRECHET, Metric.STEP_SECONDS):
         if key in metrics:
             lines.append(f"{key:<26}{metrics[key]:.4f}")
     return "\n".join(lines)
