@@ -22,7 +22,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from search.cluster import temp_dir as ray_temp_dir
-from trainables.mlflow_layout import ENDING_TAGS, SWEEP_TAGS, TRIAL_TAGS, Tag, factor_tag
+from trainables.mlflow_layout import ENDING_TAGS, OPTUNA_TAGS, SWEEP_TAGS, TRIAL_TAGS, Tag, factor_tag
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_DATA = {"data.path": "data/tiny", "data.generate_train_images": 20, "data.generate_test_images": 10,
@@ -114,7 +114,8 @@ def test_sweep_logs_parent_and_nested_runs_in_the_contract_layout(tmp_path):
         "layout/arm=mixed/seed=0", "layout/arm=mixed/seed=1", "layout/arm=understanding/seed=0",
         "layout/arm=understanding/seed=1"]
     for run in trials:  # exactly the tags the layout declares
-        assert uvlm_tags(run) - ENDING_TAGS == TRIAL_TAGS | {factor_tag("data.arm")}, run.info.run_name
+        # searched: every run trains an Optuna trial's configuration and names it
+        assert uvlm_tags(run) - ENDING_TAGS == TRIAL_TAGS | OPTUNA_TAGS | {factor_tag("data.arm")}, run.info.run_name
 
     studies = {summary.study_name: summary.n_trials for summary in
                optuna.study.get_all_study_summaries(f"sqlite:///{tmp_path / 'work' / 'optuna.db'}")}
