@@ -158,13 +158,16 @@ def benefit_curves(findings: dict[int, FindingReport | str]):
     return figure
 
 
-def alignment_curve(report: FindingReport | str):
-    """Left: the benefit against affine strength; right: the benefit per encoder/space pair."""
+def alignment_curve(report: FindingReport | str, runs: pl.DataFrame | None = None, history: pl.DataFrame | None = None):
+    """Left: the benefit against affine strength; right: the benefit per encoder/space pair. A study without an
+    understanding-only control (spaces/alignment.yaml): the mixed runs' own scores against strength instead."""
     if isinstance(report, str):
         raise Skip(f"The alignment curve is not drawn: {report}")
     by_strength = [r for r in report.results if r.name.endswith("by strength")]
     by_pair = [r for r in report.results if r.name.endswith("by pair")]
     panels = [p for p in (by_strength, by_pair) if p]
+    if not panels:
+        return _scores_by_strength(runs, history)
     figure, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
     axes = list(axes[0])
     if by_strength:
@@ -191,6 +194,41 @@ def alignment_curve(report: FindingReport | str):
         axis.set_xticks(range(len(pairs)), pairs, rotation=15)
         axis.set(xlabel="understanding encoder → generation space", ylabel=DIFF,
                  title="Benefit per encoder/space pair (95% CI over seeds)")
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    return figure
+
+
+def _scores_by_strength(runs: pl.DataFrame | None, history: pl.DataFrame | None):
+    """The mixed runs' VQA against strength, each seed a thin line and the mean over seeds with its 95% CI: at the
+    final evaluation and as the mean over the evaluations along each run (the area the headline slope reads)."""
+    metric, strength = overall(Metric.VQA), "params.alignment.affine_strength"
+    if runs is None or strength not in runs.columns or f"metrics.{metric}" not in runs.columns:
+        raise Skip("The alignment curve is not drawn: no run logged an affine strength and a VQA score")
+    mixed = (prepare(runs).filter((pl.col("status") == FINISHED) & (pl.col("arm") == "mixed"))
+             .select("run_id", "seed", pl.col(strength).cast(pl.Float64).alias("strength"),
+                     pl.col(f"metrics.{metric}").alias("final evaluation")))
+    if mixed.is_empty():
+        raise Skip("The alignment curve is not drawn: no finished mixed run")
+    panels = ["final evaluation"]
+    if history is not None and not history.is_empty():
+        area = (history.filter((pl.col("metric") == metric) & pl.col("value").is_not_nan())
+                .group_by("run_id").agg(pl.col("value").mean().alias("mean over the evaluations")))
+        mixed = mixed.join(area, on="run_id", how="left")
+        panels.append("mean over the evaluations")
+    figure, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+    for axis, column in zip(axes[0], panels):
+        for (_,), seed in mixed.sort("strength").group_by("seed", maintain_order=True):
+            axis.plot(seed["strength"], seed[column], color="#bbbbbb", linewidth=0.8)
+        points = []
+        for x in sorted(mixed["strength"].unique().to_list()):
+            rows = mixed.filter((pl.col("strength") == x) & pl.col(column).is_not_null())
+            points.append((x, *_mean_ci(rows[column].to_numpy(), rows["seed"].to_numpy())))
+        x, y, low, high = map(np.array, zip(*points))
+        axis.errorbar(x, y, yerr=[y - low, high - y], marker="o", capsize=3, color=SIDE_COLOURS["understanding"],
+                      label="mean over seeds (95% CI); grey: one seed")
+        axis.set(xlabel="affine misalignment strength s (0 = aligned)", ylabel=f"{metric}, {column}",
+                 title=f"Mixed runs against misalignment: {column}")
         axis.legend(fontsize=7)
     figure.tight_layout()
     return figure

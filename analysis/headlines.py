@@ -15,6 +15,10 @@ and its power follows from the SD of those per-seed numbers):
     slope   each seed's OLS slope of (treatment − control) against the values of `against`
     did     (treatment − control) at the first level of `across` minus at the second, per seed
 
+A slope or did reduces each run to its final evaluation (`per_run: end`) or to its area under the learning
+curve (`per_run: auc`); the report's statistic-choice table gives both, with the half-width and seeds each needs.
+A slope may leave out the control: a seed's control is the same at every x, so it does not change the slope.
+
 Where the declarations come from: `from_parent(sweep)` reads the sweep parent run's trial_table.json
 (key `headlines`, written from search.space.Plan.headlines_record), or, for sweeps logged before that
 key existed, the `headlines:` section of the space file logged beside it.
@@ -36,7 +40,7 @@ import polars as pl
 from analysis import stats
 from analysis.findings import (DERIVED, FINISHED, InsufficientData, Result, _result, design_keys, paired, prepare,
                                shared_levels)
-from search.space import Direction, Headline, Statistic
+from search.space import Direction, Headline, PerRun, Statistic
 from trainables.errors import UserError
 from trainables.yamlfile import load_yaml
 
@@ -113,48 +117,79 @@ def compute(prepared: pl.DataFrame, history: pl.DataFrame | None, name: str, hea
     frame = _mark(prepared, headline.treatment, headline.control)
     keys = design_keys(prepared)
     metric = headline.metric
-    test = f"{_TESTS[statistic]}; 95% interval: expanded percentile bootstrap over seeds ({stats.RESAMPLES} " \
-           "resamples), widened to the t-interval over per-seed values where wider"
+    test = f"{_TESTS[statistic]}{_PER_RUN_TEXT[headline.per_run] if statistic in _PER_RUN_STATISTICS else ''}; 95% interval: expanded percentile bootstrap over " \
+           f"seeds ({stats.RESAMPLES} resamples), widened to the t-interval over per-seed values where wider"
     curve = None
     choice: list[dict[str, Any]] = []
-    if statistic in (Statistic.END, Statistic.AUC):
-        estimates = {Statistic.END: _mean(paired(frame, metric, {TREATMENT: True}, {CONTROL: True}, keys))}
-        if history is not None and not history.is_empty():
-            try:
-                curves = run_curves(frame, history, metric)
-                frame = frame.join(curves.group_by("run_id").agg(pl.col("value").mean().alias(f"metrics.{metric}@auc")),
-                                   on="run_id", how="left")
-                estimates[Statistic.AUC] = _mean(paired(frame, f"{metric}@auc", {TREATMENT: True}, {CONTROL: True}, keys))
-            except InsufficientData:
-                if statistic == Statistic.AUC:
-                    raise
-        elif statistic == Statistic.AUC:
-            raise InsufficientData("statistic auc needs the metric's evaluations along each run (load_history)")
-        estimate = estimates[statistic]
-        choice = [{"headline": name, "metric": metric, "statistic": s.value, "estimate": e.estimate, "sd_paired": e.seed_sd,
-                   "half_width": (e.ci_high - e.ci_low) / 2, "seeds": e.n_seeds, "chosen": s == statistic,
-                   "seeds_for_target": stats.seeds_for_half_width(e.seed_sd, _target())}
-                  for s, e in estimates.items()]
-    elif statistic == Statistic.TREND:
+    if statistic == Statistic.TREND:
         if history is None or history.is_empty():
             raise InsufficientData("statistic trend needs the metric's evaluations along each run (load_history)")
         curve = benefit_curve(frame, history, metric, keys)
         estimate = stats.bootstrap_seed_slope(np.log(curve["fraction"].to_numpy()), curve["difference"].to_numpy(),
                                               curve["seed"].to_numpy())
-    elif statistic == Statistic.SLOPE:
-        column = f"params.{headline.against}"
-        if column not in frame.columns:
-            raise InsufficientData(f"{headline.against!r} was not logged by the runs of this sweep")
-        unmatched = tuple(k for k, sources in DERIVED.items() if column in sources) + (column,)
-        pairs = paired(frame, metric, {TREATMENT: True}, {CONTROL: True}, keys, unmatched=unmatched)
-        pairs = pairs.join(frame.select("run_id", pl.col(column).cast(pl.Float64).alias("_x")), on="run_id", how="left")
-        estimate = stats.bootstrap_seed_slope(pairs["_x"].to_numpy(), pairs["difference"].to_numpy(),
-                                              pairs["seed"].to_numpy())
+        label = statistic.value
     else:
-        estimate = _did(frame, metric, headline, keys)
+        chosen = PerRun.AUC if statistic == Statistic.AUC or headline.per_run == PerRun.AUC else PerRun.END
+        columns = {PerRun.END: metric}
+        if history is not None and not history.is_empty():
+            try:
+                curves = run_curves(frame, history, metric)
+                frame = frame.join(curves.group_by("run_id").agg(pl.col("value").mean().alias(f"metrics.{metric}@auc")),
+                                   on="run_id", how="left")
+                columns[PerRun.AUC] = f"{metric}@auc"
+            except InsufficientData:
+                if chosen == PerRun.AUC:
+                    raise
+        if chosen not in columns:
+            raise InsufficientData("the area under the learning curve needs the metric's evaluations along each run "
+                                   "(load_history)")
+        estimates = {reduction: _estimate(frame, column, headline, keys) for reduction, column in columns.items()}
+        estimate, label = estimates[chosen], _choice_label(statistic, chosen)
+        choice = [{"headline": name, "metric": metric, "statistic": _choice_label(statistic, reduction),
+                   "estimate": e.estimate, "sd_paired": e.seed_sd, "half_width": (e.ci_high - e.ci_low) / 2,
+                   "seeds": e.n_seeds, "chosen": reduction == chosen,
+                   "seeds_for_target": stats.seeds_for_half_width(e.seed_sd, _target())}
+                  for reduction, e in estimates.items()]
     result = _result(headline.finding, name, metric, _comparison(headline), estimate, test, _sign(headline), {},
-                     headline=True, note=headline.description, statistic=statistic.value)
+                     headline=True, note=headline.description, statistic=label)
     return Declared(result, curve, choice)
+
+
+def _estimate(frame: pl.DataFrame, column: str, headline: Headline, keys: list[str]) -> stats.Estimate:
+    """The headline's estimate with each run reduced to `column` (its end metric or its area under the curve)."""
+    if headline.statistic in (Statistic.END, Statistic.AUC):
+        return _mean(paired(frame, column, {TREATMENT: True}, {CONTROL: True}, keys))
+    if headline.statistic == Statistic.DID:
+        return _did(frame, column, headline, keys)
+    x = f"params.{headline.against}"
+    if x not in frame.columns:
+        raise InsufficientData(f"{headline.against!r} was not logged by the runs of this sweep")
+    if headline.control is None:  # the per-seed slope of the treatment runs' own values
+        pairs = treated(frame, column)
+    else:
+        unmatched = tuple(k for k, sources in DERIVED.items() if x in sources) + (x,)
+        pairs = paired(frame, column, {TREATMENT: True}, {CONTROL: True}, keys, unmatched=unmatched)
+    pairs = pairs.join(frame.select("run_id", pl.col(x).cast(pl.Float64).alias("_x")), on="run_id", how="left")
+    return stats.bootstrap_seed_slope(pairs["_x"].to_numpy(), pairs["difference"].to_numpy(), pairs["seed"].to_numpy())
+
+
+def treated(frame: pl.DataFrame, metric: str) -> pl.DataFrame:
+    """The finished treatment runs' values of `metric` as a 'difference' column (a slope needs no control)."""
+    column = f"metrics.{metric}"
+    if column not in frame.columns:
+        raise InsufficientData(f"metric {metric!r} was not logged by any run of this sweep")
+    runs = frame.filter(pl.col(TREATMENT) & (pl.col("status") == FINISHED) & pl.col(column).is_not_null()
+                        & pl.col(column).is_not_nan())
+    if runs.is_empty():
+        raise InsufficientData(f"no finished treatment run has a value of {metric!r}")
+    return runs.select("seed", "run_id", pl.col(column).alias("difference"))
+
+
+def _choice_label(statistic: Statistic, reduction: PerRun) -> str:
+    """'end' / 'auc' for a plain difference; 'slope' / 'slope (auc)' etc. for the others."""
+    if statistic in (Statistic.END, Statistic.AUC):
+        return reduction.value
+    return statistic.value if reduction == PerRun.END else f"{statistic.value} ({reduction.value})"
 
 
 HISTORY_METRICS = ["test/vqa/overall", "test/gen/probe/overall", "train/loss", "train/samples"]
@@ -261,6 +296,11 @@ _TESTS = {
 }
 
 
+_PER_RUN_STATISTICS = (Statistic.SLOPE, Statistic.DID)
+_PER_RUN_TEXT = {PerRun.END: "", PerRun.AUC: "; each run contributes the mean of its evaluations on a common grid of "
+                                             "budget fractions (area under its learning curve)"}
+
+
 def _target() -> float:
     from analysis.findings import TARGET_HALF_WIDTH
 
@@ -276,6 +316,9 @@ def _text(selection: dict[str, Any]) -> str:
 
 
 def _comparison(headline: Headline) -> str:
+    runs = ", each run's mean over its evaluations" if headline.per_run == PerRun.AUC else ""
+    if headline.control is None:
+        return f"per-seed slope of ({_text(headline.treatment)}) per unit {headline.against}{runs}"
     base = f"({_text(headline.treatment)}) − ({_text(headline.control)})"
     if headline.statistic == Statistic.END:
         return f"{base}, final evaluation"
@@ -284,9 +327,9 @@ def _comparison(headline: Headline) -> str:
     if headline.statistic == Statistic.TREND:
         return f"per-seed slope of {base} per unit ln(records seen)"
     if headline.statistic == Statistic.SLOPE:
-        return f"per-seed slope of {base} per unit {headline.against}"
+        return f"per-seed slope of {base} per unit {headline.against}{runs}"
     (key, (first, second)), = headline.across.items()
-    return f"{base} at {key}={first} minus at {key}={second}"
+    return f"{base} at {key}={first} minus at {key}={second}{runs}"
 
 
 def _matches(values: list[Any], wanted: Any) -> list[bool]:
@@ -312,8 +355,9 @@ def _selected(frame: pl.DataFrame, selection: dict[str, Any]) -> pl.Series:
     return pl.Series(mask)
 
 
-def _mark(prepared: pl.DataFrame, treatment: dict[str, Any], control: dict[str, Any]) -> pl.DataFrame:
-    return prepared.with_columns(_selected(prepared, treatment).alias(TREATMENT), _selected(prepared, control).alias(CONTROL))
+def _mark(prepared: pl.DataFrame, treatment: dict[str, Any], control: dict[str, Any] | None) -> pl.DataFrame:
+    controls = _selected(prepared, control) if control is not None else pl.Series([False] * prepared.height)
+    return prepared.with_columns(_selected(prepared, treatment).alias(TREATMENT), controls.alias(CONTROL))
 
 
 def _mean(pairs: pl.DataFrame) -> stats.Estimate:

@@ -110,7 +110,7 @@ def build_report(sweep: str, tracking_uri: str | None = None, out_dir: str | Pat
         1: [("benefit_vs_size", "Each arm's score and the benefit of mixing against data size",
              lambda: figs.benefit_vs_size(findings[1], runs)),
             ("attribute_bars", "The benefit of mixing per attribute", lambda: figs.attribute_bars(findings[1]))],
-        2: [("alignment", "The benefit against alignment", lambda: figs.alignment_curve(findings[2]))],
+        2: [("alignment", "The benefit against alignment", lambda: figs.alignment_curve(findings[2], runs, history))],
         3: [("transfer", "Accuracy on the value seen only in generation data", lambda: figs.transfer_bars(findings[3], runs))],
     }
     for number, finding in findings.items():

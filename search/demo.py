@@ -57,6 +57,8 @@ class DemoOptions:
     """The trial body (search.sweep); tests pass a cheap one. Default: the real trainable."""
     studies: list[str] | None = None
     """Run only these studies (names of ALL_STUDIES); default the three of STUDIES (with --smoke, all five)."""
+    seeds: list[int] | None = None
+    """Run every study on these seeds instead of its space file's (copies under <workdir>/seeded-spaces)."""
 
 
 @dataclass
@@ -155,7 +157,32 @@ def _space_path(options: DemoOptions, study: str, folder: Path) -> Path:
     if not path.is_file():
         raise UserError(f"the study file {path} is missing; `uvlm demo` runs from a checkout of the repository "
                         f"(pip install -e .)")
-    return smoke_space(path, folder / "smoke-spaces") if options.smoke else path
+    if options.smoke:
+        path = smoke_space(path, folder / "smoke-spaces")
+    return seeded_space(path, options.seeds, folder / "seeded-spaces") if options.seeds else path
+
+
+def seeded_space(path: Path, seeds: list[int], out: Path) -> Path:
+    """A copy of a space file that runs on `seeds` (and, tuning, re-runs held-out seeds after them): the same design
+    on other seeds, e.g. to check that its intervals do not depend on the seed values."""
+    tree = read_yaml(path, "space file")
+    tree["seeds"] = list(seeds)
+    if tree.get("holdout"):  # held-out seeds must stay apart from the tuning seeds
+        held_out = len(tree["holdout"]["seeds"])
+        tree["holdout"] = {**tree["holdout"], "seeds": list(range(max(seeds) + 1, max(seeds) + 1 + held_out))}
+    if isinstance(tree.get("base"), str) and not Path(tree["base"]).is_absolute():
+        tree["base"] = str((path.parent / tree["base"]).resolve())
+    return _write_copy(tree, out / path.name, f"--seeds: {path.name} on seeds {seeds[0]}..{seeds[-1]} ({len(seeds)} seeds)")
+
+
+def _write_copy(tree: dict[str, Any], target: Path, what: str) -> Path:
+    """Write a demo's copy of a space file, headed by what it is; unchanged text keeps the digest a resume checks."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    text = (f"# uvlm demo {what}.\n# Written by uvlm demo; the study itself: uvlm sweep spaces/{target.name}\n"
+            + yaml.safe_dump(tree, sort_keys=False))
+    if not target.is_file() or target.read_text() != text:
+        target.write_text(text)
+    return target
 
 
 def smoke_space(path: Path, out: Path) -> Path:
@@ -191,14 +218,8 @@ def smoke_space(path: Path, out: Path) -> Path:
         tree["holdout"] = {**tree["holdout"], "seeds": tree["holdout"]["seeds"][:1]}
     if tree.get("early_stopping"):
         tree["early_stopping"] = {**tree["early_stopping"], "enabled": False}  # no rung within a few steps
-    out.mkdir(parents=True, exist_ok=True)
-    target = out / path.name
-    header = (f"# uvlm demo --smoke: {path.name} shrunk to toy size (one seed, {SMOKE_FIXED['budget.value']} steps).\n"
-              f"# Written by uvlm demo; the study itself: uvlm sweep spaces/{path.name}\n")
-    text = header + yaml.safe_dump(tree, sort_keys=False)
-    if not target.is_file() or target.read_text() != text:  # unchanged text keeps the digest a resume checks
-        target.write_text(text)
-    return target
+    return _write_copy(tree, out / path.name, f"--smoke: {path.name} shrunk to toy size (one seed, "
+                                              f"{SMOKE_FIXED['budget.value']} steps)")
 
 
 # ----------------------------------------------------------------------------- sweep state

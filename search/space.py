@@ -45,6 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from trainables import limits
 from trainables.config import TrainConfig, load_config, set_dotted
 from trainables.errors import UserError, nearest, unknown_choice
+from trainables.mlflow_layout import scored_task
 from trainables.yamlfile import load_yaml, read_text, read_yaml
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
@@ -91,6 +92,13 @@ class Statistic(str, enum.Enum):
     TREND = "trend"  # slope of (treatment - control) against ln(records seen), from the evaluations along each run
     SLOPE = "slope"  # slope of (treatment - control) against the values of `against` (e.g. affine strength)
     DID = "did"  # (treatment - control) at the first level of `across` minus at the second
+
+
+class PerRun(str, enum.Enum):
+    """What one run contributes to a slope or difference in differences."""
+
+    END = "end"  # its final evaluation
+    AUC = "auc"  # the mean of its evaluations on a common grid of budget fractions
 
 
 class Param(SpaceModel):
@@ -244,12 +252,17 @@ class Headline(SpaceModel):
     """A metric name of the trainable (docs/ARCHITECTURE.md), e.g. test/vqa/overall."""
     treatment: dict[str, Any] = Field(min_length=1)
     """Dotted TrainConfig keys -> value (or list of values) selecting the treatment runs, e.g. {data.arm: mixed}."""
-    control: dict[str, Any] = Field(min_length=1)
-    """The same for the control runs; each treatment run is paired with the control of its seed (and cell)."""
+    control: dict[str, Any] | None = Field(default=None, min_length=1)
+    """The same for the control runs; each treatment run is paired with the control of its seed (and cell).
+    Optional for statistic: slope only: a seed's control is the same at every value of `against`, so it shifts the
+    seed's benefit without changing its slope (declared, it is subtracted and the report shows the benefit levels)."""
     expected: Direction = Direction.POSITIVE
     """The paper's direction of the statistic."""
     statistic: Statistic = Statistic.END
     """end | auc | trend | slope | did (see Statistic)."""
+    per_run: PerRun = PerRun.END
+    """slope and did: what each run contributes, its final evaluation (end) or the mean of its evaluations along
+    the budget (auc, the area under its learning curve). For a plain difference, `statistic: end` or `auc` says it."""
     against: str | None = None
     """slope only: the dotted key whose values are the x axis, e.g. alignment.affine_strength."""
     across: dict[str, list[Any]] | None = None
@@ -258,6 +271,11 @@ class Headline(SpaceModel):
 
     @model_validator(mode="after")
     def _fits_statistic(self) -> Headline:
+        if self.control is None and self.statistic != Statistic.SLOPE:
+            raise ValueError("`control` is required (only statistic: slope may leave it out)")
+        if self.per_run != PerRun.END and self.statistic not in (Statistic.SLOPE, Statistic.DID):
+            raise ValueError("`per_run` is for statistic: slope or did; for a plain difference on the area under the "
+                             "learning curve write statistic: auc")
         if (self.statistic == Statistic.SLOPE) != (self.against is not None):
             raise ValueError("`against` (the x axis) is required by statistic: slope and taken by no other statistic")
         if (self.statistic == Statistic.DID) != (self.across is not None):
@@ -268,7 +286,7 @@ class Headline(SpaceModel):
 
     def keys(self) -> list[str]:
         """Every dotted config key the declaration names."""
-        return [*self.treatment, *self.control, *([self.against] if self.against else []), *(self.across or {})]
+        return [*self.treatment, *(self.control or {}), *([self.against] if self.against else []), *(self.across or {})]
 
 
 class SpaceFile(SpaceModel):
@@ -639,6 +657,7 @@ def _check_configs(plan: Plan) -> None:
                 raise UserError(f"space file {name}: early_stopping needs budget.unit: steps (ASHA counts training "
                                 f"steps); cell {plan.cells[index].key or '(no factors)'} has {config.budget.unit.value!r}")
     _check_headlines(plan, configs)
+    _check_scored_along(plan, configs)
     by_path: dict[str, tuple[str, dict[str, Any]]] = {}
     for slot in plan.first_of_each_cell():
         data = configs[slot.cell.index].data
@@ -655,7 +674,7 @@ def _check_headlines(plan: Plan, configs: dict[int, TrainConfig]) -> None:
     flat = {index: config.flatten() for index, config in configs.items()}
     for name, headline in plan.space.headlines.items():
         across = [{}] if headline.across is None else [{k: v} for k, values in headline.across.items() for v in values]
-        for side in ("treatment", "control"):
+        for side in ("treatment", "control") if headline.control is not None else ("treatment",):
             for level in across:
                 selection = {**getattr(headline, side), **level}
                 matched = [index for index, values in flat.items() if condition_holds(selection, values)]
@@ -667,6 +686,29 @@ def _check_headlines(plan: Plan, configs: dict[int, TrainConfig]) -> None:
                     if len(xs) < 2:
                         raise UserError(f"space file {plan.path.name}: headlines.{name}: the treatment cells have one "
                                         f"value of {headline.against!r}; a slope needs at least two")
+
+
+def _check_scored_along(plan: Plan, configs: dict[int, TrainConfig]) -> None:
+    """Metrics read along the runs (ASHA's objective, trend and AUC headlines) are scored at every evaluation."""
+    space, name = plan.space, plan.path.name
+    flat = {index: config.flatten() for index, config in configs.items()}
+    needed = []  # (where, metric, the cells that must score it along)
+    for key, headline in space.headlines.items():
+        if headline.statistic in (Statistic.TREND, Statistic.AUC) or headline.per_run == PerRun.AUC:
+            cells = [index for index, values in flat.items()
+                     if condition_holds(headline.treatment, values)
+                     or (headline.control is not None and condition_holds(headline.control, values))]
+            needed.append((f"headlines.{key}.metric", headline.metric, cells))
+    if space.early_stopping.enabled and space.objective is not None:
+        needed.append(("objective.metric", space.objective.metric, list(configs)))
+    for where, metric, cells in needed:
+        task = scored_task(metric)
+        for index in cells:
+            config = configs[index]
+            if task is not None and task not in config.eval.along:
+                raise UserError(f"space file {name}: {where} {metric!r} is read along the runs, but cell "
+                                f"{plan.cells[index].key or '(no factors)'} scores only {[t.value for t in config.eval.along]} "
+                                f"there; add {task.value!r} to eval.along")
 
 
 def _selection_text(selection: dict[str, Any]) -> str:

@@ -17,6 +17,7 @@ from search.demo import OPTUNA_STUDIES, STUDIES, smoke_space
 from search.space import load_space
 from trainables.data.prepare import smartwatch_options
 from trainables.data.records import is_hidden
+from trainables.errors import UserError
 from trainables.data.smartwatch import sample_image
 from test_sweep_run import ROOT, runs_of, uvlm
 
@@ -234,3 +235,18 @@ def test_readme_space_file_examples_are_valid(tmp_path):
     plan = load_space(written)
     config = plan.config(plan.slots[0])
     assert (config.lm.trainability.value, config.runtime.use_gpu, config.runtime.num_workers) == ("lora", True, 8)
+
+
+def test_demo_seeds_run_the_same_design_on_other_seeds(tmp_path):
+    from search.commands.demo import parse_seeds
+    from search.demo import seeded_space
+
+    assert parse_seeds("100-103,7") == [7, 100, 101, 102, 103] and parse_seeds(None) is None
+    for bad in ("10-3", "a-b", "1,,2"):
+        with pytest.raises(UserError, match="--seeds"):
+            parse_seeds(bad)
+    for path in STUDY_FILES:
+        original, copy = load_space(path), load_space(seeded_space(path, list(range(100, 108)), tmp_path))
+        assert copy.space.seeds == list(range(100, 108))
+        assert [s.cell.key for s in copy.slots] == [s.cell.key for s in original.slots]
+        assert original.config(original.slots[0]).with_overrides({"seed": 100}) == copy.config(copy.slots[0])

@@ -206,6 +206,53 @@ def test_slope_against_strength_with_three_levels():
     assert result.ci_low <= -0.05 <= result.ci_high and result.verdict == "supported" and result.n_seeds == 8
 
 
+def test_slope_needs_no_control_and_can_read_each_runs_area_under_its_curve():
+    """spaces/alignment.yaml: mixed runs only (a seed's control would shift its benefit, not its slope), per_run: auc."""
+    headlines = {"alignment": {"finding": 2, "metric": "test/vqa/overall", "statistic": "slope", "per_run": "auc",
+                               "against": "alignment.affine_strength", "expected": "negative",
+                               "treatment": {"data.arm": "mixed"}}}
+    design = SyntheticSweep(name="alignment", arms=("mixed",), train_images=(500,), seeds=tuple(range(8)),
+                            affine_strengths=(0.0, 0.3, 0.9), eval_steps=(100, 200, 300, 400, 500),
+                            effects=Effects(alignment_slope=-0.05))
+    report = findings(design, headlines)[2]
+    result = report.headlines[0]
+    assert result.statistic == "slope (auc)" and result.n_seeds == 8 and "control" not in result.comparison
+    choice = {row["statistic"]: row for row in report.tables["headline_statistic_choice"].iter_rows(named=True)}
+    assert set(choice) == {"slope", "slope (auc)"} and choice["slope (auc)"]["chosen"] and not choice["slope"]["chosen"]
+    end, auc = choice["slope"], choice["slope (auc)"]
+    assert end["estimate"] == pytest.approx(-0.05, abs=0.015)
+    # scores rise to their end along a run (the mean of rise(f) over f = 0.2..1 is 0.63): the area's slope is smaller
+    assert auc["estimate"] == pytest.approx(-0.05 * 0.63, abs=0.015) and result.estimate == auc["estimate"]
+    with_control = {"alignment": {**headlines["alignment"], **MIXED_VS_UNDERSTANDING}}
+    both = SyntheticSweep(**{**design.__dict__, "arms": ("understanding", "mixed")})
+    runs, history = runs_frame(both), history_frame(both)
+    runs = runs.filter((runs["arm"] == "mixed") | (runs["params.alignment.affine_strength"] == 0.0))  # one control a seed
+    slopes = [all_findings(runs, history, parse(h))[2].headlines[0].estimate for h in (headlines, with_control)]
+    assert slopes[0] == pytest.approx(slopes[1], abs=1e-9)  # the control shifts each seed's benefit, not its slope
+
+
+def test_a_control_is_left_out_only_by_a_slope(tmp_path):
+    with pytest.raises(UserError, match="`control` is required"):
+        load_space(write(tmp_path, {"h": {"finding": 1, "metric": "test/vqa/overall", "treatment": {"data.arm": "mixed"}}}))
+    with pytest.raises(UserError, match="statistic: auc"):
+        load_space(write(tmp_path, {"h": {"finding": 1, "metric": "test/vqa/overall", "per_run": "auc",
+                                          **MIXED_VS_UNDERSTANDING}}))
+
+
+def test_difference_in_differences_on_each_runs_area_under_its_curve():
+    headlines = {"transfer in the LM": {"finding": 3, "metric": "test/vqa_hidden/overall", "statistic": "did",
+                                        "per_run": "auc", "treatment": {"data.hide_control": False},
+                                        "control": {"data.hide_control": True}, "across": {"lm.trainability": ["full", "frozen"]}}}
+    design = SyntheticSweep(name="transfer", arms=("mixed",), train_images=(500,), seeds=tuple(range(8)), hide=True,
+                            freezing=("none", "lm_frozen"), eval_steps=(100, 200, 300, 400, 500),
+                            effects=Effects(transfer=0.1, transfer_lm_frozen=0.0))
+    report = findings(design, headlines)[3]
+    result = report.headlines[0]
+    assert result.statistic == "did (auc)" and result.verdict == "supported"
+    choice = {row["statistic"]: row["estimate"] for row in report.tables["headline_statistic_choice"].iter_rows(named=True)}
+    assert choice["did"] == pytest.approx(0.1, abs=0.03) and choice["did (auc)"] == pytest.approx(result.estimate)
+
+
 def test_difference_in_differences_lm_trained_minus_lm_frozen():
     headlines = {"transfer in the LM": {"finding": 3, "metric": "test/vqa_hidden/overall", "statistic": "did",
                                         "treatment": {"data.hide_control": False}, "control": {"data.hide_control": True},
@@ -260,3 +307,15 @@ def test_other_seed_values_give_the_same_intervals():
     other = SyntheticSweep(**{**first.__dict__, "seeds": tuple(range(10, 16))})
     a, b = (findings(design, headlines)[1].headlines[0] for design in (first, other))
     assert (a.estimate, a.ci_low, a.ci_high, a.sd_paired) == pytest.approx((b.estimate, b.ci_low, b.ci_high, b.sd_paired))
+
+
+def test_a_metric_read_along_the_runs_must_be_scored_along_them(tmp_path):
+    trend = {"trend": {"finding": 1, "metric": "test/gen/probe/overall", "statistic": "trend",
+                       "treatment": {"data.arm": "mixed"}, "control": {"data.arm": "generation"}}}
+    factors = {"arm": {"generation": {"data.arm": "generation", "eval.along": ["generation"]},
+                       "mixed": {"data.arm": "mixed", "eval.along": ["vqa"]},
+                       "understanding": {"data.arm": "understanding", "eval.along": ["vqa"]}}}
+    with pytest.raises(UserError, match=r"cell arm=mixed scores only \['vqa'\].*add 'generation' to eval.along"):
+        load_space(write(tmp_path, trend, factors))
+    factors["arm"]["mixed"]["eval.along"] = ["vqa", "generation"]
+    assert load_space(write(tmp_path, trend, factors))  # understanding-only is in no comparison of the trend

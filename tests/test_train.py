@@ -213,3 +213,30 @@ def test_decoded_images_are_kept_per_content_so_a_regenerated_dataset_is_read_an
     second = small(path, **{"data.generate_image_size": 40})
     ensure_dataset(second.data)
     assert not torch.equal(RunData(second, path).test.images, before)
+
+
+def test_evaluations_along_the_run_score_only_eval_along_and_the_last_scores_every_task(data_path, tmp_path):
+    from trainables.train import LocalSession, Recipe
+
+    class Recording(LocalSession):
+        def __init__(self, out_dir):
+            super().__init__(out_dir)
+            self.reports = []
+
+        def report(self, metrics, checkpoint_dir):
+            self.reports.append(dict(metrics))
+            super().report(metrics, checkpoint_dir)
+
+    config = small(data_path, **{"budget.value": 4, "eval.every_steps": 2, "eval.along": ["vqa"]})
+    session = Recording(tmp_path)
+    Recipe(loop_config(config, tmp_path, None), session).run()
+    along, last = session.reports[0], session.reports[-1]
+    assert len(session.reports) == 2 and along["step"] == 2 and last["step"] == 4
+    assert "test/vqa/overall" in along and not any(k.startswith(("test/gen/", "test/caption/")) for k in along)
+    assert {"test/vqa/overall", "test/gen/probe/overall", "test/caption/score"} <= set(last)
+
+
+def test_vqa_answers_are_decoded_to_the_longest_vqa_answer_not_a_captions_length(data_path):
+    data = RunData(small(data_path), data_path)
+    tok = WordTokenizer.build(data.texts)
+    assert data.max_answer_tokens(tok, Task.VQA) < data.max_answer_tokens(tok, Task.CAPTION)

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from trainables import limits
+from trainables.data.records import Task
 from trainables.errors import UserError, nearest
 from trainables.yamlfile import load_yaml, read_yaml
 
@@ -237,6 +238,9 @@ class EvalConfig(StrictModel):
     """Evaluate on the test split every N steps, and always at the end."""
     max_eval_records: int = Field(default=300, ge=1, le=limits.RECORDS[1])
     """Cap on test records per task in intermediate evaluations (the final one uses all)."""
+    along: list[Task] = Field(default_factory=lambda: list(Task), min_length=1)
+    """Tasks scored at the evaluations along the run; the final evaluation scores every task. A study
+    whose analysis reads only VQA along its runs lists [vqa] and spends no time decoding the rest."""
     grid_images: int = Field(default=16, ge=1, le=limits.GRID_IMAGES[1])
     """Generated images in the saved grid."""
     log_every_steps: int = Field(default=10, ge=1, le=limits.STEPS[1])

@@ -17,6 +17,7 @@ accuracy on true tokens do not depend on the model and are computed once.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,7 +73,7 @@ class Evaluator:
             Prompt(generation_example(tok, r.turns[0].question, r.turns[0].answer, rows[r.image_id], 0), r.face, mentioned=r.mentioned)
             for r in data.test.records[Task.GENERATION]
         ]
-        self.max_new_tokens = data.max_answer_tokens(tok)
+        self.max_new_tokens = {task: data.max_answer_tokens(tok, task) for task in (Task.VQA, Task.CAPTION)}
         self.probe = None
 
     # -- model-independent ------------------------------------------------------------------
@@ -131,38 +132,38 @@ class Evaluator:
 
     # -- model-dependent --------------------------------------------------------------------
     @torch.no_grad()
-    def run(self, model, limit: int | None = None) -> tuple[dict[str, float], torch.Tensor | None]:
-        """Metrics on (the first `limit` prompts per task of) the test split, and decoded generations."""
+    def run(self, model, limit: int | None = None, tasks: Collection[Task] = tuple(Task)) -> tuple[dict[str, float], torch.Tensor | None]:
+        """Metrics on (the first `limit` prompts per task of) the test split's `tasks`, and decoded generations."""
         was_training = model.training
         model.eval()
         metrics: dict[str, float] = {}
-        vqa = self.vqa[:limit]
+        vqa = self.vqa[:limit] if Task.VQA in tasks else []
         if vqa:
-            answers = self._answers(model, vqa)
+            answers = self._answers(model, vqa, self.max_new_tokens[Task.VQA])
             metrics |= prefixed(scoring.score_vqa((p.attribute, a, p.face) for p, a in zip(vqa, answers)), Metric.VQA)
             hidden = [(p.attribute, a, p.face) for p, a in zip(vqa, answers) if p.hidden]
             if self.data.hide_rules and hidden:
                 metrics |= prefixed(scoring.score_vqa(hidden), Metric.VQA_HIDDEN)
-        captions = self.captions[:limit]
+        captions = self.captions[:limit] if Task.CAPTION in tasks else []
         if captions:
-            texts = self._answers(model, captions)
+            texts = self._answers(model, captions, self.max_new_tokens[Task.CAPTION])
             metrics[Metric.CAPTION] = float(np.mean([scoring.score_caption(t, p.face, p.mentioned) for p, t in zip(captions, texts)]))
         pictures = None
-        generations = self.generations[:limit]
+        generations = self.generations[:limit] if Task.GENERATION in tasks else []
         if generations:
             gen_metrics, pictures = self._generation(model, generations)
             metrics |= gen_metrics
         model.train(was_training)
         return metrics, pictures
 
-    def _answers(self, model, prompts: list[Prompt]) -> list[str]:
+    def _answers(self, model, prompts: list[Prompt], max_new_tokens: int) -> list[str]:
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i].example.ids))  # little padding
         out: list[str] = [""] * len(prompts)
         device = _device(model)
         for start in range(0, len(order), EVAL_BATCH):
             chunk = order[start : start + EVAL_BATCH]
             batch = collate([prompts[i].example for i in chunk], self.data.test.images, self.tok, left_pad=True).to(device)
-            ids = model.generate_text(batch.input_ids, batch.attention_mask, batch.und_images, self.max_new_tokens)
+            ids = model.generate_text(batch.input_ids, batch.attention_mask, batch.und_images, max_new_tokens)
             for i, row in zip(chunk, ids):
                 out[i] = self.tok.decode(row)
         return out

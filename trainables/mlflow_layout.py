@@ -27,7 +27,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from trainables.data.records import ATTRIBUTES
+from trainables.data.records import ATTRIBUTES, Task
 from trainables.errors import UserError
 
 # ---- tags -----------------------------------------------------------------------------------------
@@ -203,6 +203,15 @@ def per_attribute(group: str) -> tuple[str, ...]:
 def prefixed(metrics: dict[str, float], group: str) -> dict[str, float]:
     """{'overall': x, 'time': y} -> {'<group>/overall': x, '<group>/time': y}."""
     return {f"{group}/{key}": value for key, value in metrics.items()}
+
+
+def scored_task(metric: str) -> Task | None:
+    """The test task whose evaluation logs `metric` (None for training, timing and fixed metrics)."""
+    for prefix, task in ((Metric.VQA + "/", Task.VQA), (Metric.VQA_HIDDEN + "/", Task.VQA), (Metric.CAPTION, Task.CAPTION),
+                         ("test/gen/", Task.GENERATION)):
+        if metric.startswith(prefix):
+            return task
+    return None
 
 
 def metric_names() -> list[str]:

@@ -149,8 +149,10 @@ class RunData:
             raise UserError(f"a training sequence has {longest} tokens, more than lm.max_positions={max_positions}")
         return out
 
-    def max_answer_tokens(self, tok: TextTokenizer) -> int:
-        answers = [t.answer for task in (Task.VQA, Task.CAPTION) for r in self.test.records[task] + self.train.records[task] for t in r.turns]
+    def max_answer_tokens(self, tok: TextTokenizer, task: Task) -> int:
+        """The longest true answer of `task` (train and test) + 2: room for every answer the data holds.
+        Per task, so that one-word VQA answers are not decoded to a caption's length."""
+        answers = [t.answer for r in self.test.records[task] + self.train.records[task] for t in r.turns]
         return max((len(tok.encode(a)) for a in answers), default=8) + 2
 
 

@@ -21,6 +21,7 @@ import random
 import sys
 import tempfile
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -29,6 +30,7 @@ import torch
 import yaml
 
 from trainables.config import TrainConfig
+from trainables.data.records import Task
 from trainables.encoders import to_float_images
 from trainables.errors import UserError
 from trainables.evaluate import Evaluator
@@ -285,7 +287,7 @@ class Recipe:
                 self.curve_window.zero_()
             bar.update(1)
             if self.step % every == 0 and self.step < self.steps:
-                metrics, _ = self.evaluate(limit=config.eval.max_eval_records)
+                metrics, _ = self.evaluate(limit=config.eval.max_eval_records, tasks=config.eval.along)
                 bar.set_postfix_str(f"loss {metrics[Metric.TRAIN_LOSS]:.3f} vqa {metrics.get(overall(Metric.VQA), float('nan')):.3f}")
         bar.close()
 
@@ -325,12 +327,12 @@ class Recipe:
         return {Metric.STEP: self.step, Metric.TRAIN_LOSS: window[0].item() / n, Metric.TRAIN_TEXT_LOSS: window[1].item() / n,
                 Metric.TRAIN_IMAGE_LOSS: window[2].item() / n, Metric.TRAIN_SAMPLES: self.samples}
 
-    def evaluate(self, limit: int | None, final: bool = False) -> tuple[dict[str, float], torch.Tensor | None]:
-        """Rank 0 scores the model; every rank reports (Ray Train needs all), rank 0 with a checkpoint."""
+    def evaluate(self, limit: int | None, tasks: Collection[Task] = tuple(Task), final: bool = False) -> tuple[dict[str, float], torch.Tensor | None]:
+        """Rank 0 scores the model on `tasks`; every rank reports (Ray Train needs all), rank 0 with a checkpoint."""
         metrics, pictures = self.train_metrics(), None
         if self.rank0:
             started = time.perf_counter()
-            test_metrics, pictures = self.evaluator.run(self.model, limit)
+            test_metrics, pictures = self.evaluator.run(self.model, limit, tasks)
             metrics |= test_metrics
             self.eval_seconds += time.perf_counter() - started
             if final:

@@ -6,10 +6,10 @@ import argparse
 
 DEMO_HELP = """\
 Run the three studies of the platform (spaces/mixing.yaml, alignment.yaml,
-transfer.yaml) as sweeps named after them, at CPU scale with 3 seeds per
+transfer.yaml) as sweeps named after them, at CPU scale with 8 seeds per
 cell: generate the smart-watch data, train, report each study and write a
 combined report (<working folder>/reports/index.html). About half an hour on a
-2-core CPU. Interrupted? Run it again: finished sweeps are skipped and an
+2-core CPU (88 trials, two at a time). Interrupted? Run it again: finished sweeps are skipped and an
 interrupted one resumes without redoing finished trials.
 The Optuna studies run on request: `--study ratio` (the mixing ratio searched
 by Optuna, about 8 minutes) and `--study tuning` (each arm tuned with the same
@@ -20,6 +20,7 @@ Examples:
   uvlm demo --study tuning           # fair per-arm tuning, reported against the untuned finding
   uvlm demo --smoke                  # every step of all five studies at toy size, a few minutes (CI)
   uvlm demo --workdir /tmp/uvlm-demo
+  uvlm demo --seeds 100-107 --workdir uvlm-work-fresh   # the same design on other seeds
 Exit code: 0 when every trial of every study finished, 1 otherwise, 2 on bad input.
 """
 
@@ -38,8 +39,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--study", action="append", metavar="NAME",
                         help="run only this study (repeatable): mixing, alignment, transfer, ratio or tuning "
                              "(default: the first three)")
+    parser.add_argument("--seeds", metavar="LIST",
+                        help="run every study on these seeds instead of its own, e.g. 100-107 or 3,5,8: the same "
+                             "design's intervals on other seeds (use a fresh --workdir; the space files are copied "
+                             "under <working folder>/seeded-spaces)")
     parser.add_argument("--trainable", metavar="MODULE:FUNCTION",
-                        help="the function that trains one trial, as in `uvlm sweep` (default: trainables.launch:fit)")
+                        help="the function that trains one trial, as in `uvlm sweep` (default: "
+                             "trainables.launch:fit_in_trial)")
     parser.set_defaults(run=run)
 
 
@@ -47,4 +53,27 @@ def run(args: argparse.Namespace) -> int:
     from search.demo import DemoOptions, run_demo
 
     return run_demo(DemoOptions(smoke=args.smoke, workdir=args.workdir, tracking_uri=args.tracking_uri,
-                                body=args.trainable, studies=args.study))
+                                body=args.trainable, studies=args.study, seeds=parse_seeds(args.seeds)))
+
+
+def parse_seeds(text: str | None) -> list[int] | None:
+    """'100-107' or '3,5,8' (or both, comma-separated) -> a sorted list of distinct seeds."""
+    from trainables import limits
+    from trainables.errors import UserError
+
+    if text is None:
+        return None
+    seeds: set[int] = set()
+    try:
+        for part in text.split(","):
+            first, _, last = part.strip().partition("-")
+            low, high = int(first), int(last or first)
+            if high < low:
+                raise ValueError
+            seeds.update(range(low, high + 1))
+    except ValueError:
+        raise UserError(f"--seeds {text!r}: write a range such as 100-107 or a list such as 3,5,8") from None
+    bad = [seed for seed in seeds if not limits.SEED[0] <= seed <= limits.SEED[1]]
+    if bad:
+        raise UserError(f"--seeds: {bad[0]} is outside {limits.SEED[0]}..{limits.SEED[1]}")
+    return sorted(seeds)

@@ -50,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             "(default: <working folder>/ray_results)")
     sweep.add_argument("--trainable", metavar="MODULE:FUNCTION",
                        help="the function that trains one trial, with the signature of trainables.launch.fit "
-                            "(default: trainables.launch:fit)")
+                            "(default: trainables.launch:fit_in_trial)")
     sweep.add_argument("--verbose", action="store_true", help="show Ray's and the workers' logs")
     sweep.set_defaults(run=run_sweep)
 
