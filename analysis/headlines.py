@@ -133,7 +133,7 @@ def compute(prepared: pl.DataFrame, history: pl.DataFrame | None, name: str, hea
         columns = {PerRun.END: metric}
         if history is not None and not history.is_empty():
             try:
-                curves = run_curves(frame, history, metric)
+                curves = run_curves(frame.filter(pl.col(TREATMENT) | pl.col(CONTROL)), history, metric)
                 frame = frame.join(curves.group_by("run_id").agg(pl.col("value").mean().alias(f"metrics.{metric}@auc")),
                                    on="run_id", how="left")
                 columns[PerRun.AUC] = f"{metric}@auc"

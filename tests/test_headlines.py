@@ -194,6 +194,23 @@ def test_auc_is_compared_with_the_end_point():
     assert auc["estimate"] == pytest.approx(0.05 * 0.63, abs=0.01) and report.headlines[0].statistic == "auc"
 
 
+def test_auc_reads_only_the_compared_runs_curves():
+    """eval.along: understanding-only runs score generation only at their end; a generation comparison's area must not
+    need their curves (spaces/mixing.yaml)."""
+    import polars as pl
+
+    headlines = {"generation benefit": {"finding": 1, "metric": "test/gen/probe/overall", "statistic": "auc",
+                                        "treatment": {"data.arm": "mixed"}, "control": {"data.arm": "generation"}}}
+    design = SyntheticSweep(name="mixing", train_images=(500,), seeds=tuple(range(6)), eval_steps=(100, 200, 300, 400, 500),
+                            effects=Effects(generation_benefit=0.05))
+    runs, history = runs_frame(design), history_frame(design)
+    understanding = runs.filter(pl.col("arm") == "understanding")["run_id"].to_list()
+    history = history.filter(~(pl.col("run_id").is_in(understanding) & (pl.col("metric") == "test/gen/probe/overall")
+                               & (pl.col("step") < 500)))
+    result = all_findings(runs, history, parse(headlines))[1].headlines[0]
+    assert result.statistic == "auc" and result.n_seeds == 6 and math.isfinite(result.estimate)
+
+
 def test_slope_against_strength_with_three_levels():
     headlines = {"alignment": {"finding": 2, "metric": "test/vqa/overall", "statistic": "slope",
                                "against": "alignment.affine_strength", "expected": "negative", **MIXED_VS_UNDERSTANDING}}
