@@ -130,7 +130,9 @@ def test_every_study_declares_its_headlines_and_evaluates_along_its_budget(study
         strengths = {plan.config(s).alignment.affine_strength for s in plan.slots if plan.config(s).data.arm.value == "mixed"}
         assert len(strengths) >= 3
     if study == "transfer":
-        assert {plan.config(s).lm.trainability.value for s in plan.first_of_each_cell()} == {"full", "frozen"}
+        # hidden and its control with the LM trained (frozen, a random LM cannot answer at all: see the file)
+        assert {plan.config(s).data.hide_control for s in plan.first_of_each_cell()} == {True, False}
+        assert {plan.config(s).lm.trainability.value for s in plan.first_of_each_cell()} == {"full"}
 
 
 # ----------------------------------------------------------------------------- each statistic on known effects
