@@ -37,7 +37,7 @@ from analysis.findings import EXPLORATORY, FINISHED, OTHER_ATTRIBUTES, MIN_SEEDS
 from analysis.frames import factor_names, sweep_parent
 from analysis.headlines import power_frame, sweep_findings
 from analysis.importance import best_configs, objective_for, param_importance, searched_params
-from trainables.mlflow_layout import Tag, factor_tag
+from trainables.mlflow_layout import Metric, Tag, factor_tag, overall
 from trainables.workspace import tracking_uri as resolve_uri
 from trainables.workspace import workdir
 
@@ -352,11 +352,44 @@ def _limits(runs: pl.DataFrame, findings: dict[int, FindingReport | str]) -> lis
                  "the first eval.max_eval_records test prompts per task (the same records in every run and "
                  "evaluation); the final evaluation scores the whole test split. Fractions of the budget are put on "
                  "one grid by linear interpolation between a run's evaluations.")
+    items.extend(_untrained_runs(done))
     for number, finding in findings.items():
         if isinstance(finding, str):
             items.append(f"Finding {number} cannot be judged from this sweep.")
         else:
             items.extend(f"Finding {number}: {s}" for s in finding.skipped if "not computed" in s)
+    return items
+
+
+BASELINE_MARGIN = 0.05
+"""A run whose final VQA is within this of the constant answers' score has not started reading the images."""
+
+
+def _untrained_runs(done: pl.DataFrame) -> list[str]:
+    """Runs that cannot carry a comparison: at the constant-answer baseline, or with a random LM frozen."""
+    items = []
+    score, baseline = f"metrics.{overall(Metric.VQA)}", f"metrics.{overall(Metric.BASELINE_VQA)}"
+    trainability, pretrained = "params.lm.trainability", "params.lm.pretrained_path"
+    if score in done.columns and baseline in done.columns:
+        scored = done.filter(pl.col(score).is_not_null() & pl.col(baseline).is_not_null())
+        if "params.data.arm" in scored.columns:  # generation-only runs never learn to answer
+            scored = scored.filter(pl.col("params.data.arm") != "generation")
+        if trainability in scored.columns:  # a frozen LM: the item below
+            scored = scored.filter(pl.col(trainability) != "frozen")
+        low = scored.filter(pl.col(score) < pl.col(baseline) + BASELINE_MARGIN)
+        if low.height:
+            items.append(f"{low.height} of {scored.height} runs that train on understanding records ended within {BASELINE_MARGIN} of the constant answers' "
+                         f"score on {overall(Metric.VQA)} (or below it): they had not started reading the images, and "
+                         "a comparison among such runs measures little however narrow its interval; raise "
+                         "budget.value past that threshold.")
+    if trainability in done.columns:
+        frozen = done.filter(pl.col(trainability) == "frozen")
+        if pretrained in done.columns:
+            frozen = frozen.filter(pl.col(pretrained).is_null() | pl.col(pretrained).is_in(["", "None"]))
+        if frozen.height:
+            items.append(f"{frozen.height} runs froze a randomly initialised LM (lm.trainability: frozen without "
+                         "lm.pretrained_path): such an LM never learns the answer words, so their understanding scores "
+                         "are near zero by construction, not by experiment.")
     return items
 
 

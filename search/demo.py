@@ -32,7 +32,7 @@ STUDIES = (("mixing", 1), ("alignment", 2), ("transfer", 3))
 """Each study's space file stem and the finding (1-3 of STUDY.md) it is designed to address."""
 OPTUNA_STUDIES = (("ratio", 1), ("tuning", 1))
 """Studies where Optuna searches (the mixing ratio; fair per-arm tuning re-run on held-out seeds). They do not fit
-the demo beside the three (already 42 minutes) (about 8 and 13 minutes on 2 cores): `uvlm demo --study ratio|tuning` runs
+the demo beside the three (already 31 minutes) (about 8 and 13 minutes on 2 cores): `uvlm demo --study ratio|tuning` runs
 them; `--smoke` runs them at toy size with the three, so CI checks their whole path."""
 ALL_STUDIES = dict(STUDIES + OPTUNA_STUDIES)
 SPACES = Path(__file__).resolve().parents[1] / "spaces"

@@ -301,3 +301,20 @@ def test_declarations_are_read_from_the_logged_space_file_when_the_trial_table_l
     assert set(declared) == set(TRANSFER_HEADLINES) and declared["transfer in the LM"].statistic.value == "did"
     client.log_dict(parent, {"space_file": "old.yaml", "headlines": {}}, "trial_table.json")
     assert from_parent("old", uri) is None  # the trial table's own (empty) record wins
+
+
+def test_limits_name_runs_that_never_read_the_images_and_frozen_random_lms():
+    import polars as pl
+
+    from analysis.report import _untrained_runs
+
+    runs = pl.DataFrame({"metrics.test/vqa/overall": [0.38, 0.80, 0.0, 0.02],
+                         "metrics.baseline/vqa/overall": [0.36] * 4,
+                         "params.data.arm": ["mixed", "mixed", "generation", "mixed"],
+                         "params.lm.trainability": ["full", "full", "full", "frozen"],
+                         "params.lm.pretrained_path": [None, None, None, None]})
+    first, second = _untrained_runs(runs)
+    assert first.startswith("1 of 2 runs that train on understanding records ended within 0.05")  # not generation-only
+    assert second.startswith("1 runs froze a randomly initialised LM")
+    pretrained = runs.with_columns(pl.lit("/models/lm").alias("params.lm.pretrained_path"))
+    assert len(_untrained_runs(pretrained)) == 1 and not _untrained_runs(runs.filter(pl.col("metrics.test/vqa/overall") > 0.5))

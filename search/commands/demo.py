@@ -9,8 +9,9 @@ Run the three studies of the platform (spaces/mixing.yaml, alignment.yaml,
 transfer.yaml) as sweeps named after them, at CPU scale with 8 seeds per
 cell: generate the smart-watch data, train, report each study and write a
 combined report (<working folder>/reports/index.html). About half an hour on a
-2-core CPU (88 trials, two at a time). Interrupted? Run it again: finished sweeps are skipped and an
-interrupted one resumes without redoing finished trials.
+2-core CPU (64 trials, two at a time). Interrupted? Run it again: finished
+sweeps are skipped and an interrupted one resumes without redoing finished
+trials.
 The Optuna studies run on request: `--study ratio` (the mixing ratio searched
 by Optuna, about 8 minutes) and `--study tuning` (each arm tuned with the same
 Optuna budget, its best re-run on held-out seeds and compared with the untuned
