@@ -117,8 +117,9 @@ def compute(prepared: pl.DataFrame, history: pl.DataFrame | None, name: str, hea
     frame = _mark(prepared, headline.treatment, headline.control)
     keys = design_keys(prepared)
     metric = headline.metric
-    test = f"{_TESTS[statistic]}{_PER_RUN_TEXT[headline.per_run] if statistic in _PER_RUN_STATISTICS else ''}; 95% interval: expanded percentile bootstrap over " \
-           f"seeds ({stats.RESAMPLES} resamples), widened to the t-interval over per-seed values where wider"
+    per_run = _PER_RUN_TEXT[headline.per_run] if statistic in _PER_RUN_STATISTICS else ""
+    test = f"{_TESTS[statistic]}{per_run}; 95% interval: expanded percentile bootstrap over seeds " \
+           f"({stats.RESAMPLES} resamples), widened to the t-interval over per-seed values where wider"
     curve = None
     choice: list[dict[str, Any]] = []
     if statistic == Statistic.TREND:
