@@ -27,21 +27,50 @@ def connect(uri: str):
     """An MlflowClient for `uri`, checked: a server must answer, an sqlite store is created here, once.
 
     A fresh sqlite store opened by several processes at once fails in its
-    migrations, so the driver creates it before any trial starts.
+    migrations ("table ... already exists"), so the driver creates it before
+    any trial starts, and commands started side by side on one new store (two
+    `uvlm train`) take turns through a lock file beside it.
     """
     import logging
 
-    check_store(uri, create=True)
-    from mlflow.tracking import MlflowClient
+    with _creation_lock(uri):
+        check_store(uri, create=True)
+        from mlflow.tracking import MlflowClient
 
-    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial MLflow database tables..."
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    try:
-        client = MlflowClient(tracking_uri=uri)
-        client.search_experiments(max_results=1)
-    except Exception as error:  # noqa: BLE001 - any failure here means the store is unusable
-        raise UserError(f"tracking URI {uri!r} cannot be used: {first_line(error)}") from None
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial MLflow database tables..."
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+        try:
+            client = MlflowClient(tracking_uri=uri)
+            client.search_experiments(max_results=1)
+        except Exception as error:  # noqa: BLE001 - any failure here means the store is unusable
+            raise UserError(f"tracking URI {uri!r} cannot be used: {first_line(error)}") from None
     return client
+
+
+@contextlib.contextmanager
+def _creation_lock(uri: str):
+    """Held while an sqlite store is opened (and maybe created). The lock file lives in the temporary folder,
+    named after the store's absolute path, so that nothing is written beside a store that may not be MLflow's."""
+    path = sqlite_path(uri) if uri.lower().startswith("sqlite:") else None
+    if path is None or not str(path) or str(path) == ":memory:":
+        yield
+        return
+    import hashlib
+    import tempfile
+
+    from filelock import FileLock, Timeout
+
+    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:16]
+    lock = Path(tempfile.gettempdir()) / f"uvlm-store-{digest}.lock"
+    try:
+        with FileLock(str(lock), timeout=LOCK_TIMEOUT_S):
+            yield
+    except Timeout:
+        raise UserError(f"tracking store {path} is being opened by another uvlm command (lock {lock}) for more "
+                        f"than {LOCK_TIMEOUT_S} s; wait for it, or delete the lock if no uvlm command runs") from None
+
+
+LOCK_TIMEOUT_S = 120
 
 
 def check_store(uri: str, create: bool = False) -> None:

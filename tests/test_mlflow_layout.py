@@ -72,3 +72,18 @@ def test_attributes_are_defined_once():
                    if re.search(r"^ATTRIBUTES\s*=", path.read_text(), re.MULTILINE)]
     assert definitions == ["trainables/data/records.py"]
     assert ATTRIBUTES == ("time", "weather", "battery", "weather_corner", "battery_corner")
+
+
+def test_commands_started_side_by_side_on_one_new_store_take_turns_creating_it(tmp_path):
+    """Two `uvlm train` at once on a fresh sqlite store: MLflow's migrations race ("table ... already exists")
+    unless search.tracking.connect serialises them through a lock file (in the temporary folder)."""
+    import subprocess
+    import sys
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code = f"from search.tracking import connect; connect({uri!r}).search_experiments(max_results=1)"
+    root = Path(__file__).resolve().parents[1]
+    processes = [subprocess.Popen([sys.executable, "-c", code], cwd=root, stderr=subprocess.PIPE, text=True)
+                 for _ in range(4)]
+    errors = [p.communicate(timeout=240)[1] for p in processes]
+    assert [p.returncode for p in processes] == [0] * 4, errors
