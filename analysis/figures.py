@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
 from analysis import stats  # noqa: E402
-from analysis.findings import FINISHED, HIDDEN_METRIC, FindingReport, Result, prepare  # noqa: E402
+from analysis.findings import FINISHED, HIDDEN_METRIC, FindingReport, InsufficientData, Result, prepare  # noqa: E402
 from trainables.mlflow_layout import Metric, overall  # noqa: E402
 
 HISTORY_METRICS = (overall(Metric.VQA), overall(Metric.GEN_PROBE), Metric.TRAIN_LOSS)
@@ -212,10 +212,14 @@ def _scores_by_strength(runs: pl.DataFrame | None, history: pl.DataFrame | None)
         raise Skip("The alignment curve is not drawn: no finished mixed run")
     panels = ["final evaluation"]
     if history is not None and not history.is_empty():
-        area = (history.filter((pl.col("metric") == metric) & pl.col("value").is_not_nan())
-                .group_by("run_id").agg(pl.col("value").mean().alias("mean over the evaluations")))
-        mixed = mixed.join(area, on="run_id", how="left")
-        panels.append("mean over the evaluations")
+        from analysis.headlines import run_areas
+
+        try:  # the area the headline slope reads
+            area = run_areas(prepare(runs).filter(pl.col("run_id").is_in(mixed["run_id"].to_list())), history, metric)
+            mixed = mixed.join(area.rename({"value": "mean over the evaluations"}), on="run_id", how="left")
+            panels.append("mean over the evaluations")
+        except InsufficientData:
+            pass  # fewer than 2 evaluations a run: the final evaluation only
     figure, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
     for axis, column in zip(axes[0], panels):
         for (_,), seed in mixed.sort("strength").group_by("seed", maintain_order=True):

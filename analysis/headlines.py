@@ -134,9 +134,8 @@ def compute(prepared: pl.DataFrame, history: pl.DataFrame | None, name: str, hea
         columns = {PerRun.END: metric}
         if history is not None and not history.is_empty():
             try:
-                curves = run_curves(frame.filter(pl.col(TREATMENT) | pl.col(CONTROL)), history, metric)
-                frame = frame.join(curves.group_by("run_id").agg(pl.col("value").mean().alias(f"metrics.{metric}@auc")),
-                                   on="run_id", how="left")
+                areas = run_areas(frame.filter(pl.col(TREATMENT) | pl.col(CONTROL)), history, metric)
+                frame = frame.join(areas.rename({"value": f"metrics.{metric}@auc"}), on="run_id", how="left")
                 columns[PerRun.AUC] = f"{metric}@auc"
             except InsufficientData:
                 if chosen == PerRun.AUC:
@@ -256,6 +255,11 @@ def run_curves(prepared: pl.DataFrame, history: pl.DataFrame, metric: str,
         interpolated[grid < fractions.min() - 0.25 / k] = np.nan
         rows += [(run_id, float(f), float(v)) for f, v in zip(grid, interpolated)]
     return pl.DataFrame(rows, schema={"run_id": pl.String, "fraction": pl.Float64, "value": pl.Float64}, orient="row")
+
+
+def run_areas(prepared: pl.DataFrame, history: pl.DataFrame, metric: str) -> pl.DataFrame:
+    """Each finished run's area under its learning curve: its mean on run_curves' grid. Columns run_id, value."""
+    return run_curves(prepared, history, metric).group_by("run_id").agg(pl.col("value").mean())
 
 
 def benefit_curve(frame: pl.DataFrame, history: pl.DataFrame, metric: str, keys: list[str]) -> pl.DataFrame:

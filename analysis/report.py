@@ -378,8 +378,9 @@ def _untrained_runs(done: pl.DataFrame) -> list[str]:
             scored = scored.filter(pl.col(trainability) != "frozen")
         low = scored.filter(pl.col(score) < pl.col(baseline) + BASELINE_MARGIN)
         if low.height:
-            items.append(f"{low.height} of {scored.height} runs that train on understanding records ended within {BASELINE_MARGIN} of the constant answers' "
-                         f"score on {overall(Metric.VQA)} (or below it): they had not started reading the images, and "
+            items.append(f"{low.height} of {scored.height} runs that train on understanding records ended within "
+                         f"{BASELINE_MARGIN} of the constant answers' score on {overall(Metric.VQA)} (or below it): "
+                         "they had not started reading the images, and "
                          "a comparison among such runs measures little however narrow its interval; raise "
                          "budget.value past that threshold.")
     if trainability in done.columns:

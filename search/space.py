@@ -656,8 +656,9 @@ def _check_configs(plan: Plan) -> None:
             if config.budget.unit.value != "steps":
                 raise UserError(f"space file {name}: early_stopping needs budget.unit: steps (ASHA counts training "
                                 f"steps); cell {plan.cells[index].key or '(no factors)'} has {config.budget.unit.value!r}")
-    _check_headlines(plan, configs)
-    _check_scored_along(plan, configs)
+    flat = {index: config.flatten() for index, config in configs.items()}
+    _check_headlines(plan, flat)
+    _check_scored_along(plan, configs, flat)
     by_path: dict[str, tuple[str, dict[str, Any]]] = {}
     for slot in plan.first_of_each_cell():
         data = configs[slot.cell.index].data
@@ -669,9 +670,9 @@ def _check_configs(plan: Plan) -> None:
         by_path.setdefault(data.path, (slot.cell.key, generator))
 
 
-def _check_headlines(plan: Plan, configs: dict[int, TrainConfig]) -> None:
-    """Each declared selection matches some cell, and a slope's treatment cells span two values of its x axis."""
-    flat = {index: config.flatten() for index, config in configs.items()}
+def _check_headlines(plan: Plan, flat: dict[int, dict[str, Any]]) -> None:
+    """Each declared selection matches some cell (`flat`: each cell's flattened config), and a slope's treatment
+    cells span two values of its x axis."""
     for name, headline in plan.space.headlines.items():
         across = [{}] if headline.across is None else [{k: v} for k, values in headline.across.items() for v in values]
         for side in ("treatment", "control") if headline.control is not None else ("treatment",):
@@ -688,10 +689,9 @@ def _check_headlines(plan: Plan, configs: dict[int, TrainConfig]) -> None:
                                         f"value of {headline.against!r}; a slope needs at least two")
 
 
-def _check_scored_along(plan: Plan, configs: dict[int, TrainConfig]) -> None:
+def _check_scored_along(plan: Plan, configs: dict[int, TrainConfig], flat: dict[int, dict[str, Any]]) -> None:
     """Metrics read along the runs (ASHA's objective, trend and AUC headlines) are scored at every evaluation."""
     space, name = plan.space, plan.path.name
-    flat = {index: config.flatten() for index, config in configs.items()}
     needed = []  # (where, metric, the cells that must score it along)
     for key, headline in space.headlines.items():
         if headline.statistic in (Statistic.TREND, Statistic.AUC) or headline.per_run == PerRun.AUC:

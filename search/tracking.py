@@ -29,7 +29,7 @@ def connect(uri: str):
     A fresh sqlite store opened by several processes at once fails in its
     migrations ("table ... already exists"), so the driver creates it before
     any trial starts, and commands started side by side on one new store (two
-    `uvlm train`) take turns through a lock file beside it.
+    `uvlm train`) take turns through a lock file (`_creation_lock`).
     """
     import logging
 
