@@ -43,6 +43,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from trainables import limits
+from trainables.budget import planned_steps
 from trainables.config import TrainConfig, load_config, set_dotted
 from trainables.errors import UserError, nearest, unknown_choice
 from trainables.mlflow_layout import scored_task
@@ -453,16 +454,23 @@ def load_space(path: str | Path) -> Plan:
                         f"{space.search.samples} samples = {trials} trials; at most {limits.TRIALS} per sweep")
     cells = _cells(space)
     root = Path.cwd()
-    slots = []
     # Tuning: every Optuna configuration (sample) of every cell on every seed; then the held-out re-runs.
-    order = [(Phase.TUNE, sample, seed, cell) for sample, seed, cell in product(range(space.search.samples), space.seeds, cells)]
+    # A block (a sample's seed, or a held-out seed) ends before the next begins, so an interrupted sweep
+    # leaves whole paired blocks; within a block the longest trials go first, so that trials running side
+    # by side end together instead of one slot idling through the last long trial.
+    order = [((Phase.TUNE, sample, seed), cell, Phase.TUNE) for sample, seed, cell in product(range(space.search.samples), space.seeds, cells)]
     if space.holdout is not None:
         phases = [Phase.HOLDOUT] + ([Phase.UNTUNED] if space.holdout.untuned else [])
-        order += [(phase, 0, seed, cell) for seed, cell, phase in product(space.holdout.seeds, cells, phases)]
-    for index, (phase, sample, seed, cell) in enumerate(order):
-        overrides = {**space.fixed, **cell.overrides, **space.resources.overrides(), "seed": seed}
-        slots.append(Slot(index=index, cell=cell, seed=seed, sample=sample, overrides=overrides,
-                          config=_slot_config(path, base, overrides, cell, root), phase=phase))
+        order += [((Phase.HOLDOUT, 0, seed), cell, phase) for seed, cell, phase in product(space.holdout.seeds, cells, phases)]
+    planned = []
+    for block, cell, phase in order:
+        overrides = {**space.fixed, **cell.overrides, **space.resources.overrides(), "seed": block[2]}
+        config = _slot_config(path, base, overrides, cell, root)
+        planned.append((block, cell, phase, overrides, config, planned_steps(config)))
+    blocks = list(dict.fromkeys(block for block, *_ in planned))
+    planned.sort(key=lambda entry: (blocks.index(entry[0]), -entry[5]))  # stable: file order among equals
+    slots = [Slot(index=index, cell=cell, seed=block[2], sample=block[1], overrides=overrides, config=config, phase=phase)
+             for index, (block, cell, phase, overrides, config, _) in enumerate(planned)]
     plan = Plan(path=path, text=text, space=space, base=base, cells=cells, slots=slots)
     _check_configs(plan)
     return plan

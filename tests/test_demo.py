@@ -4,7 +4,6 @@ cheap trial body) to a combined report, a second run skips what finished, and th
 from __future__ import annotations
 
 import json
-import math
 import re
 import shlex
 
@@ -15,10 +14,8 @@ import yaml
 from search.cli import build_parser
 from search.demo import OPTUNA_STUDIES, STUDIES, smoke_space
 from search.space import load_space
-from trainables.data.prepare import smartwatch_options
-from trainables.data.records import is_hidden
+from trainables.budget import planned_steps
 from trainables.errors import UserError
-from trainables.data.smartwatch import sample_image
 from test_sweep_run import ROOT, runs_of, uvlm
 
 STUDY_FILES = [ROOT / "spaces" / f"{study}.yaml" for study, _ in STUDIES]
@@ -26,24 +23,6 @@ OPTUNA_FILES = [ROOT / "spaces" / f"{study}.yaml" for study, _ in OPTUNA_STUDIES
 
 
 # ----------------------------------------------------------------------------- the CPU-scale design
-
-def planned_steps(config) -> int:
-    """Optimiser steps of one trial, from its budget rule and its training records, counted without rendering:
-    an image has a VQA and a caption record and a generation record; a hidden image (finding 3) only the
-    generation record, or none in the control."""
-    budget = config.budget
-    if budget.unit.value == "steps":
-        return int(budget.value)
-    assert budget.unit.value == "epochs", "a demo study budgets in steps or epochs"
-    options = smartwatch_options(config.data)
-    images = config.data.train_images or config.data.generate_train_images
-    hidden = sum(is_hidden(sample_image(options.seed, "train", index)[0], options.rules)
-                 for index in range(images)) if options.rules else 0
-    understanding = 2 * (images - hidden)
-    generation = images - (hidden if config.data.hide_control else 0)
-    records = {"understanding": understanding, "generation": generation, "mixed": understanding + generation}
-    return math.ceil(budget.value * records[config.data.arm.value] / config.optim.batch_size)
-
 
 # Measured in a whole `uvlm demo` on a quiet 2-core machine, two trials at a time (64 trials, 30,160 steps, 31m07s;
 # 27m51s in a second run on seeds 100-107, whose alignment steps ran at 0.08 s):

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from search.space import condition_holds, format_value, load_space
+from trainables.budget import planned_steps
 from trainables.errors import UserError
 
 SPACES = sorted((Path(__file__).resolve().parents[1] / "spaces").glob("*.yaml"))
@@ -39,6 +40,20 @@ def test_cells_cross_every_level_and_every_seed(tmp_path):
     assert [slot.seed for slot in plan.slots] == [0] * 6 + [1] * 6
     config = plan.config(plan.slots[7])
     assert (config.data.arm.value, config.data.train_images, config.seed) == ("understanding", 200, 1)
+
+
+def test_longest_trials_of_a_seed_run_first(tmp_path):
+    # epochs over each arm's own records: mixed (3 records an image) > understanding (2) > generation (1)
+    plan = load_space(write(tmp_path, {
+        "study": "t",
+        "fixed": {"budget.unit": "epochs", "budget.value": 2, "data.train_images": 64},
+        "factors": {"data.arm": ["understanding", "generation", "mixed"]},
+        "seeds": 2,
+    }))
+    assert [(slot.seed, slot.cell.key) for slot in plan.slots] == [
+        (seed, f"data.arm={arm}") for seed in (0, 1) for arm in ("mixed", "understanding", "generation")]
+    assert [slot.index for slot in plan.slots] == list(range(6)), "indices follow the running order"
+    assert [planned_steps(plan.config(slot)) for slot in plan.slots[:3]] == [2 * 3 * 64 // 32, 2 * 2 * 64 // 32, 2 * 64 // 32]
 
 
 def test_named_factor_sets_keys_together_and_overrides_fixed(tmp_path):

@@ -8,12 +8,13 @@ import pytest
 import torch
 
 from search.cli import main
+from trainables.budget import total_steps
 from trainables.config import load_config
-from trainables.data.prepare import ensure_dataset
+from trainables.data.prepare import ensure_dataset, planned_records
 from trainables.data.records import ATTRIBUTES, Task
 from trainables.launch import loop_config
 from trainables.mlflow_layout import TRAIN_TAGS
-from trainables.rundata import Order, RunData, length_groups, total_steps
+from trainables.rundata import Order, RunData, length_groups
 from trainables.tokenizer import WordTokenizer
 from trainables.train import NonFiniteLoss, run_local
 
@@ -198,6 +199,18 @@ def test_hidden_attribute_runs_report_vqa_on_hidden_test_images(tmp_path):
     assert any(is_hidden(r.face, data.hide_rules) for r in data.train.records[Task.GENERATION])
     metrics = run_local(loop_config(config, tmp_path / "run", None))
     assert "test/vqa_hidden/overall" in metrics and "test/vqa_hidden/weather" in metrics
+
+
+def test_planned_records_are_the_records_a_run_trains_on(tmp_path):
+    """A sweep orders its trials by their planned steps, counted before the data exist."""
+    hide = {"data.hide_from_understanding": ["weather=raining"]}
+    for name, options in (("plain", {}), ("hidden", hide), ("control", {**hide, "data.hide_control": True})):
+        config = load_config(None, {**SMALL, "data.path": str(tmp_path / name), **options})
+        ensure_dataset(config.data)
+        for arm, size, ratio in (("understanding", 30, 1.0), ("generation", 48, 0.5), ("mixed", 20, 2.0)):
+            run = config.with_overrides({"data.arm": arm, "data.train_images": size, "data.generation_ratio": ratio})
+            records = sum(len(records) for records in RunData(run, run.data.path).train.records.values())
+            assert planned_records(run.data) == records, (name, arm)
 
 
 def test_decoded_images_are_kept_per_content_so_a_regenerated_dataset_is_read_anew(tmp_path):

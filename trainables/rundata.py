@@ -15,14 +15,13 @@ worker r of W takes every W-th record of it, so the order is a function of
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from trainables.config import Arm, BudgetUnit, TrainConfig
+from trainables.config import Arm, TrainConfig
 from trainables.data import layout
 from trainables.data.dataset import Dataset
 from trainables.data.records import Record, Task, parse_hide_rules
@@ -154,16 +153,6 @@ class RunData:
         Per task, so that one-word VQA answers are not decoded to a caption's length."""
         answers = [t.answer for r in self.test.records[task] + self.train.records[task] for t in r.turns]
         return max((len(tok.encode(a)) for a in answers), default=8) + 2
-
-
-def total_steps(config: TrainConfig, n_examples: int) -> int:
-    """The explicit budget in optimiser steps."""
-    budget, batch = config.budget, config.optim.batch_size
-    if budget.unit == BudgetUnit.EPOCHS:
-        return max(1, math.ceil(budget.value * n_examples / batch))
-    if budget.unit == BudgetUnit.SAMPLES:
-        return max(1, math.ceil(budget.value / batch))
-    return max(1, int(budget.value))
 
 
 class Order:

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import yaml
 
+from trainables.budget import total_steps
 from trainables.config import TrainConfig
 from trainables.data.records import Task
 from trainables.encoders import to_float_images
@@ -37,7 +38,7 @@ from trainables.evaluate import Evaluator
 from trainables.freezing import apply_trainability
 from trainables.mlflow_layout import TRAIN_CURVE, Metric, Tag, overall
 from trainables.model import UnifiedVLM, build_model
-from trainables.rundata import Order, RunData, global_counts, length_groups, total_steps
+from trainables.rundata import Order, RunData, global_counts, length_groups
 from trainables.sequences import Example, collate
 from trainables.spaces import needs_vq
 from trainables.tokenizer import PretrainedTokenizer, TextTokenizer, WordTokenizer

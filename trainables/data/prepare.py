@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import sys
+from functools import lru_cache
 from pathlib import Path
 
-from trainables.config import DataConfig
+from trainables.config import Arm, DataConfig
 from trainables.data import layout
 from trainables.data.dataset import Dataset
-from trainables.data.smartwatch import SmartwatchOptions, generate_smartwatch
+from trainables.data.records import HideRule, is_hidden
+from trainables.data.smartwatch import SmartwatchOptions, generate_smartwatch, sample_image
 from trainables.errors import UserError
 
 # DataConfig has no seed or shard size: a dataset generated for a run uses these.
@@ -23,6 +25,28 @@ def smartwatch_options(config: DataConfig) -> SmartwatchOptions:
         image_size=config.generate_image_size, seed=SEED,
         hide_from_understanding=tuple(config.hide_from_understanding), hide_control=config.hide_control,
     )
+
+
+def planned_records(config: DataConfig) -> int:
+    """A run's training records, counted before its data exist as a generated smart-watch dataset holds
+    them: each of the first `train_images` images has a VQA and a caption record, each of the first
+    `generation_ratio` x as many a generation record; an image hidden from understanding (finding 3) has
+    only the latter, or neither in the control. For an imported dataset it is an estimate."""
+    options = smartwatch_options(config)
+    images = min(config.train_images or options.train_images, options.train_images)
+    generation = min(options.train_images, max(1, round(config.generation_ratio * images)))
+    understanding = 2 * (images - _hidden_among(options.seed, options.rules, images))
+    if config.hide_control:
+        generation -= _hidden_among(options.seed, options.rules, generation)
+    return {Arm.UNDERSTANDING: understanding, Arm.GENERATION: generation, Arm.MIXED: understanding + generation}[config.arm]
+
+
+@lru_cache(maxsize=64)
+def _hidden_among(seed: int, rules: tuple[HideRule, ...], images: int) -> int:
+    """Hidden images among the first `images` training images (sampled, not rendered: ~60 us an image)."""
+    if not rules:
+        return 0
+    return sum(is_hidden(sample_image(seed, "train", index)[0], rules) for index in range(images))
 
 
 def ensure_dataset(data_config: DataConfig) -> Path:
