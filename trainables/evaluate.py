@@ -75,6 +75,7 @@ class Evaluator:
         ]
         self.max_new_tokens = {task: data.max_answer_tokens(tok, task) for task in (Task.VQA, Task.CAPTION)}
         self.probe = None
+        self._true_tokens: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
     # -- model-independent ------------------------------------------------------------------
     def baselines(self) -> dict[str, float]:
@@ -88,7 +89,13 @@ class Evaluator:
         return metrics
 
     def true_tokens(self, model) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """True tokens of every test image in the space's own coordinates: (N, Ng, Dg), codes (N, Ng)."""
+        """True tokens of every test image in the space's own coordinates: (N, Ng, Dg), codes (N, Ng).
+        Encoded once a run: the generation space never trains (the probe is fitted on these too)."""
+        if self._true_tokens is None:
+            self._true_tokens = self._encode_test_images(model)
+        return self._true_tokens
+
+    def _encode_test_images(self, model) -> tuple[torch.Tensor, torch.Tensor | None]:
         chunks, codes = [], []
         with torch.no_grad():
             for start in range(0, len(self.data.test.images), EVAL_BATCH):
@@ -121,7 +128,7 @@ class Evaluator:
             constant = target.features.mean(0, keepdim=True)  # (1, Ng, Dg)
         read = self.probe(constant.float().cpu().numpy())
         items = [(a, read[a][0], p.face) for p in self.generations for a in p.mentioned]
-        return prefixed(scoring.score_vqa(items), "baseline/gen/probe")
+        return prefixed(scoring.score_vqa(items), Metric.BASELINE_GEN_PROBE)
 
     def _image_faces(self) -> list[WatchFace]:
         faces: dict[str, WatchFace] = {}
@@ -190,7 +197,7 @@ class Evaluator:
         pictures = model.decode_images(Generated(predicted.to(device), torch.cat(codes).to(device) if true_codes is not None else None))
         if pictures is not None and len(prompts) > 1:
             truth = to_float_images(self.data.test.images[rows])
-            metrics["test/gen/frechet"] = scoring.frechet_distance(frechet_features(pictures), frechet_features(truth))
+            metrics[Metric.GEN_FRECHET] = scoring.frechet_distance(frechet_features(pictures), frechet_features(truth))
         return metrics, (None if pictures is None else pictures.cpu())
 
 
