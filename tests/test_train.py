@@ -228,6 +228,25 @@ def test_decoded_images_are_kept_per_content_so_a_regenerated_dataset_is_read_an
     assert not torch.equal(RunData(second, path).test.images, before)
 
 
+def test_the_word_tokenizer_is_kept_per_dataset_content(tmp_path):
+    import shutil
+
+    path = tmp_path / "data"
+    first = small(path)
+    ensure_dataset(first.data)
+    kept = RunData(first, path).word_tokenizer()
+    assert RunData(first.with_overrides({"data.arm": "generation", "seed": 4}), path).word_tokenizer() is kept
+    text = "It is 03:07, 42%."
+    ids = kept.encode(text)
+    ids.append(-1)  # a caller's list is its own
+    assert kept.encode(text) == WordTokenizer.build(RunData(first, path).texts).encode(text) == ids[:-1]
+    shutil.rmtree(path)
+    second = small(path, **{"data.generate_train_images": 60})
+    ensure_dataset(second.data)
+    fresh = RunData(second, path)
+    assert fresh.word_tokenizer() is not kept and fresh.word_tokenizer().itos == WordTokenizer.build(fresh.texts).itos
+
+
 def test_evaluations_along_the_run_score_only_eval_along_and_the_last_scores_every_task(data_path, tmp_path):
     from trainables.train import LocalSession, Recipe
 

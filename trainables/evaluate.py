@@ -113,19 +113,17 @@ class Evaluator:
         metrics = scoring.probe_accuracy(self.probe, features.numpy()[held_out], faces[held_out])
         return prefixed(metrics, Metric.PROBE_TRUE)
 
-    def probe_baseline(self, model, sample: int = 512) -> dict[str, float]:
+    def probe_baseline(self, model, sample_tokens) -> dict[str, float]:
         """The probe on a constant generation, `baseline/gen/probe/...`: every prompt answered with the
-        training images' mean tokens (continuous spaces) or each cell's most frequent code (discrete)."""
+        training images' mean tokens (continuous spaces) or each cell's most frequent code (discrete).
+        `sample_tokens`: a sample of training images in the space (`UnifiedVLM.fit_stats` returns them)."""
         if self.probe is None or not self.generations:
             return {}
-        images = self.data.train.images[:sample] if len(self.data.train.images) else self.data.test.images[:sample]
-        with torch.no_grad():
-            target = model.space.encode(to_float_images(images).to(_device(model)))
-        if target.codes is not None:
-            mode = torch.mode(target.codes, dim=0).values  # (Ng,) most frequent code of each cell
-            constant = model.space.code_vectors(mode[None])  # (1, Ng, Dg)
+        if sample_tokens.codes is not None:
+            mode = torch.mode(sample_tokens.codes, dim=0).values  # (Ng,) most frequent code of each cell
+            constant = model.space.code_vectors(mode[None].to(_device(model)))  # (1, Ng, Dg)
         else:
-            constant = target.features.mean(0, keepdim=True)  # (1, Ng, Dg)
+            constant = sample_tokens.features.mean(0, keepdim=True)  # (1, Ng, Dg)
         read = self.probe(constant.float().cpu().numpy())
         items = [(a, read[a][0], p.face) for p in self.generations for a in p.mentioned]
         return prefixed(scoring.score_vqa(items), Metric.BASELINE_GEN_PROBE)

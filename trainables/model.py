@@ -31,7 +31,7 @@ from trainables.encoders import build_encoder
 from trainables.errors import UserError
 from trainables.losses import image_loss, text_loss
 from trainables.sequences import Batch
-from trainables.spaces import build_space
+from trainables.spaces import Target, build_space
 from trainables.tokenizer import TextTokenizer
 
 
@@ -122,14 +122,17 @@ class UnifiedVLM(nn.Module):
         return self
 
     @torch.no_grad()
-    def fit_stats(self, images: torch.Tensor) -> None:
-        """images (N, 3, H, W) float: a sample of training images; sets und_mean/und_scale, gen_centre/gen_norm."""
+    def fit_stats(self, images: torch.Tensor) -> Target:
+        """images (N, 3, H, W) float: a sample of training images; sets und_mean/und_scale, gen_centre/gen_norm.
+        -> the sample's tokens in the generation space (its `encode`), for whoever needs them next."""
         features = self.encoder(images).reshape(-1, self.und_mean.shape[0])  # (N*Nu, Du)
         self.und_mean.copy_(features.mean(0))
         self.und_scale.copy_((features - self.und_mean).std().clamp(min=1e-6))
-        target = self.affine_g(self.space.encode(images).features).reshape(-1, self.gen_centre.shape[0])
+        tokens = self.space.encode(images)
+        target = self.affine_g(tokens.features).reshape(-1, self.gen_centre.shape[0])
         self.gen_centre.copy_(target.mean(0))
         self.gen_norm.copy_((target - self.gen_centre).norm(dim=-1).mean())
+        return tokens
 
     def understanding_embeds(self, images: torch.Tensor) -> torch.Tensor:  # (Bu, 3, H, W) -> (Bu, Nu, H)
         with torch.no_grad():

@@ -28,7 +28,7 @@ from trainables.data.records import Record, Task, parse_hide_rules
 from trainables.errors import UserError
 from trainables.losses import IGNORE
 from trainables.sequences import Example, generation_example, understanding_example
-from trainables.tokenizer import TextTokenizer
+from trainables.tokenizer import TextTokenizer, WordTokenizer
 
 
 @dataclass
@@ -44,6 +44,7 @@ class Split:
 CACHE_BYTES = 1 << 30
 _decoded: dict[tuple[str, str, str], tuple[dict[str, int], np.ndarray]] = {}
 _records: dict[tuple[str, str, str], tuple[Record, ...]] = {}
+_tokenizers: dict[str, WordTokenizer] = {}  # content hash -> the word tokenizer of the dataset's texts
 
 
 def _key(ds: Dataset, split: str) -> tuple[str, str, str]:
@@ -128,6 +129,15 @@ class RunData:
         self.test.records = {task: [r for r in all_test if r.task == task] for task in Task}
         self.texts = [t for r in all_train + all_test for turn in r.turns for t in (turn.question, turn.answer)]
         self.image_size = int(self.train.images.shape[1]) if len(self.train.images) else int(self.test.images.shape[1])
+
+    def word_tokenizer(self) -> WordTokenizer:
+        """The tokenizer of every text of the dataset (train and test: the same for every arm), built once
+        per process for each dataset content; it keeps the encodings it made."""
+        if not self.fingerprint:
+            return WordTokenizer.build(self.texts)
+        if self.fingerprint not in _tokenizers:
+            _tokenizers[self.fingerprint] = WordTokenizer.build(self.texts)
+        return _tokenizers[self.fingerprint]
 
     # -- examples --------------------------------------------------------------------------
     def examples(self, tok: TextTokenizer, n_und: int, n_gen: int, max_positions: int) -> list[Example]:

@@ -79,6 +79,7 @@ class WordTokenizer:
         self.vocab_size = len(self.itos)
         self.pad, self.bos, self.eos, self.unk = (self.stoi[t] for t in (PAD, BOS, EOS, UNK))
         self.image, self.boi, self.user, self.assistant = (self.stoi[t] for t in (IMAGE, BOI, USER, ASSISTANT))
+        self._encoded: dict[str, tuple[int, ...]] = {}  # a dataset repeats its texts: split each once
 
     @classmethod
     def build(cls, texts: Iterable[str]) -> WordTokenizer:
@@ -88,7 +89,10 @@ class WordTokenizer:
         return cls(sorted(counts, key=lambda w: (-counts[w], w)))
 
     def encode(self, text: str) -> list[int]:
-        return [self.stoi.get(piece, self.unk) for piece in split_words(text)]
+        ids = self._encoded.get(text)
+        if ids is None:
+            ids = self._encoded[text] = tuple(self.stoi.get(piece, self.unk) for piece in split_words(text))
+        return list(ids)
 
     def decode(self, ids: Iterable[int]) -> str:
         words = [self.itos[i] for i in ids if 0 <= i < self.vocab_size and self.itos[i] not in SPECIALS]

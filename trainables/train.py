@@ -41,7 +41,7 @@ from trainables.model import UnifiedVLM, build_model
 from trainables.rundata import Order, RunData, global_counts, length_groups
 from trainables.sequences import Example, collate
 from trainables.spaces import needs_vq
-from trainables.tokenizer import PretrainedTokenizer, TextTokenizer, WordTokenizer
+from trainables.tokenizer import PretrainedTokenizer, TextTokenizer
 
 CHECKPOINT_FILE = "state.pt"
 
@@ -182,7 +182,7 @@ class Recipe:
             self._write_run_files()
             self.evaluator = Evaluator(self.data, self.tok, self.model.encoder.num_tokens, self.cache_dir)
             self.fixed = self.evaluator.baselines() | self.evaluator.fit_probe(self.model)
-            self.fixed |= self.evaluator.probe_baseline(self.model)
+            self.fixed |= self.evaluator.probe_baseline(self.model, self.sample_tokens)
             if self.mlflow:
                 from trainables.mlflow_layout import RunLogger
 
@@ -193,7 +193,7 @@ class Recipe:
     def _setup_tokenizer(self) -> TextTokenizer:
         if self.config.lm.pretrained_path:
             return PretrainedTokenizer(self.config.lm.pretrained_path)
-        return WordTokenizer.build(self.data.texts)  # train+test texts of the whole dataset: the same for every arm
+        return self.data.word_tokenizer()
 
     def _setup_vq(self) -> torch.nn.Module | None:
         config = self.config
@@ -206,7 +206,7 @@ class Recipe:
         from trainables.vq import fit_kmeans_vq
 
         g = config.generation
-        return fit_kmeans_vq(to_float_images(self.data.train.images), g.image_size, g.patch_size, g.codebook_size,
+        return fit_kmeans_vq(self.data.train.images, g.image_size, g.patch_size, g.codebook_size,
                              g.codebook_seed, self.cache_dir, self.data.fingerprint)
 
     def _setup_model(self) -> UnifiedVLM:
@@ -214,7 +214,7 @@ class Recipe:
         model = build_model(config, self.tok, self.data.image_size, self._setup_vq())
         self.param_counts = apply_trainability(model, config.lm, config.trainability)
         sample = self.data.train.images[:512] if len(self.data.train.images) else self.data.test.images[:512]
-        model.fit_stats(to_float_images(sample))
+        self.sample_tokens = model.fit_stats(to_float_images(sample))
         return model.to(self.session.device)
 
     def _setup_optimiser(self):

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from trainables.encoders import patchify, resize, unpatchify
+from trainables.encoders import patchify, resize, to_float_images, unpatchify
 from trainables.errors import UserError
 
 
@@ -73,13 +73,16 @@ def kmeans(points: torch.Tensor, k: int, seed: int, iters: int = 25) -> torch.Te
 
 def fit_kmeans_vq(images: torch.Tensor, image_size: int, patch_size: int, codebook_size: int, seed: int,
                   cache_dir: Path | None, fingerprint: str) -> KMeansVQ:
-    """Fit (or load from `cache_dir`) a k-means codebook on float training images (B, 3, H, W)."""
+    """Fit (or load from `cache_dir`) a k-means codebook on the training images: stored uint8 (B, H, W, 3),
+    converted only when the codebook is fitted, or float (B, 3, H, W)."""
     if image_size % patch_size:
         raise UserError(f"generation.patch_size {patch_size} must divide generation.image_size {image_size}")
     key = hashlib.sha256(json.dumps([fingerprint, image_size, patch_size, codebook_size, seed, len(images)]).encode()).hexdigest()[:16]
     path = cache_dir / f"kmeans-vq-{key}.pt" if cache_dir else None
     codebook = _cached_codebook(path, (codebook_size, patch_size * patch_size * 3)) if path is not None else None
     if codebook is None:
+        if images.dtype == torch.uint8:
+            images = to_float_images(images)
         patches = patchify(resize(images, image_size) * 2.0 - 1.0, patch_size).reshape(-1, patch_size * patch_size * 3)
         codebook = kmeans(patches, codebook_size, seed)
         if path is not None:
