@@ -398,8 +398,10 @@ class Plan:
 
     @property
     def digest(self) -> str:
-        """Identifies the plan: a resumed sweep must use the same one."""
-        return hashlib.sha256(self.text.encode()).hexdigest()[:16]
+        """Identifies the plan, its text and its slots' order: a resumed sweep must use the same one (Tune's
+        saved trials and the MLflow runs name a slot by its index)."""
+        order = ";".join(f"{slot.phase.value}/{slot.sample}/{slot.seed}/{slot.cell.key}" for slot in self.slots)
+        return hashlib.sha256(f"{self.text}\n{order}".encode()).hexdigest()[:16]
 
     def config(self, slot: Slot, searched: dict[str, Any] | None = None) -> TrainConfig:
         return slot.config.with_overrides(searched or {})

@@ -263,8 +263,9 @@ def _check_identity(plan: Plan, name: str, resume: bool, experiment_dir: Path, p
     if resume and parent is not None:
         digest = parent.data.tags.get(Tag.SPACE_DIGEST)
         if digest and digest != plan.digest:
-            raise UserError(f"the space file {plan.path.name} changed since sweep {name!r} started; "
-                            f"resume it with the original file, or start a new sweep with another --name")
+            raise UserError(f"the plan of sweep {name!r} changed since it started (the space file {plan.path.name}, "
+                            f"or the order this uvlm runs its trials in); resume it with the original file and "
+                            f"version, or start a new sweep with another --name")
 
 
 def _artifact_location(explicit_uri: str | None, folder: Path) -> str | None:

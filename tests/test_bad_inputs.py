@@ -184,6 +184,7 @@ CASES = [
     ("train-negative-seed", "train --set seed=-1", "greater than or equal to 0"),
     ("train-zero-batch", "train --set optim.batch_size=0", "optim.batch_size"),
     ("train-set-without-equals", "train --set optim.lr", "expected KEY=VALUE"),
+    ("train-control-hides-nothing", "train --set data.hide_control=true", "needs at least one data.hide_from_understanding"),
     ("train-set-duplicate-key", "train --set 'data.hide_from_understanding={{a: 1, a: 2}}'", "duplicate key 'a'"),
     ("train-data-path-is-file", "train --set data.path={files}/notes.txt --tracking-uri sqlite:///{store}",
      "is a file, not a dataset folder"),

@@ -25,8 +25,8 @@ OPTUNA_FILES = [ROOT / "spaces" / f"{study}.yaml" for study, _ in OPTUNA_STUDIES
 # ----------------------------------------------------------------------------- the CPU-scale design
 
 # Measured in a whole `uvlm demo` on a quiet 2-core machine, two trials at a time (64 trials, 30,160 steps, 31m07s;
-# 27m51s in a second run on seeds 100-107, whose alignment steps ran at 0.08 s; 29m57s on seeds 0-7 with each
-# seed's longest trials first, which left a slot idle 13 s at the end of mixing instead of 62 s):
+# 27m51s in a second run on seeds 100-107, whose alignment steps ran at 0.08 s; 29m57s and 30m02s on seeds 0-7
+# with each seed's longest trials first, which left a slot idle 6-13 s at the end of mixing instead of 62 s):
 # a step took STEP_SECONDS on average (0.095 s in mixing, 0.098 in transfer, 0.126 in alignment's 768-wide `same`
 # space), a trial TRIAL_SECONDS besides its steps (median: set-up ~1.5 s in its reused process, five evaluations
 # ~2.5 s, MLflow and Tune ~0.5 s), and each sweep SWEEP_SECONDS of wall time with a slot idle (data, the last trial,

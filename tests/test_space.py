@@ -117,6 +117,17 @@ def test_digest_changes_with_the_file(tmp_path):
     assert first.digest != second.digest
 
 
+def test_digest_changes_with_the_order_the_trials_run_in(tmp_path, monkeypatch):
+    """A resume names trials by slot index: a uvlm that orders the same file otherwise must not resume it."""
+    path = write(tmp_path, {"study": "t", "fixed": {"budget.unit": "epochs", "budget.value": 1},
+                            "factors": {"data.arm": ["generation", "mixed"]}})
+    longest_first = load_space(path)
+    monkeypatch.setattr("search.space.planned_steps", lambda config: 1)  # every trial equal: file order
+    file_order = load_space(path)
+    assert [slot.cell.key for slot in longest_first.slots] != [slot.cell.key for slot in file_order.slots]
+    assert longest_first.digest != file_order.digest and load_space(path).digest == file_order.digest
+
+
 def test_base_config_is_read_relative_to_the_space_file(tmp_path):
     (tmp_path / "base.yaml").write_text(yaml.safe_dump({"optim": {"lr": 0.005}}))
     plan = load_space(write(tmp_path, {"study": "t", "base": "base.yaml"}))

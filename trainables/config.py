@@ -116,6 +116,12 @@ class DataConfig(StrictModel):
     hide_control: bool = False
     """When `path` is missing: the control of finding 3; hidden images lose their generation records too."""
 
+    @model_validator(mode="after")
+    def _control_hides_something(self) -> DataConfig:
+        if self.hide_control and not self.hide_from_understanding:
+            raise ValueError("data.hide_control needs at least one data.hide_from_understanding ATTR=VALUE rule")
+        return self
+
 
 class LMConfig(StrictModel):
     pretrained_path: str | None = None
