@@ -469,8 +469,8 @@ def load_space(path: str | Path) -> Plan:
         overrides = {**space.fixed, **cell.overrides, **space.resources.overrides(), "seed": block[2]}
         config = _slot_config(path, base, overrides, cell, root)
         planned.append((block, cell, phase, overrides, config, planned_steps(config)))
-    blocks = list(dict.fromkeys(block for block, *_ in planned))
-    planned.sort(key=lambda entry: (blocks.index(entry[0]), -entry[5]))  # stable: file order among equals
+    blocks = {block: position for position, block in enumerate(dict.fromkeys(block for block, *_ in planned))}
+    planned.sort(key=lambda entry: (blocks[entry[0]], -entry[5]))  # stable: file order among equals
     slots = [Slot(index=index, cell=cell, seed=block[2], sample=block[1], overrides=overrides, config=config, phase=phase)
              for index, (block, cell, phase, overrides, config, _) in enumerate(planned)]
     plan = Plan(path=path, text=text, space=space, base=base, cells=cells, slots=slots)
