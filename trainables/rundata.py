@@ -24,6 +24,7 @@ import torch
 from trainables.config import Arm, TrainConfig
 from trainables.data import layout
 from trainables.data.dataset import Dataset
+from trainables.data.prepare import record_images
 from trainables.data.records import Record, Task, parse_hide_rules
 from trainables.errors import UserError
 from trainables.losses import IGNORE
@@ -102,10 +103,9 @@ class RunData:
         self.fingerprint = str(self.ds.manifest.get("content_hash", ""))
         self.hide_rules = parse_hide_rules(config.data.hide_from_understanding)
         train_ids = self.ds.image_ids("train")
-        n = config.data.train_images or len(train_ids)
+        n, n_gen = record_images(config.data, len(train_ids))
         if n > len(train_ids):
             raise UserError(f"data.train_images {n} exceeds the {len(train_ids)} training images of {path}")
-        n_gen = min(len(train_ids), max(1, round(config.data.generation_ratio * n)))
         self.und_ids = train_ids[:n]  # understanding records of every arm come from these
         self.gen_ids = train_ids[:n_gen] if config.data.arm != Arm.UNDERSTANDING else []
         if config.data.arm == Arm.GENERATION:

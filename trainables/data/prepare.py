@@ -27,14 +27,22 @@ def smartwatch_options(config: DataConfig) -> SmartwatchOptions:
     )
 
 
+def record_images(config: DataConfig, available: int) -> tuple[int, int]:
+    """Of `available` training images in the dataset's order, how many of the first give understanding
+    records (`train_images`, None = all) and how many give generation records (`generation_ratio` x as
+    many, at least one, at most all): every arm that reads images shares these."""
+    images = config.train_images or available
+    return images, min(available, max(1, round(config.generation_ratio * images)))
+
+
 def planned_records(config: DataConfig) -> int:
     """A run's training records, counted before its data exist as a generated smart-watch dataset holds
     them: each of the first `train_images` images has a VQA and a caption record, each of the first
     `generation_ratio` x as many a generation record; an image hidden from understanding (finding 3) has
     only the latter, or neither in the control. For an imported dataset it is an estimate."""
     options = smartwatch_options(config)
-    images = min(config.train_images or options.train_images, options.train_images)
-    generation = min(options.train_images, max(1, round(config.generation_ratio * images)))
+    images, generation = record_images(config, options.train_images)
+    images = min(images, options.train_images)
     understanding = 2 * (images - _hidden_among(options.seed, options.rules, images))
     if config.hide_control:
         generation -= _hidden_among(options.seed, options.rules, generation)
