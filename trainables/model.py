@@ -210,14 +210,14 @@ class UnifiedVLM(nn.Module):
         positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # left padding: real tokens start at 0
         cache = DynamicCache(config=self.lm.config)
         out = self.backbone(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=positions,
-                            past_key_values=cache, use_cache=True)
+                            cache=cache, use_cache=True)
         return out.last_hidden_state[:, -1], cache, attention_mask, positions[:, -1:] + 1
 
     def _step(self, embeds: torch.Tensor, cache, attention_mask: torch.Tensor, positions: torch.Tensor):
         """One new token per row (B, 1, H) through the cached LM."""
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(attention_mask.shape[0], 1)], 1)
         out = self.backbone(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=positions,
-                            past_key_values=cache, use_cache=True)
+                            cache=cache, use_cache=True)
         return out.last_hidden_state[:, -1], attention_mask, positions + 1
 
     @torch.no_grad()
