@@ -19,7 +19,8 @@ import polars as pl  # noqa: E402
 
 from analysis import stats  # noqa: E402
 from analysis.findings import FINISHED, HIDDEN_METRIC, FindingReport, InsufficientData, Result, prepare  # noqa: E402
-from trainables.mlflow_layout import Metric, overall  # noqa: E402
+from analysis.frames import factor_names  # noqa: E402
+from trainables.mlflow_layout import CORNERS, Metric, Tag, overall  # noqa: E402
 
 HISTORY_METRICS = (overall(Metric.VQA), overall(Metric.GEN_PROBE), Metric.TRAIN_LOSS)
 """The per-step metrics of the learning curves."""
@@ -270,6 +271,48 @@ def transfer_bars(report: FindingReport | str, runs: pl.DataFrame):
     axis.set_xticks(range(len(freezings)), [names.get(f, f) for f in freezings])
     axis.set(xlabel="freezing policy", ylabel=f"{HIDDEN_METRIC} ({SCORE})",
              title="Understanding of the value seen only in generation data (95% CI over seeds)")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def icon_corners(runs: pl.DataFrame):
+    """The requested weather's icon in the requested corner (trainables.icons), per corner and cell of the sweep,
+    beside the constant generation (each grid cell's most frequent code)."""
+    keys = [*CORNERS, "overall"]
+    model, baseline = f"metrics.{overall(Metric.GEN_ICON)}", f"metrics.{overall(Metric.BASELINE_GEN_ICON)}"
+    done = runs.filter(pl.col("status") == FINISHED)
+    if model not in done.columns or done[model].drop_nulls().is_empty():
+        raise Skip(f"Icon placement is not drawn: no run scored {Metric.GEN_ICON} (discrete generation spaces on "
+                   f"smart-watch data, with prompts naming the weather and its corner).")
+    done = done.filter(pl.col(model).is_not_null())
+    factors = [f"tags.{Tag.FACTOR}{name}" for name in factor_names(done)]
+    labels = (pl.concat_str([pl.lit(f"{c.removeprefix(f'tags.{Tag.FACTOR}')}=") + pl.col(c).cast(pl.String) for c in factors],
+                            separator=", ") if factors else pl.lit("all runs"))
+    done = done.with_columns(labels.alias("_cell"))
+    cells = sorted(done["_cell"].unique().to_list())
+    figure, axis = plt.subplots(figsize=(max(7, 1.6 * len(keys) + len(cells)), 4.5))
+    width = 0.8 / len(cells)
+    for index, cell in enumerate(cells):
+        rows = done.filter(pl.col("_cell") == cell)
+        points = []
+        for position, key in enumerate(keys):
+            column = f"metrics.{Metric.GEN_ICON}/{key}"
+            scored = rows.filter(pl.col(column).is_not_null()) if column in rows.columns else rows.clear()
+            if not scored.is_empty():
+                points.append((position, *_mean_ci(scored[column].to_numpy(), scored["seed"].to_numpy())))
+        x = [p[0] + (index - (len(cells) - 1) / 2) * width for p in points]
+        y = np.array([p[1] for p in points])
+        axis.bar(x, y, width, yerr=[y - [p[2] for p in points], [p[3] for p in points] - y], capsize=3, label=cell)
+    if baseline in done.columns:
+        constant = [(position, done[f"metrics.{Metric.BASELINE_GEN_ICON}/{key}"].mean()) for position, key in enumerate(keys)
+                    if f"metrics.{Metric.BASELINE_GEN_ICON}/{key}" in done.columns]
+        axis.scatter([c[0] for c in constant], [c[1] for c in constant], marker="_", s=900, color="black", zorder=3,
+                     label="constant generation (each cell's most frequent code)")
+    axis.set_xticks(range(len(keys)), keys)
+    axis.set_ylim(0, 1.05)
+    axis.set(xlabel="requested corner of the weather icon", ylabel=f"{Metric.GEN_ICON} ({SCORE})",
+             title="The requested weather drawn in the requested corner (95% CI over seeds)")
     axis.legend(fontsize=8)
     figure.tight_layout()
     return figure

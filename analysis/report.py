@@ -125,6 +125,8 @@ def build_report(sweep: str, tracking_uri: str | None = None, out_dir: str | Pat
           lambda: figs.parallel_coordinates(runs, searched, objectives))
     _draw(document, figures, "generated_images", "Generated images of the best runs",
           lambda: figs.image_grids(_best_images(best, uri)))
+    _draw(document, figures, "icon_corners", "Where the generated images put the requested weather icon",
+          lambda: figs.icon_corners(runs))
     tuned = tuning.section(document, runs, *tuning.objective_of(parent["run_id"], uri),
                            lambda name, caption, draw: _draw(document, figures, name, caption, draw))
     document.h(2, "Limits of the evidence")

@@ -51,7 +51,7 @@ import numpy as np
 
 from trainables import mlflow_layout as layout
 from trainables.config import load_config
-from trainables.mlflow_layout import ATTRIBUTES, Metric, Tag, overall
+from trainables.mlflow_layout import ATTRIBUTES, CORNERS, Metric, Tag, overall
 # Understanding level per attribute at the smallest data size; low enough that no effect is clipped at 1.
 LEVELS = {"time": 0.45, "weather": 0.7, "battery": 0.4, "weather_corner": 0.65, "battery_corner": 0.65}
 BASELINES = {"time": 0.5, "weather": 0.34, "battery": 0.52, "weather_corner": 0.25, "battery_corner": 0.25}
@@ -200,6 +200,12 @@ def simulate(design: SyntheticSweep, overrides: dict[str, Any], seed_effect: flo
     metrics[Metric.GEN_COSINE] = noisy(0.05 if arm == "understanding" else 0.5 + growth + gen_benefit)
     if space == "vq":
         metrics[Metric.GEN_TOKEN_ACCURACY] = noisy(0.01 if arm == "understanding" else 0.2 + growth + gen_benefit)
+        for index, corner in enumerate(CORNERS):  # no draws of its own (the other metrics keep their noise): the
+            # icon follows the weather probe, drawn best in the first-generated corner (trainables.icons)
+            metrics[f"{Metric.GEN_ICON}/{corner}"] = float(np.clip(probes["weather"] - 0.1 * index, 0.0, 1.0))
+            metrics[f"{Metric.BASELINE_GEN_ICON}/{corner}"] = 0.0
+        metrics[overall(Metric.GEN_ICON)] = float(np.mean([metrics[f"{Metric.GEN_ICON}/{c}"] for c in CORNERS]))
+        metrics[overall(Metric.BASELINE_GEN_ICON)] = 0.0
     if design.hide:
         lm_frozen = overrides.get("lm.trainability") == "frozen"
         gain = 0.0

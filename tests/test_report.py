@@ -128,6 +128,7 @@ def test_report_files_and_artifacts(store, mixing_report):
     markdown = (out / "report.md").read_text()
     assert "Finding 2 is not addressed by this sweep" in markdown and "alignment factor" in markdown
     assert "The alignment curve is not drawn" in markdown and "Transfer bars are not drawn" in markdown
+    assert "Icon placement is not drawn: no run scored test/gen/icon" in markdown  # a patch space: no codes to read
     assert "Seeds: 4 (0, 1, 2, 3)" in markdown and "Data sizes (training images): 250, 1000." in markdown
     assert "Budget rule: steps = 1500" in markdown and "failed" in markdown
     findings = json.loads((out / "findings.json").read_text())
@@ -318,3 +319,24 @@ def test_limits_name_runs_that_never_read_the_images_and_frozen_random_lms():
     assert second.startswith("1 runs froze a randomly initialised LM")
     pretrained = runs.with_columns(pl.lit("/models/lm").alias("params.lm.pretrained_path"))
     assert len(_untrained_runs(pretrained)) == 1 and not _untrained_runs(runs.filter(pl.col("metrics.test/vqa/overall") > 0.5))
+
+
+def test_icon_figure_draws_each_cell_per_corner_beside_the_constant_generation():
+    from analysis import figures
+    from trainables.data.records import CORNERS
+
+    rows = []
+    for arm, level in (("generation", 0.4), ("mixed", 0.6)):
+        for seed in range(3):
+            row = {"run_id": f"{arm}{seed}", "status": "FINISHED", "seed": seed, "tags.uvlm.factor.arm": arm}
+            for key in (*CORNERS, "overall"):
+                row[f"metrics.test/gen/icon/{key}"] = level + 0.01 * seed
+                row[f"metrics.baseline/gen/icon/{key}"] = 0.0
+            rows.append(row)
+    figure = figures.icon_corners(pl.DataFrame(rows))
+    axis = figure.axes[0]
+    assert len(axis.patches) == 2 * 5  # a bar per cell and corner (and overall)
+    assert sorted(text.get_text() for text in axis.get_legend().get_texts())[:2] == ["arm=generation", "arm=mixed"]
+    assert max(p.get_height() for p in axis.patches) == pytest.approx(0.61)
+    with pytest.raises(figures.Skip, match="Icon placement is not drawn"):
+        figures.icon_corners(pl.DataFrame([{"run_id": "a", "status": "FINISHED", "seed": 0}]))

@@ -40,7 +40,8 @@ def test_uvlm_train_writes_metrics_grid_and_mlflow_run(data_path, tmp_path, monk
         assert f"test/vqa/{attribute}" in metrics and f"baseline/vqa/{attribute}" in metrics
     for name in ("test/caption/score", "baseline/caption/score", "test/gen/cosine", "test/gen/probe/overall",
                  "probe/true/overall", "train/loss", "train/samples", "time/train_seconds", "time/step_seconds",
-                 "test/gen/frechet", "baseline/gen/probe/overall", *(f"baseline/gen/probe/{a}" for a in ATTRIBUTES)):
+                 "test/gen/frechet", "baseline/gen/probe/overall", *(f"baseline/gen/probe/{a}" for a in ATTRIBUTES),
+                 "test/gen/icon/overall", "baseline/gen/icon/overall"):
         assert name in metrics, name
     assert metrics["test/gen/frechet"] >= 0 and 0 <= metrics["baseline/gen/probe/overall"] <= 1
     assert metrics["step"] == 30 and metrics["train/samples"] == 30 * 16

@@ -8,11 +8,12 @@
              previous ones. Scored against the test image's true tokens (cosine after centring,
              token accuracy for codes) and by the attribute probe on the mentioned attributes;
              decodable spaces also by a Fréchet distance to the true test images in a fixed
-             feature space (the images at FRECHET_SIDE x FRECHET_SIDE RGB pixels).
+             feature space (the images at FRECHET_SIDE x FRECHET_SIDE RGB pixels); discrete spaces
+             also by the weather icon drawn in the requested corner (trainables.icons).
 
-The constant-answer baselines, the probe's constant baseline (every generated
-image the training mean, or each cell's most frequent code) and the probe's
-accuracy on true tokens do not depend on the model and are computed once.
+The constant-answer baselines, the probe's and the icon reader's constant baselines
+(every generated image the training mean, or each cell's most frequent code) and the
+probe's accuracy on true tokens do not depend on the model and are computed once.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch
 from trainables import scoring
 from trainables.data.records import Task, WatchFace, is_hidden
 from trainables.encoders import to_float_images
+from trainables.icons import IconReader, score_icons
 from trainables.mlflow_layout import Metric, prefixed
 from trainables.model import Generated
 from trainables.probe import fit_probe
@@ -75,6 +77,7 @@ class Evaluator:
         ]
         self.max_new_tokens = {task: data.max_answer_tokens(tok, task) for task in (Task.VQA, Task.CAPTION)}
         self.probe = None
+        self.icons: IconReader | None = None  # discrete spaces on smart-watch data
         self._true_tokens: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
     # -- model-independent ------------------------------------------------------------------
@@ -106,9 +109,12 @@ class Evaluator:
         return torch.cat(chunks), (torch.cat(codes) if model.space.discrete else None)
 
     def fit_probe(self, model) -> dict[str, float]:
-        """Fit (or load) the attribute probe on true test tokens; -> its held-out accuracy `probe/true/...`."""
-        features, _ = self.true_tokens(model)
+        """Fit (or load) the attribute probe on true test tokens, and the icon reader on their codes (discrete
+        spaces); -> the probe's held-out accuracy `probe/true/...`."""
+        features, codes = self.true_tokens(model)
         faces = self._image_faces()
+        if codes is not None and all(face is not None for face in faces):
+            self.icons = IconReader.fit(codes, faces)
         self.probe, held_out = fit_probe(features.numpy(), faces, self.cache_dir)
         metrics = scoring.probe_accuracy(self.probe, features.numpy()[held_out], faces[held_out])
         return prefixed(metrics, Metric.PROBE_TRUE)
@@ -126,7 +132,14 @@ class Evaluator:
             constant = sample_tokens.features.mean(0, keepdim=True)  # (1, Ng, Dg)
         read = self.probe(constant.float().cpu().numpy())
         items = [(a, read[a][0], p.face) for p in self.generations for a in p.mentioned]
-        return prefixed(scoring.score_vqa(items), Metric.BASELINE_GEN_PROBE)
+        metrics = prefixed(scoring.score_vqa(items), Metric.BASELINE_GEN_PROBE)
+        if self.icons is not None and sample_tokens.codes is not None:
+            same = mode[None].expand(len(self.generations), -1).cpu()
+            metrics |= prefixed(self._icons(same, self.generations), Metric.BASELINE_GEN_ICON)
+        return metrics
+
+    def _icons(self, codes: torch.Tensor, prompts: list[Prompt]) -> dict[str, float]:
+        return score_icons(self.icons, codes, [p.face for p in prompts], [p.mentioned for p in prompts])
 
     def _image_faces(self) -> list[WatchFace]:
         faces: dict[str, WatchFace] = {}
@@ -192,6 +205,8 @@ class Evaluator:
             read = self.probe(predicted.numpy())
             items = [(a, read[a][i], p.face) for i, p in enumerate(prompts) for a in p.mentioned]
             metrics |= prefixed(scoring.score_vqa(items), Metric.GEN_PROBE)
+        if self.icons is not None and true_codes is not None:
+            metrics |= prefixed(self._icons(torch.cat(codes), prompts), Metric.GEN_ICON)
         pictures = model.decode_images(Generated(predicted.to(device), torch.cat(codes).to(device) if true_codes is not None else None))
         if pictures is not None and len(prompts) > 1:
             truth = to_float_images(self.data.test.images[rows])

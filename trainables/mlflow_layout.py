@@ -6,8 +6,8 @@ Everything that writes or reads uvlm's MLflow runs takes its names from here:
     run names                trial_run_name: <study>/<factor>=<level>/.../seed=<n>[/sample=<k>]
     run lifecycle            start_run, reopen, finish, close_stale (nothing is ever left RUNNING)
     batched logging          log_params, log_metrics, set_tags, RunLogger (rank 0 of a training run)
-    metric names             Metric.*, per_attribute(group), metric_names()
-    attribute names          ATTRIBUTES (defined once, in trainables.data.records)
+    metric names             Metric.*, per_attribute(group), per_corner(group), metric_names()
+    attribute, corner names  ATTRIBUTES, CORNERS (defined once, in trainables.data.records)
 
 The sweep driver owns run lifecycles: it creates the experiment and the
 sweep's parent run, each trial driver creates (or, on a retry, reopens) its
@@ -27,7 +27,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from trainables.data.records import ATTRIBUTES, Task
+from trainables.data.records import ATTRIBUTES, CORNERS, Task
 from trainables.errors import UserError
 
 # ---- tags -----------------------------------------------------------------------------------------
@@ -166,6 +166,9 @@ class Metric:
     PROBE_TRUE = "probe/true"  # the probe's accuracy on true tokens
     BASELINE_VQA = "baseline/vqa"  # the constant-answer baseline
     BASELINE_GEN_PROBE = "baseline/gen/probe"
+    # per-corner groups: <group>/overall and <group>/<corner>
+    GEN_ICON = "test/gen/icon"  # the requested weather's icon drawn in the requested corner (discrete spaces)
+    BASELINE_GEN_ICON = "baseline/gen/icon"
     # single metrics
     CAPTION = "test/caption/score"
     BASELINE_CAPTION = "baseline/caption/score"
@@ -183,6 +186,7 @@ class Metric:
 
 ATTRIBUTE_GROUPS = (Metric.VQA, Metric.VQA_HIDDEN, Metric.GEN_PROBE, Metric.PROBE_TRUE, Metric.BASELINE_VQA,
                     Metric.BASELINE_GEN_PROBE)
+CORNER_GROUPS = (Metric.GEN_ICON, Metric.BASELINE_GEN_ICON)
 TRAIN_CURVE = (Metric.TRAIN_LOSS, Metric.TRAIN_TEXT_LOSS, Metric.TRAIN_IMAGE_LOSS)
 """Logged as a curve (their mean over every eval.log_every_steps steps)."""
 SINGLE_METRICS = (Metric.STEP, *TRAIN_CURVE, Metric.TRAIN_SAMPLES, Metric.CAPTION, Metric.BASELINE_CAPTION,
@@ -198,6 +202,11 @@ def overall(group: str) -> str:
 def per_attribute(group: str) -> tuple[str, ...]:
     """'<group>/<attribute>' for each of ATTRIBUTES (without 'overall')."""
     return tuple(f"{group}/{attribute}" for attribute in ATTRIBUTES)
+
+
+def per_corner(group: str) -> tuple[str, ...]:
+    """'<group>/<corner>' for each of CORNERS (without 'overall')."""
+    return tuple(f"{group}/{corner}" for corner in CORNERS)
 
 
 def prefixed(metrics: dict[str, float], group: str) -> dict[str, float]:
@@ -219,6 +228,8 @@ def metric_names() -> list[str]:
     names = list(SINGLE_METRICS)
     for group in ATTRIBUTE_GROUPS:
         names += [overall(group), *per_attribute(group)]
+    for group in CORNER_GROUPS:
+        names += [overall(group), *per_corner(group)]
     return names
 
 

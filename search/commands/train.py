@@ -109,7 +109,7 @@ def end_mlflow_run(mlflow_run: dict[str, str], status: str, error: BaseException
 def summary(metrics: dict[str, float]) -> str:
     """Per-attribute test scores beside the constant baselines (and the probe's reading of true tokens), then the
     other final metrics."""
-    from trainables.mlflow_layout import ATTRIBUTES, Metric
+    from trainables.mlflow_layout import ATTRIBUTES, CORNERS, Metric
 
     lines = [f"{'VQA':<16}{'model':>8}{'baseline':>10}"]
     for key in (*ATTRIBUTES, "overall"):
@@ -125,6 +125,12 @@ def summary(metrics: dict[str, float]) -> str:
                 lines.append(f"{key:<16}{metrics[f'{Metric.GEN_PROBE}/{key}']:>8.3f}"
                              f"{metrics.get(f'{Metric.BASELINE_GEN_PROBE}/{key}', float('nan')):>10.3f}"
                              f"{metrics.get(f'{Metric.PROBE_TRUE}/{key}', float('nan')):>8.3f}")
+    if f"{Metric.GEN_ICON}/overall" in metrics:
+        lines.append(f"{'weather icon in':<16}{'model':>8}{'baseline':>10}   (the requested corner, prompts naming both)")
+        for key in (*CORNERS, "overall"):
+            if f"{Metric.GEN_ICON}/{key}" in metrics:
+                lines.append(f"{key:<16}{metrics[f'{Metric.GEN_ICON}/{key}']:>8.3f}"
+                             f"{metrics.get(f'{Metric.BASELINE_GEN_ICON}/{key}', float('nan')):>10.3f}")
     for key in (Metric.GEN_COSINE, Metric.GEN_TOKEN_ACCURACY, Metric.GEN_FRECHET, Metric.STEP_SECONDS):
         if key in metrics:
             lines.append(f"{key:<26}{metrics[key]:.4f}")

@@ -70,8 +70,19 @@ def _corner_box(corner: str, side: int, width: float, height: float, margin: flo
     return (round(x0 * side), round(y0 * side), round((x0 + width) * side), round((y0 + height) * side))
 
 
+WEATHER_ICON_SIZE, WEATHER_ICON_MARGIN = 0.2, 0.01
+"""The weather icon's side and its distance from the image edges, as fractions of the image side."""
+
+
+def weather_icon_centre(corner: str) -> tuple[float, float]:
+    """(x, y) of the weather icon's centre in `corner`, as fractions of the image side."""
+    near = WEATHER_ICON_MARGIN + WEATHER_ICON_SIZE / 2
+    top, left = corner.split("-")[0] == "top", corner.split("-")[1] == "left"
+    return (near if left else 1 - near, near if top else 1 - near)
+
+
 def _draw_weather(image: Image.Image, weather: str, corner: str, side: int) -> None:
-    box = _corner_box(corner, side, 0.2, 0.2, margin=0.01)
+    box = _corner_box(corner, side, WEATHER_ICON_SIZE, WEATHER_ICON_SIZE, margin=WEATHER_ICON_MARGIN)
     icon = _weather_icon(weather, box[2] - box[0])
     image.paste(icon, box[:2], icon)
 
