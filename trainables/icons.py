@@ -32,11 +32,12 @@ class IconReader:
     weather_of_code: dict[int, str]  # a code seen in an icon cell -> the weather it shows there
 
     @classmethod
-    def fit(cls, codes: torch.Tensor, faces: Sequence[WatchFace]) -> IconReader:
-        """codes (N, Ng): the true test images' codes, row-major over a square grid; faces: their truth."""
+    def fit(cls, codes: torch.Tensor, faces: Sequence[WatchFace]) -> IconReader | None:
+        """codes (N, Ng): the true test images' codes, row-major over a square grid; faces: their truth.
+        None when the codes do not form a square grid: there is no icon cell to read."""
         grid = int(round(codes.shape[1] ** 0.5))
         if grid * grid != codes.shape[1]:
-            raise ValueError(f"generation tokens {codes.shape[1]} do not form a square grid")
+            return None
         seen: dict[int, Counter] = defaultdict(Counter)
         for row, face in zip(codes.tolist(), faces):
             seen[row[icon_cell(face.weather_corner, grid)]][face.weather] += 1
