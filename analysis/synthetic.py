@@ -203,9 +203,9 @@ def simulate(design: SyntheticSweep, overrides: dict[str, Any], seed_effect: flo
         for index, corner in enumerate(CORNERS):  # no draws of its own (the other metrics keep their noise): the
             # icon follows the weather probe, drawn best in the first-generated corner (trainables.icons)
             metrics[f"{Metric.GEN_ICON}/{corner}"] = float(np.clip(probes["weather"] - 0.1 * index, 0.0, 1.0))
-            metrics[f"{Metric.BASELINE_GEN_ICON}/{corner}"] = 0.0
+            metrics[f"{Metric.BASELINE_GEN_ICON}/{corner}"] = 1 / 3  # one fixed icon: right for a third of the asks
         metrics[overall(Metric.GEN_ICON)] = float(np.mean([metrics[f"{Metric.GEN_ICON}/{c}"] for c in CORNERS]))
-        metrics[overall(Metric.BASELINE_GEN_ICON)] = 0.0
+        metrics[overall(Metric.BASELINE_GEN_ICON)] = 1 / 3
     if design.hide:
         lm_frozen = overrides.get("lm.trainability") == "frozen"
         gain = 0.0

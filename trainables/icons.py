@@ -10,7 +10,9 @@ no icon at all.
 Scored per corner, `test/gen/icon/<corner>` and `.../overall` (their mean over prompts), on the
 generation prompts that name both the weather and its corner: the share whose generated cell shows
 the requested weather. Like the probe, the reader depends on the codebook and the test images only,
-never on the model.
+never on the model. Its constant baseline (every generation each cell's most frequent code) is often
+about a third, not zero: dial edges scatter a corner cell over many colour codes, so the most frequent
+code there can be one fixed icon, right whenever that weather is asked for.
 """
 
 from __future__ import annotations
