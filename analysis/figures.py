@@ -286,8 +286,8 @@ def icon_corners(runs: pl.DataFrame):
         raise Skip(f"Icon placement is not drawn: no run scored {Metric.GEN_ICON} (discrete generation spaces on "
                    f"smart-watch data, with prompts naming the weather and its corner).")
     done = done.filter(pl.col(model).is_not_null())
-    factors = [f"tags.{Tag.FACTOR}{name}" for name in factor_names(done)]
-    labels = (pl.concat_str([pl.lit(f"{c.removeprefix(f'tags.{Tag.FACTOR}')}=") + pl.col(c).cast(pl.String) for c in factors],
+    factors = factor_names(done)
+    labels = (pl.concat_str([pl.lit(f"{name}=") + pl.col(f"tags.{Tag.FACTOR}{name}").cast(pl.String) for name in factors],
                             separator=", ") if factors else pl.lit("all runs"))
     done = done.with_columns(labels.alias("_cell"))
     cells = sorted(done["_cell"].unique().to_list())

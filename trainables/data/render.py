@@ -62,11 +62,15 @@ def _draw_dial(draw: ImageDraw.ImageDraw, face: WatchFace, colour: tuple[int, in
     draw.ellipse((centre - hub, centre - hub, centre + hub, centre + hub), fill=WHITE)
 
 
-def _corner_box(corner: str, side: int, width: float, height: float, margin: float = 0.02) -> tuple[int, int, int, int]:
-    """A width x height box (fractions of the side) tucked into `corner`, `margin` from the edges."""
+def _corner_origin(corner: str, width: float, height: float, margin: float) -> tuple[float, float]:
+    """Top-left (x, y) of a width x height box tucked into `corner`, `margin` from the edges (fractions of the side)."""
     top, left = corner.split("-")[0] == "top", corner.split("-")[1] == "left"
-    x0 = margin if left else 1 - margin - width
-    y0 = margin if top else 1 - margin - height
+    return (margin if left else 1 - margin - width, margin if top else 1 - margin - height)
+
+
+def _corner_box(corner: str, side: int, width: float, height: float, margin: float = 0.02) -> tuple[int, int, int, int]:
+    """A width x height box (fractions of the side) tucked into `corner`, `margin` from the edges, in pixels."""
+    x0, y0 = _corner_origin(corner, width, height, margin)
     return (round(x0 * side), round(y0 * side), round((x0 + width) * side), round((y0 + height) * side))
 
 
@@ -76,9 +80,8 @@ WEATHER_ICON_SIZE, WEATHER_ICON_MARGIN = 0.2, 0.01
 
 def weather_icon_centre(corner: str) -> tuple[float, float]:
     """(x, y) of the weather icon's centre in `corner`, as fractions of the image side."""
-    near = WEATHER_ICON_MARGIN + WEATHER_ICON_SIZE / 2
-    top, left = corner.split("-")[0] == "top", corner.split("-")[1] == "left"
-    return (near if left else 1 - near, near if top else 1 - near)
+    x0, y0 = _corner_origin(corner, WEATHER_ICON_SIZE, WEATHER_ICON_SIZE, WEATHER_ICON_MARGIN)
+    return (x0 + WEATHER_ICON_SIZE / 2, y0 + WEATHER_ICON_SIZE / 2)
 
 
 def _draw_weather(image: Image.Image, weather: str, corner: str, side: int) -> None:
