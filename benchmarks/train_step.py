@@ -11,6 +11,9 @@
    evaluation time: what Ray Train adds around a run.
 3. --parallel: the bare loop in two 1-thread processes side by side against one alone
    (throughput ratio; ~1.8x expected on two cores).
+4. --compile: the bare loop with the LM's decoder layers under torch.compile (inductor, dynamic
+   shapes: batches vary in length) against the plain loop, in this process: its steady step, the
+   compile time its first step pays, and the steps a run needs before that time is repaid.
 
 Defaults are the shipped tiny CPU configuration (mixed arm); --steps sets the budget.
 """
@@ -30,6 +33,11 @@ from pathlib import Path
 
 def bare_step_seconds(overrides: list[str], steps: int) -> float:
     """Median step time of a plain PyTorch loop of the trainable's model on the same batches."""
+    return statistics.median(bare_step_times(overrides, steps))
+
+
+def bare_step_times(overrides: list[str], steps: int, compiled: bool = False) -> list[float]:
+    """Every step's time of the plain loop; `compiled`: its LM's decoder layers under torch.compile."""
     import torch
 
     from trainables.config import load_config
@@ -43,6 +51,9 @@ def bare_step_seconds(overrides: list[str], steps: int) -> float:
         recipe = Recipe(loop_config(config, out, None), LocalSession(Path(out)))
         recipe.setup()  # model, data, optimiser, exactly as a run builds them
         model, optimiser = recipe.model, recipe.optimiser
+        if compiled:
+            for layer in model.backbone.layers:
+                layer.compile(dynamic=True)
         params = [p for p in model.parameters() if p.requires_grad]
         times = []
         for step in range(steps):
@@ -56,7 +67,7 @@ def bare_step_seconds(overrides: list[str], steps: int) -> float:
             torch.nn.utils.clip_grad_norm_(params, config.optim.grad_clip)
             optimiser.step()
             times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    return times
 
 
 def ray_run(overrides: list[str], steps: int) -> dict[str, float]:
@@ -98,11 +109,21 @@ def parallel(overrides: list[str], steps: int) -> dict[str, float]:
             "side_by_side_throughput": 2 * one[0] / statistics.mean(two)}
 
 
+def compiled(overrides: list[str], steps: int, bare: float) -> dict[str, float]:
+    """torch.compile's steady step against the plain loop's, and the compile time it has to repay."""
+    times = bare_step_times(overrides, steps, compiled=True)
+    step = statistics.median(times[1:])
+    saving = bare - step
+    return {"compiled_step_seconds": step, "compiled_over_bare": step / bare, "compile_seconds": times[0] - step,
+            "steps_to_repay": (times[0] - step) / saving if saving > 0 else float("inf")}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--parallel", action="store_true", help="also measure two 1-thread runs side by side")
+    parser.add_argument("--compile", action="store_true", help="also measure torch.compile of the LM's layers")
     parser.add_argument("--bare-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--json", help="write the figures here too")
     args = parser.parse_args()
@@ -123,6 +144,8 @@ def main() -> None:
     figures["ray_over_bare"] = figures["ray_step_seconds"] / figures["bare_step_seconds"]
     if args.parallel:
         figures |= parallel(args.overrides, args.steps)
+    if args.compile:
+        figures |= compiled(args.overrides, args.steps, figures["bare_step_seconds"])
     for key, value in figures.items():
         print(f"{key:<28}{value:.4f}")
     if args.json:

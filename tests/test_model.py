@@ -114,10 +114,7 @@ def test_free_running_image_equals_teacher_forcing_on_its_own_tokens(space, loss
     generated = model.generate_image(prompt_batch.input_ids, prompt_batch.attention_mask)
     forced = collate([generation_example(tok, q, "Here is the image.", i, ng) for i, q in enumerate(prompts)], images, tok)
     fed = model.affine_g(generated.features)  # (B, Ng, Dg): what generation fed back
-    with torch.no_grad():
-        embeds = model.embed(forced.input_ids, forced.und_mask, forced.und_images, forced.gen_mask, fed, forced.gen_pred_mask)
-        hidden = model.backbone(inputs_embeds=embeds, attention_mask=forced.attention_mask, use_cache=False).last_hidden_state
-        predicted = model.head(hidden[forced.gen_pred_mask]).reshape(2, ng, -1)
+    predicted = model.forced_head(forced, fed)
     if model.space.discrete:
         assert torch.equal(predicted.argmax(-1), generated.codes)
     else:

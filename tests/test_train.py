@@ -41,7 +41,7 @@ def test_uvlm_train_writes_metrics_grid_and_mlflow_run(data_path, tmp_path, monk
     for name in ("test/caption/score", "baseline/caption/score", "test/gen/cosine", "test/gen/probe/overall",
                  "probe/true/overall", "train/loss", "train/samples", "time/train_seconds", "time/step_seconds",
                  "test/gen/frechet", "baseline/gen/probe/overall", *(f"baseline/gen/probe/{a}" for a in ATTRIBUTES),
-                 "test/gen/icon/overall", "baseline/gen/icon/overall"):
+                 "test/gen/icon/overall", "baseline/gen/icon/overall", "test/gen/icon_forced/overall"):
         assert name in metrics, name
     assert metrics["test/gen/frechet"] >= 0 and 0 <= metrics["baseline/gen/probe/overall"] <= 1
     assert metrics["step"] == 30 and metrics["train/samples"] == 30 * 16
@@ -58,6 +58,8 @@ def test_uvlm_train_writes_metrics_grid_and_mlflow_run(data_path, tmp_path, monk
     assert run.data.metrics["test/vqa/overall"] == pytest.approx(metrics["test/vqa/overall"])
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "test/vqa/overall")]
     assert steps == [15, 30]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "test/gen/icon/overall")] == [15, 30]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "test/gen/icon_forced/overall")] == [30]  # final only
     curve = client.get_metric_history(run.info.run_id, "train/loss")  # a point every eval.log_every_steps (10)
     assert [m.step for m in curve] == [10, 20, 30] and all(m.value > 0 for m in curve)
     artifacts = {f.path for f in client.list_artifacts(run.info.run_id)}

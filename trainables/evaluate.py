@@ -9,7 +9,10 @@
              token accuracy for codes) and by the attribute probe on the mentioned attributes;
              decodable spaces also by a Fréchet distance to the true test images in a fixed
              feature space (the images at FRECHET_SIDE x FRECHET_SIDE RGB pixels); discrete spaces
-             also by the weather icon drawn in the requested corner (trainables.icons).
+             also by the weather icon drawn in the requested corner (trainables.icons). The final
+             evaluation reads that icon teacher-forced too (`test/gen/icon_forced/...`: each cell
+             predicted after the true cells before it, as in training): where both are low, the
+             model has not learnt the icon; where only free running is, its own earlier cells mislead it.
 
 The constant-answer baselines, the probe's and the icon reader's constant baselines
 (every generated image the training mean, or each cell's most frequent code) and the
@@ -33,7 +36,7 @@ from trainables.mlflow_layout import Metric, prefixed
 from trainables.model import Generated
 from trainables.probe import fit_probe
 from trainables.rundata import RunData
-from trainables.sequences import Example, collate, generation_example, understanding_example
+from trainables.sequences import Example, collate, generation_example, teacher_forced, understanding_example
 from trainables.tokenizer import TextTokenizer
 
 EVAL_BATCH = 64
@@ -150,8 +153,10 @@ class Evaluator:
 
     # -- model-dependent --------------------------------------------------------------------
     @torch.no_grad()
-    def run(self, model, limit: int | None = None, tasks: Collection[Task] = tuple(Task)) -> tuple[dict[str, float], torch.Tensor | None]:
-        """Metrics on (the first `limit` prompts per task of) the test split's `tasks`, and decoded generations."""
+    def run(self, model, limit: int | None = None, tasks: Collection[Task] = tuple(Task),
+            final: bool = False) -> tuple[dict[str, float], torch.Tensor | None]:
+        """Metrics on (the first `limit` prompts per task of) the test split's `tasks`, and decoded generations.
+        `final` adds the diagnostics read once a run (the teacher-forced icon read)."""
         was_training = model.training
         model.eval()
         metrics: dict[str, float] = {}
@@ -169,7 +174,7 @@ class Evaluator:
         pictures = None
         generations = self.generations[:limit] if Task.GENERATION in tasks else []
         if generations:
-            gen_metrics, pictures = self._generation(model, generations)
+            gen_metrics, pictures = self._generation(model, generations, final)
             metrics |= gen_metrics
         model.train(was_training)
         return metrics, pictures
@@ -186,7 +191,7 @@ class Evaluator:
                 out[i] = self.tok.decode(row)
         return out
 
-    def _generation(self, model, prompts: list[Prompt]) -> tuple[dict[str, float], torch.Tensor | None]:
+    def _generation(self, model, prompts: list[Prompt], final: bool) -> tuple[dict[str, float], torch.Tensor | None]:
         device = _device(model)
         features, codes = [], []
         for start in range(0, len(prompts), EVAL_BATCH):
@@ -207,11 +212,22 @@ class Evaluator:
             metrics |= prefixed(scoring.score_vqa(items), Metric.GEN_PROBE)
         if self.icons is not None and true_codes is not None:
             metrics |= prefixed(self._icons(torch.cat(codes), prompts), Metric.GEN_ICON)
+            if final:
+                metrics |= prefixed(self._icons(self._forced_codes(model, prompts), prompts), Metric.GEN_ICON_FORCED)
         pictures = model.decode_images(Generated(predicted.to(device), torch.cat(codes).to(device) if true_codes is not None else None))
         if pictures is not None and len(prompts) > 1:
             truth = to_float_images(self.data.test.images[rows])
             metrics[Metric.GEN_FRECHET] = scoring.frechet_distance(frechet_features(pictures), frechet_features(truth))
         return metrics, (None if pictures is None else pictures.cpu())
+
+
+    def _forced_codes(self, model, prompts: list[Prompt]) -> torch.Tensor:
+        device, n_gen = _device(model), model.space.num_tokens
+        codes = []
+        for start in range(0, len(prompts), EVAL_BATCH):
+            chunk = [teacher_forced(self.tok, p.example, n_gen) for p in prompts[start : start + EVAL_BATCH]]
+            codes.append(model.forced_codes(collate(chunk, self.data.test.images, self.tok).to(device)).cpu())
+        return torch.cat(codes)
 
 
 def _device(model) -> torch.device:

@@ -169,6 +169,7 @@ class Metric:
     # per-corner groups: <group>/overall and <group>/<corner>
     GEN_ICON = "test/gen/icon"  # the requested weather's icon drawn in the requested corner (discrete spaces)
     BASELINE_GEN_ICON = "baseline/gen/icon"
+    GEN_ICON_FORCED = "test/gen/icon_forced"  # the same read with each cell's true predecessors fed back (final evaluation)
     # single metrics
     CAPTION = "test/caption/score"
     BASELINE_CAPTION = "baseline/caption/score"
@@ -186,7 +187,7 @@ class Metric:
 
 ATTRIBUTE_GROUPS = (Metric.VQA, Metric.VQA_HIDDEN, Metric.GEN_PROBE, Metric.PROBE_TRUE, Metric.BASELINE_VQA,
                     Metric.BASELINE_GEN_PROBE)
-CORNER_GROUPS = (Metric.GEN_ICON, Metric.BASELINE_GEN_ICON)
+CORNER_GROUPS = (Metric.GEN_ICON, Metric.BASELINE_GEN_ICON, Metric.GEN_ICON_FORCED)
 TRAIN_CURVE = (Metric.TRAIN_LOSS, Metric.TRAIN_TEXT_LOSS, Metric.TRAIN_IMAGE_LOSS)
 """Logged as a curve (their mean over every eval.log_every_steps steps)."""
 SINGLE_METRICS = (Metric.STEP, *TRAIN_CURVE, Metric.TRAIN_SAMPLES, Metric.CAPTION, Metric.BASELINE_CAPTION,

@@ -197,6 +197,18 @@ class UnifiedVLM(nn.Module):
         return {"text_sum": text_sum, "text_count": text_count, "image_sum": image_sum, "image_count": image_count}
 
     # -- inference ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def forced_head(self, batch: Batch, fed: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing, as in training: the head's output at every image cell of generation sequences,
+        given the prompt and `fed` (Bg, Ng, Dg), the tokens of the cells before it. -> (Bg, Ng, K | Dg)"""
+        embeds = self.embed(batch.input_ids, batch.und_mask, batch.und_images, batch.gen_mask, fed, batch.gen_pred_mask)
+        hidden = self.backbone(inputs_embeds=embeds, attention_mask=batch.attention_mask, use_cache=False).last_hidden_state
+        return self.head(hidden[batch.gen_pred_mask]).reshape(fed.shape[0], self.space.num_tokens, -1)
+
+    def forced_codes(self, batch: Batch) -> torch.Tensor:
+        """Each cell's argmax code after the true codes of the cells before it (discrete spaces). -> (Bg, Ng)"""
+        return self.forced_head(batch, self.target_tokens(batch.gen_images)[0]).argmax(-1)
+
     def _prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, und_images: torch.Tensor,
                  last_extra: torch.Tensor | int = 0):
         """Left-padded prompts -> (last hidden (B, H), cache, attention mask, next positions (B, 1)).

@@ -76,6 +76,11 @@ def generation_example(tok: TextTokenizer, prompt: str, reply: str, image_index:
     return Example(ids, labels, image_index, False, True)
 
 
+def teacher_forced(tok: TextTokenizer, prompt: Example, n_gen: int) -> Example:
+    """A generation prompt (ending in <boi>) followed by its image's n_gen placeholders: the training sequence."""
+    return Example([*prompt.ids, *[tok.image] * n_gen], [*prompt.labels, *[IGNORE] * n_gen], prompt.image_index, False, True)
+
+
 def collate(examples: list[Example], images: torch.Tensor, tok: TextTokenizer, left_pad: bool = False) -> Batch:
     """Pad to the longest example; images: uint8 (N, H, W, 3) of the split, indexed by Example.image_index."""
     pad_id = tok.pad

@@ -333,7 +333,7 @@ class Recipe:
         metrics, pictures = self.train_metrics(), None
         if self.rank0:
             started = time.perf_counter()
-            test_metrics, pictures = self.evaluator.run(self.model, limit, tasks)
+            test_metrics, pictures = self.evaluator.run(self.model, limit, tasks, final)
             metrics |= test_metrics
             self.eval_seconds += time.perf_counter() - started
             if final:

@@ -126,11 +126,12 @@ def summary(metrics: dict[str, float]) -> str:
                              f"{metrics.get(f'{Metric.BASELINE_GEN_PROBE}/{key}', float('nan')):>10.3f}"
                              f"{metrics.get(f'{Metric.PROBE_TRUE}/{key}', float('nan')):>8.3f}")
     if f"{Metric.GEN_ICON}/overall" in metrics:
-        lines.append(f"{'weather icon in':<16}{'model':>8}{'baseline':>10}   (the requested corner, prompts naming both)")
+        lines.append(f"{'weather icon in':<16}{'model':>8}{'baseline':>10}{'forced':>8}   (the requested corner, prompts naming both)")
         for key in (*CORNERS, "overall"):
             if f"{Metric.GEN_ICON}/{key}" in metrics:
                 lines.append(f"{key:<16}{metrics[f'{Metric.GEN_ICON}/{key}']:>8.3f}"
-                             f"{metrics.get(f'{Metric.BASELINE_GEN_ICON}/{key}', float('nan')):>10.3f}")
+                             f"{metrics.get(f'{Metric.BASELINE_GEN_ICON}/{key}', float('nan')):>10.3f}"
+                             f"{metrics.get(f'{Metric.GEN_ICON_FORCED}/{key}', float('nan')):>8.3f}")
     for key in (Metric.GEN_COSINE, Metric.GEN_TOKEN_ACCURACY, Metric.GEN_FRECHET, Metric.STEP_SECONDS):
         if key in metrics:
             lines.append(f"{key:<26}{metrics[key]:.4f}")
