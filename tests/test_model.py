@@ -13,7 +13,7 @@ from trainables.freezing import apply_trainability
 from trainables.losses import IGNORE, image_loss, text_loss
 from trainables.config import ImageLoss
 from trainables.model import build_model
-from trainables.sequences import collate, generation_example, understanding_example
+from trainables.sequences import collate, generation_example, teacher_forced, understanding_example
 from trainables.spaces import needs_vq
 from trainables.tokenizer import WordTokenizer, join_words, split_words
 from trainables.vq import fit_kmeans_vq
@@ -113,6 +113,8 @@ def test_free_running_image_equals_teacher_forcing_on_its_own_tokens(space, loss
                            images, tok, left_pad=True)
     generated = model.generate_image(prompt_batch.input_ids, prompt_batch.attention_mask)
     forced = collate([generation_example(tok, q, "Here is the image.", i, ng) for i, q in enumerate(prompts)], images, tok)
+    assert all(teacher_forced(tok, generation_example(tok, q, "Here is the image.", i, 0), ng)
+               == generation_example(tok, q, "Here is the image.", i, ng) for i, q in enumerate(prompts))  # the evaluator's way
     fed = model.affine_g(generated.features)  # (B, Ng, Dg): what generation fed back
     predicted = model.forced_head(forced, fed)
     if model.space.discrete:

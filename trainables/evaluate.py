@@ -220,7 +220,6 @@ class Evaluator:
             metrics[Metric.GEN_FRECHET] = scoring.frechet_distance(frechet_features(pictures), frechet_features(truth))
         return metrics, (None if pictures is None else pictures.cpu())
 
-
     def _forced_codes(self, model, prompts: list[Prompt]) -> torch.Tensor:
         device, n_gen = _device(model), model.space.num_tokens
         codes = []
