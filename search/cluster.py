@@ -42,9 +42,11 @@ MAX_RAY_TEMP_LENGTH = 40
 
 
 def start(address: str | None, folder: Path, verbose: bool = False, *, cpus: int | None = None,
-          gpus: int | None = None, label: str = "") -> dict[str, float]:
+          gpus: int | None = None, label: str = "", worker_log_level: str | None = None) -> dict[str, float]:
     """Start a local Ray (temp folder under `folder`) or join the cluster at `address`; -> its resources.
 
+    verbose: the workers' output reaches this terminal; `worker_log_level` (e.g. "ERROR") then
+    keeps the Python loggers of the job's processes to that level, and Ray's default otherwise.
     A local Ray's processes are recorded under `folder` with `label` (the sweep's name), for `stop_leftovers`.
     """
     for key, value in RAY_ENV.items():
@@ -55,6 +57,8 @@ def start(address: str | None, folder: Path, verbose: bool = False, *, cpus: int
         ray.shutdown()
     quiet = dict(include_dashboard=False, log_to_driver=verbose, configure_logging=True,
                  logging_level=logging.INFO if verbose else logging.WARNING)
+    if worker_log_level is not None:
+        quiet["logging_config"] = ray.LoggingConfig(log_level=worker_log_level)
     try:
         if address:
             check_reachable(address)

@@ -78,6 +78,8 @@ def fit(config: TrainConfig, out_dir: str | Path, *, run_name: str, storage_path
             name=run_name, storage_path=str(Path(storage_path).resolve()), callbacks=list(callbacks),
             failure_config=ray.train.FailureConfig(max_failures=0),  # a sweep retries at its own level
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            # Ray Train's console lines from WARNING up: not a line per report and checkpoint (its log files keep all)
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
     )
     try:

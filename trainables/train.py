@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import random
 import sys
@@ -111,6 +112,9 @@ class RaySession:
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """The Ray Train worker function."""
+    # Ray Train sets the worker's root logger to INFO, and logs every report through a logger outside
+    # `ray.train` (RunConfig's LoggingConfig does not reach it): a line per evaluation, under the progress bar.
+    logging.getLogger().setLevel(logging.WARNING)
     Recipe(loop_config, RaySession()).run()
 
 

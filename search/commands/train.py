@@ -76,9 +76,11 @@ def train(config, out_dir: Path, name: str, mlflow_run: dict[str, str], in_proce
 
     runtime = config.runtime
     needed = runtime.num_workers * runtime.threads_per_worker
-    # verbose: the worker's progress bar and errors reach this terminal
+    # The worker's progress bar and errors reach this terminal; Ray's log lines do not: Ray Train's
+    # INFO lines, and its placement-group cleaner's warning every second that the state API is out of
+    # reach (the dashboard serves it, and uvlm does not start one), would bury the progress bar.
     cluster.start(None, workspace.workdir(), verbose=True, cpus=max(needed, os.cpu_count() or 1),
-                  gpus=None if runtime.use_gpu else 0)
+                  gpus=None if runtime.use_gpu else 0, worker_log_level="ERROR")
     try:
         return fit(config, out_dir, run_name=name, storage_path=workspace.workdir() / "ray-results", mlflow_run=mlflow_run)
     finally:
