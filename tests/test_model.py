@@ -97,6 +97,20 @@ def test_default_shapes_match_the_study():
 
 
 @pytest.mark.parametrize("space,loss", [("vq", "ce"), ("patch", "cosine")])
+def test_image_tokens_enter_the_lm_at_the_scale_of_words(space, loss):
+    """generation.input_scale unset: fit_stats scales the projected training tokens to the token embeddings' mean norm."""
+    _, _, images, model, _ = make([f"generation.space={space}", f"generation.loss={loss}"])
+    fed, _ = model.target_tokens(to_float_images(images))
+    words = model.lm.get_input_embeddings().weight.norm(dim=-1).mean().item()
+    with torch.no_grad():
+        assert model.generation_inputs(fed).norm(dim=-1).mean().item() == pytest.approx(words, rel=1e-4)
+        assert model.gen_projector(fed).norm(dim=-1).mean().item() > 2 * words  # what the LM read before
+    _, _, _, fixed, _ = make([f"generation.space={space}", f"generation.loss={loss}", "generation.input_scale=1.0"])
+    with torch.no_grad():
+        assert torch.equal(fixed.generation_inputs(fed), fixed.gen_projector(fed))  # 1.0: unscaled, as before
+
+
+@pytest.mark.parametrize("space,loss", [("vq", "ce"), ("patch", "cosine")])
 @pytest.mark.parametrize("positions", [True, False])
 def test_free_running_image_equals_teacher_forcing_on_its_own_tokens(space, loss, positions):
     """Free-running generation (left-padded prompts, KV cache, fed-back tokens) sees what teacher forcing

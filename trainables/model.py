@@ -109,6 +109,9 @@ class UnifiedVLM(nn.Module):
         # white background), which the LM otherwise fails to read within the budget.
         self.register_buffer("und_mean", torch.zeros(Du))
         self.register_buffer("und_scale", torch.ones(()))
+        # The factor on the generation projector's output (generation.input_scale; None: set by fit_stats).
+        self.input_scale = config.generation.input_scale
+        self.register_buffer("gen_input_scale", torch.ones(()))
 
     # -- pieces -------------------------------------------------------------------------------
     @property
@@ -123,8 +126,8 @@ class UnifiedVLM(nn.Module):
 
     @torch.no_grad()
     def fit_stats(self, images: torch.Tensor) -> Target:
-        """images (N, 3, H, W) float: a sample of training images; sets und_mean/und_scale, gen_centre/gen_norm.
-        -> the sample's tokens in the generation space (its `encode`), for whoever needs them next."""
+        """images (N, 3, H, W) float: a sample of training images; sets und_mean/und_scale, gen_centre/gen_norm
+        and gen_input_scale. -> the sample's tokens in the generation space (its `encode`), for whoever needs them next."""
         features = self.encoder(images).reshape(-1, self.und_mean.shape[0])  # (N*Nu, Du)
         self.und_mean.copy_(features.mean(0))
         self.und_scale.copy_((features - self.und_mean).std().clamp(min=1e-6))
@@ -132,12 +135,22 @@ class UnifiedVLM(nn.Module):
         target = self.affine_g(tokens.features).reshape(-1, self.gen_centre.shape[0])
         self.gen_centre.copy_(target.mean(0))
         self.gen_norm.copy_((target - self.gen_centre).norm(dim=-1).mean())
+        if self.input_scale is not None:
+            self.gen_input_scale.fill_(self.input_scale)
+        else:  # image tokens at the scale of words: raw code vectors projected are ~20x larger, and a small LM
+            # then reads image positions as their content alone, slow to fetch the prompt's words there (issue 13)
+            words = self.lm.get_input_embeddings().weight.norm(dim=-1).mean()
+            self.gen_input_scale.copy_(words / self.gen_projector(target).norm(dim=-1).mean().clamp(min=1e-6))
         return tokens
 
     def understanding_embeds(self, images: torch.Tensor) -> torch.Tensor:  # (Bu, 3, H, W) -> (Bu, Nu, H)
         with torch.no_grad():
             features = (self.encoder(images) - self.und_mean) / self.und_scale  # (Bu, Nu, Du), standardised
         return self.projector(self.affine_u(features))
+
+    def generation_inputs(self, features: torch.Tensor) -> torch.Tensor:  # (.., Dg) -> (.., H)
+        """Generation-space tokens as the LM reads them (teacher-forced or fed back)."""
+        return self.gen_projector(features) * self.gen_input_scale
 
     def target_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Teacher-forcing inputs (Bg, Ng, Dg) and targets: features (Bg, Ng, Dg) or codes (Bg, Ng)."""
@@ -175,7 +188,7 @@ class UnifiedVLM(nn.Module):
                     f"Generated image tokens and features do not match: tokens: {n_gen}, features: "
                     f"{gen_features.shape[0]} images x {gen_features.shape[1]} tokens"
                 )
-            g = self.gen_projector(gen_features)  # (Bg, Ng, H)
+            g = self.generation_inputs(gen_features)  # (Bg, Ng, H)
             embeds[gen_mask] = g.reshape(-1, g.shape[-1]).to(embeds.dtype)
         if gen_pred_mask is not None and self.gen_positions is not None and gen_pred_mask.any():
             cells = torch.zeros_like(embeds)  # (B, T, H); rows of Ng predicting positions, in order
@@ -283,7 +296,7 @@ class UnifiedVLM(nn.Module):
                 x = self.to_space(y.float()).to(y.dtype)  # (B, Dg)
             features.append(x)
             if i < self.space.num_tokens - 1:
-                e = self.gen_projector(x) + self.next_cell(i + 1, B)  # (B, H): token i, predicting cell i+1
+                e = self.generation_inputs(x) + self.next_cell(i + 1, B)  # (B, H): token i, predicting cell i+1
                 h, mask, pos = self._step(e[:, None], cache, mask, pos)
         feats = self.affine_g.inverse(torch.stack(features, 1).float())  # (B, Ng, Dg), back to the space's own coordinates
         return Generated(feats, torch.stack(codes, 1) if codes else None)
