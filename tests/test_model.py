@@ -108,6 +108,13 @@ def test_image_tokens_enter_the_lm_at_the_scale_of_words(space, loss):
     _, _, _, fixed, _ = make([f"generation.space={space}", f"generation.loss={loss}", "generation.input_scale=1.0"])
     with torch.no_grad():
         assert torch.equal(fixed.generation_inputs(fed), fixed.gen_projector(fed))  # 1.0: unscaled, as before
+    scales = []
+    for strength in (0.0, 0.9):  # the misalignment is the only difference between strengths: not rescaled away
+        torch.manual_seed(3)
+        _, _, _, misaligned, _ = make([f"generation.space={space}", f"generation.loss={loss}",
+                                       f"alignment.affine_strength={strength}"])
+        scales.append(misaligned.gen_input_scale.item())
+    assert scales[0] == scales[1] != 1.0
 
 
 @pytest.mark.parametrize("space,loss", [("vq", "ce"), ("patch", "cosine")])

@@ -138,9 +138,12 @@ class UnifiedVLM(nn.Module):
         if self.input_scale is not None:
             self.gen_input_scale.fill_(self.input_scale)
         else:  # image tokens at the scale of words: raw code vectors projected are ~20x larger, and a small LM
-            # then reads image positions as their content alone, slow to fetch the prompt's words there (issue 13)
+            # then reads image positions as their content alone, slow to fetch the prompt's words there (issue 13).
+            # Measured on the space's own tokens, before any misalignment: every affine strength of a seed gets
+            # the same factor, so the map stays the only difference between them (finding 2).
             words = self.lm.get_input_embeddings().weight.norm(dim=-1).mean()
-            self.gen_input_scale.copy_(words / self.gen_projector(target).norm(dim=-1).mean().clamp(min=1e-6))
+            own = tokens.features.reshape(-1, self.gen_centre.shape[0])
+            self.gen_input_scale.copy_(words / self.gen_projector(own).norm(dim=-1).mean().clamp(min=1e-6))
         return tokens
 
     def understanding_embeds(self, images: torch.Tensor) -> torch.Tensor:  # (Bu, 3, H, W) -> (Bu, Nu, H)
