@@ -25,6 +25,7 @@ from analysis import frames
 from analysis.frames import list_sweeps, load_history, load_runs
 from analysis.synthetic import Effects, SyntheticSweep, write_sweep
 from search.cli import main
+from trainables.config import BudgetConfig
 from trainables.errors import UserError
 
 MIXING = SyntheticSweep(name="mixing", train_images=(250, 1000), seeds=(0, 1, 2, 3), fail_fraction=0.1, images=True,
@@ -130,7 +131,7 @@ def test_report_files_and_artifacts(store, mixing_report):
     assert "The alignment curve is not drawn" in markdown and "Transfer bars are not drawn" in markdown
     assert "Icon placement is not drawn: no run scored test/gen/icon" in markdown  # a patch space: no codes to read
     assert "Seeds: 4 (0, 1, 2, 3)" in markdown and "Data sizes (training images): 250, 1000." in markdown
-    assert "Budget rule: steps = 1500" in markdown and "failed" in markdown
+    assert f"Budget rule: steps = {BudgetConfig().value:g}" in markdown and "failed" in markdown  # the default budget
     findings = json.loads((out / "findings.json").read_text())
     assert findings["runs"]["total"] == 24 and findings["findings"]["2"]["addressed"] is False
     from mlflow import MlflowClient
