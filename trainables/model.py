@@ -200,11 +200,15 @@ class UnifiedVLM(nn.Module):
         return embeds
 
     # -- training -----------------------------------------------------------------------------
+    def teacher_forced_hidden(self, batch: Batch, gen_features: torch.Tensor) -> torch.Tensor:
+        """The backbone's last hidden states (B, T, H) over whole sequences, the image cells fed `gen_features` (Bg, Ng, Dg)."""
+        embeds = self.embed(batch.input_ids, batch.und_mask, batch.und_images, batch.gen_mask, gen_features, batch.gen_pred_mask)
+        return self.backbone(inputs_embeds=embeds, attention_mask=batch.attention_mask, use_cache=False).last_hidden_state
+
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Loss sums and counts of one batch (the loop normalises them by global counts)."""
         gen_features, gen_codes = self.target_tokens(batch.gen_images)  # (Bg, Ng, Dg), (Bg, Ng)
-        embeds = self.embed(batch.input_ids, batch.und_mask, batch.und_images, batch.gen_mask, gen_features, batch.gen_pred_mask)
-        hidden = self.backbone(inputs_embeds=embeds, attention_mask=batch.attention_mask, use_cache=False).last_hidden_state  # (B, T, H)
+        hidden = self.teacher_forced_hidden(batch, gen_features)  # (B, T, H)
         text_sum, text_count = text_loss(self.lm.get_output_embeddings()(hidden), batch.labels)
         predicted = self.head(hidden[batch.gen_pred_mask])  # (Bg*Ng, K | Dg)
         target = gen_codes.reshape(-1) if self.space.discrete else gen_features.reshape(-1, gen_features.shape[-1])
@@ -217,8 +221,7 @@ class UnifiedVLM(nn.Module):
     def forced_head(self, batch: Batch, fed: torch.Tensor) -> torch.Tensor:
         """Teacher forcing, as in training: the head's output at every image cell of generation sequences,
         given the prompt and `fed` (Bg, Ng, Dg), the tokens of the cells before it. -> (Bg, Ng, K | Dg)"""
-        embeds = self.embed(batch.input_ids, batch.und_mask, batch.und_images, batch.gen_mask, fed, batch.gen_pred_mask)
-        hidden = self.backbone(inputs_embeds=embeds, attention_mask=batch.attention_mask, use_cache=False).last_hidden_state
+        hidden = self.teacher_forced_hidden(batch, fed)
         return self.head(hidden[batch.gen_pred_mask]).reshape(fed.shape[0], self.space.num_tokens, -1)
 
     def forced_codes(self, batch: Batch) -> torch.Tensor:
