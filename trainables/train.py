@@ -227,7 +227,7 @@ class Recipe:
         lm_ids = {id(p) for p in model.lm.parameters()}
         other = [p for p in model.parameters() if p.requires_grad and id(p) not in lm_ids]
         groups = [{"params": lm_params, "lr": config.optim.lr},
-                  {"params": other, "lr": config.optim.projector_lr or config.optim.lr}]
+                  {"params": other, "lr": config.optim.projector_rate}]
         groups = [g for g in groups if g["params"]]
         if not groups:
             raise UserError("nothing to train: the LM, both projectors and the head are all frozen")
