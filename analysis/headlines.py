@@ -199,28 +199,38 @@ HISTORY_METRICS = ["test/vqa/overall", "test/gen/probe/overall", "train/loss", "
 def sweep_findings(sweep: str, tracking_uri: str | None = None):
     """(runs, history, declared headlines or None, all_findings) of a sweep in the MLflow store."""
     from analysis.findings import all_findings
-    from analysis.frames import load_history, load_runs
     from analysis.tuning import finding_runs
+
+    runs, history, headlines = load_sweep(sweep, tracking_uri)
+    return runs, history, headlines, all_findings(finding_runs(runs), history, headlines)  # a tuned sweep: held-out runs
+
+
+def load_sweep(sweep: str, tracking_uri: str | None = None) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Headline] | None]:
+    """(runs, the history the findings read, declared headlines or None) of a sweep in the MLflow store."""
+    from analysis.frames import load_history, load_runs
 
     runs = load_runs(sweep, tracking_uri)
     if runs.is_empty():
         raise UserError(f"sweep {sweep!r} has no trial runs yet (uvlm.role=trial); nothing to report")
     headlines = from_parent(sweep, tracking_uri)
     wanted = sorted({*HISTORY_METRICS, *(h.metric for h in (headlines or {}).values())})
-    history = load_history(sweep, tracking_uri, metrics=wanted)
-    return runs, history, headlines, all_findings(finding_runs(runs), history, headlines)  # a tuned sweep: held-out runs
+    return runs, load_history(sweep, tracking_uri, metrics=wanted), headlines
 
 
-def power_frame(results: list[Result], half_width: float | None = None) -> pl.DataFrame:
+def power_frame(results: list[Result], half_width: float | None = None, verdicts: bool = False) -> pl.DataFrame:
     """Power of each result: seeds run, SD of the per-seed effect, ±, the effect detectable at 80% power and the
-    seeds a 95% half-width of `half_width` (default TARGET_HALF_WIDTH) needs."""
+    seeds a 95% half-width of `half_width` (default TARGET_HALF_WIDTH) needs; `verdicts` adds the 95% interval
+    and the verdict (where no results table stands beside it)."""
     target = _target() if half_width is None else half_width
 
     def text(value: float | None, digits: int = 4) -> str:
         return "-" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
 
+    def interval(r: Result) -> dict[str, str]:
+        return {"95% CI": f"[{text(r.ci_low)}, {text(r.ci_high)}]", "verdict": r.verdict} if verdicts else {}
+
     rows = [{"finding": r.finding, "result": r.name, "statistic": r.statistic, "estimate": text(r.estimate),
-             "seeds": r.n_seeds, "SD of the per-seed effect": text(r.sd_paired), "±": text(r.half_width),
+             "seeds": r.n_seeds, "SD of the per-seed effect": text(r.sd_paired), "±": text(r.half_width), **interval(r),
              "detectable at 80% power": text(r.mde_80),
              f"seeds for ±{target:g}": str(n) if (n := stats.seeds_for_half_width(r.sd_paired, target)) else "-"}
             for r in results]
