@@ -114,6 +114,14 @@ def pool_seeds(runs: pl.DataFrame, refs: list[SweepRef]) -> list[tuple[SweepRef,
     return [(ref, seed_ranges(done.filter(pl.col(SOURCE) == str(ref))["seed"].unique().to_list())) for ref in refs]
 
 
+def run_stores(runs: pl.DataFrame, refs: list[SweepRef]) -> dict[str, str]:
+    """Run id -> the tracking URI that holds it, for a pooled frame (SOURCE column) or one sweep's (refs[0])."""
+    if SOURCE not in runs.columns:
+        return dict.fromkeys(runs["run_id"].to_list(), refs[0].tracking_uri)
+    uris = {str(ref): ref.tracking_uri for ref in refs}
+    return {run_id: uris[source] for run_id, source in zip(runs["run_id"].to_list(), runs[SOURCE].to_list())}
+
+
 def seed_ranges(seeds: list[int]) -> str:
     spans: list[list[int]] = []
     for seed in sorted(seeds):

@@ -37,6 +37,7 @@ from analysis.findings import EXPLORATORY, FINISHED, OTHER_ATTRIBUTES, MIN_SEEDS
 from analysis.frames import factor_names, sweep_parent
 from analysis.headlines import power_frame, sweep_findings
 from analysis.importance import best_configs, objective_for, param_importance, searched_params
+from analysis.pooling import SweepRef, default_ref, pool_seeds, pooled_findings, run_stores
 from trainables.mlflow_layout import Metric, Tag, factor_tag, overall
 from trainables.workspace import tracking_uri as resolve_uri
 from trainables.workspace import workdir
@@ -84,12 +85,19 @@ class Built:
 
 
 def build_report(sweep: str, tracking_uri: str | None = None, out_dir: str | Path | None = None,
-                 log_artifacts: bool = True) -> Built:
-    """Write the report of `sweep` into out_dir (default <workdir>/reports/<sweep>); -> the folder and findings."""
+                 log_artifacts: bool = True, pool: list[SweepRef] | tuple[SweepRef, ...] = ()) -> Built:
+    """Write the report of `sweep` into out_dir (default <workdir>/reports/<sweep>); -> the folder and findings.
+    `pool`: sweeps of the same design on other seeds, read with it as one sweep (analysis.pooling); their report
+    (default <workdir>/reports/<sweep>-pooled) belongs to no one sweep's parent run, so it is not logged on one."""
     uri = resolve_uri(tracking_uri)
-    runs, history, headlines, findings = sweep_findings(sweep, uri)
+    refs = [default_ref(sweep, uri), *pool]
+    if pool:
+        runs, history, headlines, findings = pooled_findings(refs)
+        log_artifacts = False
+    else:
+        runs, history, headlines, findings = sweep_findings(sweep, uri)
     parent = sweep_parent(sweep, uri)
-    out = Path(out_dir) if out_dir else workdir() / "reports" / sweep
+    out = Path(out_dir) if out_dir else workdir() / "reports" / (f"{sweep}-pooled" if pool else sweep)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     searched = searched_params(runs)
     importance = param_importance(runs)
@@ -101,6 +109,10 @@ def build_report(sweep: str, tracking_uri: str | None = None, out_dir: str | Pat
     document.p(f"Study {parent['tags'].get(Tag.STUDY, '?')}, parent run {parent['run_id']}, "
                f"code {parent['tags'].get(Tag.GIT_COMMIT, '?')}; generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC "
                f"from {uri}.")
+    if pool:
+        document.p("Pooled as one sweep, paired by seed: " + "; ".join(
+            f"sweep {ref} (seeds {seeds})" for ref, seeds in pool_seeds(runs, refs)) + ". Every interval, verdict and "
+            "power figure below is over all their seeds.")
     _summary(document, findings, headlines is not None)
     _design(document, runs, searched)
     figures: dict[str, bytes] = {}
@@ -124,7 +136,7 @@ def build_report(sweep: str, tracking_uri: str | None = None, out_dir: str | Pat
     _draw(document, figures, "parallel_coordinates", "Searched hyperparameters against each arm's objective",
           lambda: figs.parallel_coordinates(runs, searched, objectives))
     _draw(document, figures, "generated_images", "Generated images of the best runs",
-          lambda: figs.image_grids(_best_images(best, uri)))
+          lambda: figs.image_grids(_best_images(best, run_stores(runs, refs))))
     _draw(document, figures, "icon_corners", "Where the generated images put the requested weather icon",
           lambda: figs.icon_corners(runs))
     tuned = tuning.section(document, runs, *tuning.objective_of(parent["run_id"], uri),
@@ -136,7 +148,8 @@ def build_report(sweep: str, tracking_uri: str | None = None, out_dir: str | Pat
     _write_tables(out, runs, findings, results, importance, best)
     for name, data in figures.items():
         (out / "figures" / f"{name}.png").write_bytes(data)
-    (out / "findings.json").write_text(json.dumps(_json(sweep, parent, runs, findings, importance, best, headlines),
+    (out / "findings.json").write_text(json.dumps(_json(sweep, parent, runs, findings, importance, best, headlines,
+                                                  pool_seeds(runs, refs) if pool else ()),
                                                   indent=2, default=_plain))
     if tuned:
         (out / "tuning.json").write_text(json.dumps(tuned, indent=2, default=_plain))
@@ -307,7 +320,8 @@ def _importance(document: Document, importance, best: pl.DataFrame) -> None:
         document.table(best.with_columns(pl.col("value").round(4)), "Best finished run per arm on its objective.")
 
 
-def _best_images(best: pl.DataFrame, uri: str) -> dict[str, tuple[str, Any]]:
+def _best_images(best: pl.DataFrame, stores: dict[str, str]) -> dict[str, tuple[str, Any]]:
+    """The generated grid of each arm's best run; `stores`: run id -> the tracking URI that holds the run."""
     if best.is_empty():
         return {}
     import os
@@ -317,12 +331,12 @@ def _best_images(best: pl.DataFrame, uri: str) -> dict[str, tuple[str, Any]]:
     from PIL import Image
     import numpy as np
 
-    client = MlflowClient(uri)
     images = {}
     with tempfile.TemporaryDirectory() as folder:
         for row in best.iter_rows(named=True):
             if row["arm"] == "understanding":
                 continue
+            client = MlflowClient(stores[row["run_id"]])
             if "generated.png" not in {a.path for a in client.list_artifacts(row["run_id"])}:
                 continue
             path = client.download_artifacts(row["run_id"], "generated.png", folder)
@@ -417,10 +431,11 @@ def _write_tables(out: Path, runs, findings, results, importance, best) -> None:
     best.write_csv(out / "best_configs.csv")
 
 
-def _json(sweep, parent, runs, findings, importance, best, headlines=None) -> dict[str, Any]:
+def _json(sweep, parent, runs, findings, importance, best, headlines=None, pooled=()) -> dict[str, Any]:
     counts = dict(runs.group_by("status").len().iter_rows())
     return {
         "sweep": sweep, "parent_run_id": parent["run_id"], "study": parent["tags"].get(Tag.STUDY),
+        "pooled": [{"sweep": ref.sweep, "tracking_uri": ref.tracking_uri, "seeds": seeds} for ref, seeds in pooled],
         "headlines": {"source": "declared" if headlines else "default",
                       "declared": {name: h.model_dump(mode="json") for name, h in (headlines or {}).items()},
                       "target_half_width": TARGET_HALF_WIDTH},

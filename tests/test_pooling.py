@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 
 import pytest
@@ -35,8 +36,10 @@ def headline(findings) -> object:
 @pytest.fixture(scope="module")
 def two_seed_sets(tmp_path_factory):
     root = tmp_path_factory.mktemp("pool")
-    first = store(root / "seeds-0", dataclasses.replace(DESIGN, seeds=(0, 1, 2, 3)))
-    second = store(root / "seeds-100", dataclasses.replace(DESIGN, seeds=(100, 101, 102, 103), random_seed=1))
+    first = store(root / "seeds-0", dataclasses.replace(DESIGN, seeds=(0, 1, 2, 3), images=True))
+    # the second seed set scores higher, so the best runs (whose images the report shows) are in the other store
+    second = store(root / "seeds-100", dataclasses.replace(DESIGN, seeds=(100, 101, 102, 103), random_seed=1, images=True,
+                                                           effects=Effects(understanding_benefit=0.06, generation_benefit=0.2, noise=0.02)))
     return root, first, second
 
 
@@ -99,3 +102,23 @@ def test_bad_pool_is_one_line_and_exit_2(tmp_path, capsys):
     assert main(["power", "mixing", "--tracking-uri", uri, "--pool", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not a uvlm working folder" in err[0], err
+
+
+def test_report_pool_writes_the_pooled_report_without_logging_it(two_seed_sets, tmp_path, capsys):
+    from mlflow import MlflowClient
+
+    from analysis.frames import sweep_parent
+
+    root, first, _ = two_seed_sets
+    out = tmp_path / "pooled"
+    assert main(["report", "mixing", "--tracking-uri", first, "--pool", str(root / "seeds-100"), "--out", str(out)]) == 0
+    markdown = (out / "report.md").read_text()
+    assert "Pooled as one sweep" in markdown and "(seeds 0-3)" in markdown and "(seeds 100-103)" in markdown
+    findings = json.loads((out / "findings.json").read_text())
+    assert {r["n_seeds"] for f in findings["findings"].values() if isinstance(f, dict)
+            for r in f.get("results", []) if r.get("role") == "headline"} == {8}
+    assert [p["seeds"] for p in findings["pooled"]] == ["0-3", "100-103"]
+    assert (out / "figures" / "generated_images.png").is_file()
+    assert all(row["seed"] >= 100 for row in findings["best"] if row["arm"] != "understanding"), findings["best"]
+    parent = sweep_parent("mixing", first)["run_id"]
+    assert not [a for a in MlflowClient(first).list_artifacts(parent) if a.path == "report"]

@@ -18,6 +18,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--tracking-uri", metavar="URI",
                         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the working folder's sqlite store)")
     parser.add_argument("--no-log", action="store_true", help="do not log the report on the parent MLflow run")
+    parser.add_argument("--pool", action="append", default=[], metavar="[SWEEP@]WHERE",
+                        help="report the same design run on other seeds with it, as one sweep (see `uvlm power "
+                             "--help`); the report goes to <workdir>/reports/SWEEP-pooled and is not logged on a run")
     parser.set_defaults(run=run)
 
 
@@ -33,7 +36,10 @@ def run(args: argparse.Namespace) -> int:
     from analysis.report import build_report
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
-    out = build_report(args.sweep, args.tracking_uri, args.out, log_artifacts=not args.no_log).out
+    from analysis.pooling import parse_ref
+
+    pool = [parse_ref(where, args.sweep) for where in args.pool]
+    out = build_report(args.sweep, args.tracking_uri, args.out, log_artifacts=not args.no_log, pool=pool).out
     print(f"report: {out / 'report.html'}")
     print(f"        {out / 'report.md'}, {out / 'findings.json'}")
     return 0
