@@ -346,3 +346,29 @@ def test_a_codebook_larger_than_the_distinct_patches_shrinks_to_them():
     config = load_config(None, TINY)
     model = build_model(config, WordTokenizer.build(TEXTS), 64, vq)
     assert model.head.out_features == 16
+
+
+@pytest.mark.parametrize("policy", ["full", "frozen"])
+def test_with_the_lm_frozen_generation_records_train_nothing_the_understanding_path_reads(policy):
+    """Finding 3's frozen-LM condition: with the LM frozen, the parameters a generation record's loss reaches and
+    those an understanding record's loss reaches are disjoint, so (hidden - control) can carry no transfer but
+    through the optimiser's shared state (gradient clipping, the run's length). With the LM trained they share it."""
+    _, tok, images, model, _ = make([f"lm.trainability={policy}", "generation.space=vq", "generation.loss=ce"])
+    nu, ng = model.encoder.num_tokens, model.space.num_tokens
+
+    def reached(examples) -> set[str]:
+        model.zero_grad(set_to_none=True)
+        out = model(collate(examples, images, tok))
+        loss = out["text_sum"] / out["text_count"].clamp(min=1) + out["image_sum"] / out["image_count"].clamp(min=1)
+        loss.backward()
+        return {name for name, p in model.named_parameters() if p.grad is not None and bool(p.grad.abs().sum() > 0)}
+
+    understanding = reached([understanding_example(tok, [("What time is shown?", "03:07:59")], 0, nu)])
+    generation = reached([generation_example(tok, "Draw a smart watch. The battery is at 42%.", "Here is the image.", 1, ng)])
+    assert understanding and generation
+    shared = understanding & generation
+    if policy == "frozen":
+        assert not shared, sorted(shared)
+        assert any(name.startswith("head") for name in generation), sorted(generation)
+    else:
+        assert shared and all(name.startswith("lm.") for name in shared), sorted(shared)
