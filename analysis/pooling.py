@@ -114,6 +114,11 @@ def pool_seeds(runs: pl.DataFrame, refs: list[SweepRef]) -> list[tuple[SweepRef,
     return [(ref, seed_ranges(done.filter(pl.col(SOURCE) == str(ref))["seed"].unique().to_list())) for ref in refs]
 
 
+def pool_sentence(pooled: list[tuple[SweepRef, str]]) -> str:
+    """'Pooled as one sweep, paired by seed: ...', each sweep with its seeds (pool_seeds): power and report say it alike."""
+    return "Pooled as one sweep, paired by seed: " + "; ".join(f"sweep {ref} (seeds {seeds})" for ref, seeds in pooled)
+
+
 def run_stores(runs: pl.DataFrame, refs: list[SweepRef]) -> dict[str, str]:
     """Run id -> the tracking URI that holds it, for a pooled frame (SOURCE column) or one sweep's (refs[0])."""
     if SOURCE not in runs.columns:

@@ -37,7 +37,7 @@ from analysis.findings import EXPLORATORY, FINISHED, OTHER_ATTRIBUTES, MIN_SEEDS
 from analysis.frames import factor_names, sweep_parent
 from analysis.headlines import power_frame, sweep_findings
 from analysis.importance import best_configs, objective_for, param_importance, searched_params
-from analysis.pooling import SweepRef, default_ref, pool_seeds, pooled_findings, run_stores
+from analysis.pooling import SweepRef, default_ref, pool_seeds, pool_sentence, pooled_findings, run_stores
 from trainables.mlflow_layout import Metric, Tag, factor_tag, overall
 from trainables.workspace import tracking_uri as resolve_uri
 from trainables.workspace import workdir
@@ -96,6 +96,7 @@ def build_report(sweep: str, tracking_uri: str | None = None, out_dir: str | Pat
         log_artifacts = False
     else:
         runs, history, headlines, findings = sweep_findings(sweep, uri)
+    pooled = pool_seeds(runs, refs) if pool else []
     parent = sweep_parent(sweep, uri)
     out = Path(out_dir) if out_dir else workdir() / "reports" / (f"{sweep}-pooled" if pool else sweep)
     (out / "figures").mkdir(parents=True, exist_ok=True)
@@ -109,10 +110,8 @@ def build_report(sweep: str, tracking_uri: str | None = None, out_dir: str | Pat
     document.p(f"Study {parent['tags'].get(Tag.STUDY, '?')}, parent run {parent['run_id']}, "
                f"code {parent['tags'].get(Tag.GIT_COMMIT, '?')}; generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC "
                f"from {uri}.")
-    if pool:
-        document.p("Pooled as one sweep, paired by seed: " + "; ".join(
-            f"sweep {ref} (seeds {seeds})" for ref, seeds in pool_seeds(runs, refs)) + ". Every interval, verdict and "
-            "power figure below is over all their seeds.")
+    if pooled:
+        document.p(pool_sentence(pooled) + ". Every interval, verdict and power figure below is over all their seeds.")
     _summary(document, findings, headlines is not None)
     _design(document, runs, searched)
     figures: dict[str, bytes] = {}
@@ -148,8 +147,7 @@ def build_report(sweep: str, tracking_uri: str | None = None, out_dir: str | Pat
     _write_tables(out, runs, findings, results, importance, best)
     for name, data in figures.items():
         (out / "figures" / f"{name}.png").write_bytes(data)
-    (out / "findings.json").write_text(json.dumps(_json(sweep, parent, runs, findings, importance, best, headlines,
-                                                  pool_seeds(runs, refs) if pool else ()),
+    (out / "findings.json").write_text(json.dumps(_json(sweep, parent, runs, findings, importance, best, headlines, pooled),
                                                   indent=2, default=_plain))
     if tuned:
         (out / "tuning.json").write_text(json.dumps(tuned, indent=2, default=_plain))

@@ -47,11 +47,11 @@ def run(args: argparse.Namespace) -> int:
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     if args.pool:
-        from analysis.pooling import default_ref, parse_ref, pool_seeds, pooled_findings
+        from analysis.pooling import default_ref, parse_ref, pool_seeds, pool_sentence, pooled_findings
 
         refs = [default_ref(args.sweep, args.tracking_uri), *(parse_ref(where, args.sweep) for where in args.pool)]
         runs, _, declared, findings = pooled_findings(refs)
-        print("Pooled as one sweep: " + "; ".join(f"{ref} (seeds {seeds})" for ref, seeds in pool_seeds(runs, refs)))
+        print(pool_sentence(pool_seeds(runs, refs)))
     else:
         _, _, declared, findings = sweep_findings(args.sweep, args.tracking_uri)
     headlines = [r for f in findings.values() if isinstance(f, FindingReport) for r in f.headlines]
@@ -64,4 +64,3 @@ def run(args: argparse.Namespace) -> int:
                    tbl_hide_column_data_types=True, fmt_str_lengths=60, tbl_formatting="ASCII_MARKDOWN"):
         print(power_frame(headlines, args.half_width, verdicts=True))
     return 0
-
