@@ -499,8 +499,13 @@ def _hidden_levels(report: FindingReport, hidden: pl.DataFrame, own: list[str]) 
 
 def _freezing_results(report: FindingReport, hidden: pl.DataFrame, keys: list[str], freezings: set[str]) -> None:
     if len(freezings) < 2:
-        report.skipped.append("LM-frozen versus adapters-frozen transfer is not computed: the sweep does not vary freezing "
-                              "(lm.trainability, trainability.*_projector).")
+        report.skipped.append(
+            "LM-frozen versus adapters-frozen transfer is not computed: the sweep does not vary freezing "
+            "(lm.trainability, trainability.*_projector). With the LM frozen, what a generation record trains (the "
+            "head, the generation projector, the cell embeddings) and what an understanding answer reads (the "
+            "understanding projector and the frozen LM) share no parameter (tests/test_model.py pins it), so the "
+            "transfer with the LM frozen is zero by construction, up to the optimiser's coupling (global gradient "
+            "clipping, the run's length): the transfer over control with the LM trained is already transfer through the LM.")
         return
     per_label = {}
     for label in sorted(freezings):

@@ -46,12 +46,17 @@ class TrialContext:
     samples: int = 1  # searched configurations per (cell, seed); run names show the sample when > 1
 
 
+def trains_here(config: TrainConfig, body: str | Callable) -> bool:
+    """Whether `body` trains `config` in the trial's own process: a body marked `trains_in_trial` (the
+    default one) with one worker. Otherwise it starts a TorchTrainer worker group."""
+    return config.runtime.num_workers == 1 and getattr(resolve_body(body), "trains_in_trial", False)
+
+
 def resources(config: TrainConfig, body: str | Callable) -> dict[str, float]:
-    """What a trial actor holds. A body that trains in the trial's own process (`trains_in_trial`, the
-    default one) with one worker makes the actor that worker: it holds the worker's CPUs (and GPU).
-    Otherwise a TorchTrainer's workers hold them and the actor holds nothing."""
+    """What a trial actor holds. A body that trains here makes the actor its one worker: it holds the
+    worker's CPUs (and GPU). Otherwise a TorchTrainer's workers hold them and the actor holds nothing."""
     runtime = config.runtime
-    if runtime.num_workers == 1 and getattr(resolve_body(body), "trains_in_trial", False):
+    if trains_here(config, body):
         return {"CPU": runtime.threads_per_worker} | ({"GPU": 1} if runtime.use_gpu else {})
     return {"memory": 1}  # {"CPU": 0} is refused by Tune ("empty head and zero worker bundles")
 
@@ -90,9 +95,12 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     began = time.monotonic()
     try:
         body = resolve_body(context.body)
+        # A TorchTrainer's workers report to Tune through this callback. Its queue is an actor process
+        # of its own, made anew each trial and polled every 0.2 s, so a body that trains here (and
+        # reports to Tune itself) gets none.
+        callbacks = [] if trains_here(train_config, body) else [TuneReportCallback()]
         metrics = body(train_config, out_dir, run_name=trial_id, storage_path=context.train_storage,
-                       mlflow_run={"tracking_uri": context.tracking_uri, "run_id": run_id},
-                       callbacks=[TuneReportCallback()])
+                       mlflow_run={"tracking_uri": context.tracking_uri, "run_id": run_id}, callbacks=callbacks)
         bad = sorted(key for key, value in (metrics or {}).items() if isinstance(value, float) and not math.isfinite(value))
         if bad:
             raise FloatingPointError(f"non-finite final metrics: {', '.join(bad)}")

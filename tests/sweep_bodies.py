@@ -42,6 +42,16 @@ def quick(config, out_dir, *, run_name, storage_path, mlflow_run=None, callbacks
     return metrics
 
 
+def in_process(config, out_dir, *, run_name, storage_path, mlflow_run=None, callbacks=()):
+    """`quick`, marked as training in the trial's own process (as trainables.launch.fit_in_trial is);
+    its final metrics also say how many Tune callbacks it was handed."""
+    return quick(config, out_dir, run_name=run_name, storage_path=storage_path, mlflow_run=mlflow_run) | {
+        "callbacks_given": len(callbacks)}
+
+
+in_process.trains_in_trial = True
+
+
 def flaky(config, out_dir, *, run_name, storage_path, mlflow_run=None, callbacks=()):
     """Fails for the generation arm, returns NaN for seed 1 of the understanding arm, else as `quick`."""
     if config.data.arm.value == "generation":

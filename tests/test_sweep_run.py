@@ -129,6 +129,25 @@ def test_sweep_logs_parent_and_nested_runs_in_the_contract_layout(tmp_path):
     assert len(runs_of(tmp_path, "layout")) == 4, "a finished sweep resumes to nothing"
 
 
+def test_a_body_that_trains_in_the_trial_gets_no_tune_report_callback(tmp_path):
+    """TuneReportCallback's queue is an actor process of its own per trial, polled every 0.2 s: only a
+    TorchTrainer's workers need it. A one-worker body that trains in the trial process is handed none."""
+    from search.trial import trains_here
+    from sweep_bodies import in_process, quick
+    from trainables.config import load_config
+
+    space = space_file(tmp_path, "here", seeds=2)
+    result = uvlm(tmp_path, "sweep", str(space), "--trainable", "sweep_bodies:in_process")
+    assert result.returncode == 0, result.stderr
+    trials = runs_of(tmp_path, "here")
+    assert [run.data.metrics["callbacks_given"] for run in trials] == [0.0, 0.0]
+
+    one, two = load_config(None, []), load_config(None, ["runtime.num_workers=2"])
+    assert trains_here(one, in_process) and trains_here(one, "trainables.launch:fit_in_trial")
+    assert not trains_here(two, in_process), "several workers: a TorchTrainer, which needs the callback"
+    assert not trains_here(one, quick) and not trains_here(one, "trainables.launch:fit")
+
+
 def test_failing_and_nan_trials_are_recorded_and_the_sweep_goes_on(tmp_path):
     space = space_file(tmp_path, "faults", factors={"data.arm": ["understanding", "generation", "mixed"]}, seeds=2)
     result = uvlm(tmp_path, "sweep", str(space), "--trainable", "sweep_bodies:flaky")

@@ -2,9 +2,9 @@
 the same run as the body of a sweep's Tune trial.
 
 In Ray 2.60 a TorchTrainer cannot be handed to a Tuner; a sweep's Tune
-function trainable calls `fit_in_trial(..., callbacks=[TuneReportCallback()])`
-instead, and `uvlm train` calls `fit` on a local Ray. Ray must be initialised
-by the caller.
+function trainable calls `fit_in_trial` instead (with `callbacks=[TuneReportCallback()]`
+when it runs several workers), and `uvlm train` calls `fit` on a local Ray. Ray must be
+initialised by the caller.
 """
 
 from __future__ import annotations
