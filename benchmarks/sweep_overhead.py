@@ -17,7 +17,9 @@ per trial, as before). Then it reads each sweep's MLflow runs and prints, per sw
   eval median   per trial, the evaluations alone (time/eval_seconds), included in the fixed cost
   fixed - eval  per trial, the fixed cost without the evaluations (set-up, checkpoints, MLflow, Tune)
 
-and the new/baseline ratios. Figures on a shared 2-core machine vary with its load: run it on an idle one.
+and the new/baseline ratios. With --workdir, a last row `all` takes the folder's sweeps as one (the demo's
+three studies: their slot-seconds add up, the per-trial columns are over all their trials). Figures on a
+shared 2-core machine vary with its load: run it on an idle one.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -51,7 +54,10 @@ def main() -> int:
     args = parser.parse_args()
 
     if args.workdir:
-        figures = {name: measure(Path(args.workdir), name, None) for name in sweep_names(Path(args.workdir))}
+        times = {name: sweep_times(Path(args.workdir), name, None) for name in sweep_names(Path(args.workdir))}
+        figures = {name: figures_of([sweep]) for name, sweep in times.items()}
+        if len(times) > 1:
+            figures["all"] = figures_of(list(times.values()))
     else:
         figures = {}
         for label, body in BODIES.items():
@@ -62,7 +68,7 @@ def main() -> int:
             if code != 0:
                 print(stderr[-4000:], file=sys.stderr)
                 return code
-            figures[label] = measure(folder / "work", "bench", wall)
+            figures[label] = figures_of([sweep_times(folder / "work", "bench", wall)])
     print(report(figures))
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
@@ -94,7 +100,19 @@ def sweep_names(workdir: Path) -> list[str]:
     return [e.name for e in client.search_experiments() if e.name not in ("Default", "uvlm-train")]
 
 
-def measure(workdir: Path, sweep: str, wall: float | None) -> dict[str, float]:
+@dataclass
+class SweepTimes:
+    """One sweep's clock: its wall, its trials at once, and per finished trial the training steps,
+    the fixed cost (its MLflow run minus its training steps) and the evaluations."""
+
+    wall: float
+    concurrency: int
+    train: list[float]
+    fixed: list[float]
+    evals: list[float]
+
+
+def sweep_times(workdir: Path, sweep: str, wall: float | None) -> SweepTimes:
     from mlflow.tracking import MlflowClient
 
     from trainables.mlflow_layout import Metric, Role, Tag
@@ -104,23 +122,34 @@ def measure(workdir: Path, sweep: str, wall: float | None) -> dict[str, float]:
     runs = client.search_runs([experiment.experiment_id], max_results=5000)
     parent = next(run for run in runs if run.data.tags.get(Tag.ROLE) == Role.SWEEP)
     trials = [run for run in runs if run.data.tags.get(Tag.ROLE) == Role.TRIAL and run.info.status == "FINISHED"]
-    concurrency = int(parent.data.tags[Tag.CONCURRENCY])
     if wall is None:
         wall = (parent.info.end_time - parent.info.start_time) / 1000
     train = [run.data.metrics[Metric.TRAIN_SECONDS] for run in trials]
-    fixed = [(run.info.end_time - run.info.start_time) / 1000 - t for run, t in zip(trials, train)]  # trial order
-    evals = [run.data.metrics.get(Metric.EVAL_SECONDS, 0.0) for run in trials]
+    return SweepTimes(
+        wall=wall, concurrency=int(parent.data.tags[Tag.CONCURRENCY]), train=train,
+        fixed=[(run.info.end_time - run.info.start_time) / 1000 - t for run, t in zip(trials, train)],
+        evals=[run.data.metrics.get(Metric.EVAL_SECONDS, 0.0) for run in trials])
+
+
+def figures_of(sweeps: list[SweepTimes]) -> dict[str, float]:
+    """The benchmark's columns over one sweep, or over several run one after another (a demo's studies:
+    their slot-seconds add up, and the per-trial columns are over all their trials)."""
+    train = [t for sweep in sweeps for t in sweep.train]
+    fixed = sorted(f for sweep in sweeps for f in sweep.fixed)
+    less_eval = [f - e for sweep in sweeps for f, e in zip(sweep.fixed, sweep.evals)]
+    wall = sum(sweep.wall for sweep in sweeps)
+    slot_seconds = sum(sweep.wall * sweep.concurrency for sweep in sweeps)
     return {
-        "trials": len(trials), "concurrency": concurrency, "wall_seconds": wall,
-        "train_seconds_sum": sum(train), "ratio": wall * concurrency / sum(train),
-        "fixed_seconds_median": statistics.median(fixed), "fixed_seconds_p90": sorted(fixed)[min(len(fixed) - 1, int(0.9 * len(fixed)))],
-        "eval_seconds_median": statistics.median(evals),
-        "fixed_less_eval_median": statistics.median(f - e for f, e in zip(fixed, evals)),
+        "trials": len(train), "concurrency": slot_seconds / wall, "wall_seconds": wall,
+        "train_seconds_sum": sum(train), "ratio": slot_seconds / sum(train),
+        "fixed_seconds_median": statistics.median(fixed), "fixed_seconds_p90": fixed[min(len(fixed) - 1, int(0.9 * len(fixed)))],
+        "eval_seconds_median": statistics.median(e for sweep in sweeps for e in sweep.evals),
+        "fixed_less_eval_median": statistics.median(less_eval),
     }
 
 
 def report(figures: dict[str, dict[str, float]]) -> str:
-    columns = [("trials", "{:.0f}"), ("concurrency", "{:.0f}"), ("wall_seconds", "{:.1f}"), ("train_seconds_sum", "{:.1f}"),
+    columns = [("trials", "{:.0f}"), ("concurrency", "{:.3g}"), ("wall_seconds", "{:.1f}"), ("train_seconds_sum", "{:.1f}"),
                ("ratio", "{:.3f}"), ("fixed_seconds_median", "{:.1f}"), ("fixed_seconds_p90", "{:.1f}"),
                ("eval_seconds_median", "{:.1f}"), ("fixed_less_eval_median", "{:.1f}")]
     heads = ["sweep", "trials", "at once", "wall s", "train loop s", "ratio", "fixed median s", "fixed p90 s", "eval median s",
