@@ -26,7 +26,7 @@ OPTUNA_FILES = [ROOT / "spaces" / f"{study}.yaml" for study, _ in OPTUNA_STUDIES
 
 # Measured in a whole `uvlm demo` on a quiet 2-core machine, two trials at a time (64 trials, 30,160 steps, 25m45s
 # on seeds 0-7 at 055b5a0; 24m10s on seeds 100-107, whose steps ran at 0.085 s): a step took STEP_SECONDS on
-# average, a trial TRIAL_SECONDS besides its steps (median: five evaluations and the final one ~2.4 s, set-up
+# average, a trial TRIAL_SECONDS besides its steps (median: its five evaluations ~2.4 s, set-up
 # ~0.4 s in its reused process, checkpoints, MLflow and Tune ~0.4 s), and each sweep SWEEP_SECONDS of wall time
 # with a slot idle (its actors' start and first imports, the last trial, data, its report). The host's step time
 # varies by about 30% from day to day: on earlier days, at 0.106 s a step and 4.5 s a trial, it took 28-31 minutes.
