@@ -137,6 +137,9 @@ class LMConfig(StrictModel):
     """full: every LM weight trains; lora: peft LoRA adapters only; frozen: nothing in the LM trains."""
     lora_rank: int = Field(default=8, ge=1, le=limits.WIDTH[1])
     lora_alpha: int = Field(default=16, ge=1, le=limits.WIDTH[1])
+    activation_checkpointing: bool = False
+    """Recompute each decoder layer's activations in the backward pass instead of keeping them: activations
+    shrink from every layer's to about one layer's, for ~1/3 more compute a step (`uvlm plan` shows both)."""
 
     @model_validator(mode="after")
     def _heads_divide_hidden(self) -> LMConfig:
@@ -257,7 +260,10 @@ class BudgetConfig(StrictModel):
 
 class EvalConfig(StrictModel):
     every_steps: int = Field(default=250, ge=1, le=limits.STEPS[1])
-    """Evaluate on the test split every N steps, and always at the end."""
+    """Evaluate on the test split every N steps, and always at the end (unless every_fraction is set)."""
+    every_fraction: float | None = Field(default=None, gt=0, le=1)
+    """Evaluate at every this fraction of the run's steps instead (0.1: at 10%, 20%, ... of the budget, the
+    paper's checkpoints), and always at the end; None = every_steps."""
     max_eval_records: int = Field(default=300, ge=1, le=limits.RECORDS[1])
     """Cap on test records per task in intermediate evaluations (the final one uses all)."""
     along: list[Task] = Field(default_factory=lambda: list(Task), min_length=1)
@@ -278,7 +284,12 @@ class RuntimeConfig(StrictModel):
     """Each worker's share of a batch runs as this many forward/backward passes over records of similar
     length, each padded only to its own longest record: the same gradient with less padding."""
     precision: Precision = Precision.FP32
-    """bf16 autocast on GPUs."""
+    """fp32: every weight and the forward in float32. bf16: frozen weights (the pretrained LM's base, the vision
+    towers) stored in bfloat16 and the forward under bf16 autocast, on CPU and GPU alike; whatever trains stays
+    float32 (trainables/precision.py)."""
+    image_memory_gb: float = Field(default=2.0, gt=0, le=limits.FACTOR[1])
+    """Working memory per worker for images going through the frozen VQ tokenizer and vision towers: their
+    encode and decode run in chunks sized to it, so memory does not grow with the number of images."""
     cache_dir: str | None = None
     """Where fitted VQ codebooks and attribute probes are cached; None = `.uvlm-cache` beside data.path."""
 

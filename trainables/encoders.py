@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainables.chunks import DEFAULT_CHUNK, chunked
 from trainables.config import EncoderName, UnderstandingConfig
 from trainables.errors import UserError
 
@@ -80,8 +81,10 @@ TOWERS = {
 }
 
 
-def build_tower(kind: EncoderName, image_size: int, patch_size: int, hidden_size: int, pretrained_path: str | None) -> nn.Module:
-    """A frozen transformers vision model: random from a small config, or from a local folder."""
+def build_tower(kind: EncoderName, image_size: int, patch_size: int, hidden_size: int, pretrained_path: str | None,
+                dtype: torch.dtype = torch.float32) -> nn.Module:
+    """A frozen transformers vision model in `dtype`: random from a small config, or from a local folder (a full
+    SigLIP/CLIP checkpoint, vision and text, loads its vision half)."""
     import transformers
 
     config_name, model_name, _ = TOWERS[kind]
@@ -92,7 +95,7 @@ def build_tower(kind: EncoderName, image_size: int, patch_size: int, hidden_size
             raise UserError(f"{kind.value} pretrained path {str(folder)!r} has no config.json (expected a saved {model_name})")
         if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
             raise UserError(f"{kind.value} pretrained path {str(folder)!r} has no weights (*.safetensors or *.bin)")
-        model = model_cls.from_pretrained(str(folder), local_files_only=True)
+        model = model_cls.from_pretrained(str(folder), local_files_only=True, dtype=dtype)
     else:
         if image_size % patch_size:
             raise UserError(f"understanding.patch_size {patch_size} must divide the image size {image_size}")
@@ -104,7 +107,7 @@ def build_tower(kind: EncoderName, image_size: int, patch_size: int, hidden_size
             image_size=image_size,
             patch_size=patch_size,
         )
-        model = model_cls(config)
+        model = model_cls(config).to(dtype)
     return freeze(model)
 
 
@@ -119,12 +122,23 @@ class TowerEncoder(nn.Module):
         grid = config.image_size // config.patch_size
         self.num_tokens = grid * grid + (1 if TOWERS[kind][2] else 0)
         self.feature_dim = config.hidden_size
+        # Peak activations per image: every layer's hidden states kept (output_hidden_states), one layer's
+        # attention weights and MLP, in float32.
+        n, width = self.num_tokens, config.hidden_size
+        self.bytes_per_image = 4 * n * ((config.num_hidden_layers + 1) * width + 2 * config.num_attention_heads * n
+                                        + 2 * config.intermediate_size)
+        self.chunk = DEFAULT_CHUNK
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, N, D)
+        return chunked(self._features, images, self.chunk)
+
+    def _features(self, images: torch.Tensor) -> torch.Tensor:
+        if not len(images):  # a batch with no image of this kind (transformers' towers cannot take 0 images)
+            return images.new_zeros((0, self.num_tokens, self.feature_dim))
         x = (resize(images, self.image_size) - 0.5) / 0.5
         with torch.no_grad():
-            out = self.tower(pixel_values=x, output_hidden_states=True)
-        return out.hidden_states[-2]
+            out = self.tower(pixel_values=x.to(self.tower.dtype), output_hidden_states=True)
+        return out.hidden_states[-2].float()  # what trains downstream (projectors) is float32
 
 
 class VQEncoder(nn.Module):
@@ -139,13 +153,14 @@ class VQEncoder(nn.Module):
         return self.vq.code_vectors(self.vq.encode(images))
 
 
-def build_encoder(config: UnderstandingConfig, data_image_size: int, vq: nn.Module | None) -> nn.Module:
-    """The understanding encoder named by `config.encoder`, frozen."""
+def build_encoder(config: UnderstandingConfig, data_image_size: int, vq: nn.Module | None,
+                  dtype: torch.dtype = torch.float32) -> nn.Module:
+    """The understanding encoder named by `config.encoder`, frozen; a vision tower's weights in `dtype`."""
     image_size = config.image_size or data_image_size
     if config.encoder == EncoderName.PATCH:
         encoder = PatchEncoder(image_size, config.patch_size)
     elif config.encoder in TOWERS:
-        tower = build_tower(config.encoder, image_size, config.patch_size, config.hidden_size, config.pretrained_path)
+        tower = build_tower(config.encoder, image_size, config.patch_size, config.hidden_size, config.pretrained_path, dtype)
         encoder = TowerEncoder(config.encoder, tower)
     elif config.encoder == EncoderName.VQ:
         if vq is None:

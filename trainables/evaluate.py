@@ -51,6 +51,28 @@ def frechet_features(images: torch.Tensor) -> np.ndarray:
     return small.reshape(len(images), -1).cpu().numpy()
 
 
+@dataclass(frozen=True)
+class Shard:
+    """This worker's share of an evaluation: every `world`-th prompt from `rank`. Each worker answers its share;
+    `gather` puts every worker's answers back in prompt order, on every worker (a collective: all call it)."""
+
+    rank: int = 0
+    world: int = 1
+
+    def mine(self, items: list) -> list:
+        return items[self.rank :: self.world]
+
+    def gather(self, outputs: list) -> list:
+        if self.world == 1:
+            return outputs
+        parts: list[list] = [[] for _ in range(self.world)]
+        torch.distributed.all_gather_object(parts, outputs)  # pickled through the backend's own device (NCCL: the GPU)
+        merged: list = [None] * sum(len(part) for part in parts)
+        for rank, part in enumerate(parts):
+            merged[rank :: self.world] = part
+        return merged
+
+
 @dataclass
 class Prompt:
     example: Example
@@ -60,9 +82,18 @@ class Prompt:
     hidden: bool = False  # the image matches a hide rule
 
 
+@dataclass
+class GeneratedTokens:
+    """An evaluation's free-running generations, every prompt's, in prompt order."""
+
+    features: torch.Tensor  # (P, Ng, Dg) float32, CPU
+    codes: torch.Tensor | None  # (P, Ng) for a discrete space
+    forced: torch.Tensor | None  # (P, Ng) teacher-forced argmax codes (final evaluation, discrete spaces)
+
+
 class Evaluator:
-    def __init__(self, data: RunData, tok: TextTokenizer, n_und: int, cache_dir: Path | None):
-        self.data, self.tok, self.cache_dir = data, tok, cache_dir
+    def __init__(self, data: RunData, tok: TextTokenizer, n_und: int, cache_dir: Path | None, shard: Shard = Shard()):
+        self.data, self.tok, self.cache_dir, self.shard = data, tok, cache_dir, shard
         rows = data.test.row()
         self.vqa: list[Prompt] = []
         for r in data.test.records[Task.VQA]:
@@ -156,27 +187,37 @@ class Evaluator:
     def run(self, model, limit: int | None = None, tasks: Collection[Task] = tuple(Task),
             final: bool = False) -> tuple[dict[str, float], torch.Tensor | None]:
         """Metrics on (the first `limit` prompts per task of) the test split's `tasks`, and decoded generations.
-        `final` adds the diagnostics read once a run (the teacher-forced icon read)."""
+        `final` adds the diagnostics read once a run (the teacher-forced icon read). Every worker of a run calls it
+        and answers its shard of the prompts; the first worker gets the metrics, the others ({}, None)."""
         was_training = model.training
         model.eval()
-        metrics: dict[str, float] = {}
         vqa = self.vqa[:limit] if Task.VQA in tasks else []
+        answers = self.shard.gather(self._answers(model, self.shard.mine(vqa), self.max_new_tokens[Task.VQA])) if vqa else []
+        captions = self.captions[:limit] if Task.CAPTION in tasks else []
+        texts = self.shard.gather(self._answers(model, self.shard.mine(captions), self.max_new_tokens[Task.CAPTION])) if captions else []
+        generations = self.generations[:limit] if Task.GENERATION in tasks else []
+        generated = self._generate(model, generations, final) if generations else None
+        metrics: dict[str, float] = {}
+        pictures = None
+        if self.shard.rank == 0:
+            metrics, pictures = self._score(model, vqa, answers, captions, texts, generations, generated)
+        model.train(was_training)
+        return metrics, pictures
+
+    def _score(self, model, vqa: list[Prompt], answers: list[str], captions: list[Prompt], texts: list[str],
+               generations: list[Prompt], generated: GeneratedTokens | None) -> tuple[dict[str, float], torch.Tensor | None]:
+        metrics: dict[str, float] = {}
         if vqa:
-            answers = self._answers(model, vqa, self.max_new_tokens[Task.VQA])
             metrics |= prefixed(scoring.score_vqa((p.attribute, a, p.face) for p, a in zip(vqa, answers)), Metric.VQA)
             hidden = [(p.attribute, a, p.face) for p, a in zip(vqa, answers) if p.hidden]
             if self.data.hide_rules and hidden:
                 metrics |= prefixed(scoring.score_vqa(hidden), Metric.VQA_HIDDEN)
-        captions = self.captions[:limit] if Task.CAPTION in tasks else []
         if captions:
-            texts = self._answers(model, captions, self.max_new_tokens[Task.CAPTION])
             metrics[Metric.CAPTION] = float(np.mean([scoring.score_caption(t, p.face, p.mentioned) for p, t in zip(captions, texts)]))
         pictures = None
-        generations = self.generations[:limit] if Task.GENERATION in tasks else []
-        if generations:
-            gen_metrics, pictures = self._generation(model, generations, final)
+        if generated is not None:
+            gen_metrics, pictures = self._generation(model, generations, generated)
             metrics |= gen_metrics
-        model.train(was_training)
         return metrics, pictures
 
     def _answers(self, model, prompts: list[Prompt], max_new_tokens: int) -> list[str]:
@@ -191,38 +232,49 @@ class Evaluator:
                 out[i] = self.tok.decode(row)
         return out
 
-    def _generation(self, model, prompts: list[Prompt], final: bool) -> tuple[dict[str, float], torch.Tensor | None]:
+    def _generate(self, model, prompts: list[Prompt], final: bool) -> GeneratedTokens:
+        """Free-running tokens of every prompt (this worker's shard, then gathered), and at the end the
+        teacher-forced codes too."""
         device = _device(model)
         features, codes = [], []
-        for start in range(0, len(prompts), EVAL_BATCH):
-            chunk = prompts[start : start + EVAL_BATCH]
+        mine = self.shard.mine(prompts)
+        for start in range(0, len(mine), EVAL_BATCH):
+            chunk = mine[start : start + EVAL_BATCH]
             batch = collate([p.example for p in chunk], self.data.test.images, self.tok, left_pad=True).to(device)
             generated = model.generate_image(batch.input_ids, batch.attention_mask)
-            features.append(generated.features.float().cpu())
-            codes.append(generated.codes.cpu() if generated.codes is not None else None)
-        predicted = torch.cat(features)
+            features += list(generated.features.float().cpu())
+            codes += list(generated.codes.cpu()) if generated.codes is not None else []
+        features, codes = self.shard.gather(features), self.shard.gather(codes)
+        forced = None
+        if final and model.space.discrete:  # the same on every worker: the gather is a collective
+            forced = torch.stack(self.shard.gather(list(self._forced_codes(model, mine))))
+        return GeneratedTokens(torch.stack(features), torch.stack(codes) if codes else None, forced)
+
+    def _generation(self, model, prompts: list[Prompt], generated: GeneratedTokens) -> tuple[dict[str, float], torch.Tensor | None]:
+        device = _device(model)
+        predicted = generated.features
         true_features, true_codes = self.true_tokens(model)
         rows = [p.example.image_index for p in prompts]
         metrics = {Metric.GEN_COSINE: scoring.cosine_to_target(predicted, true_features[rows])}
         if true_codes is not None:
-            metrics[Metric.GEN_TOKEN_ACCURACY] = scoring.token_accuracy(torch.cat(codes), true_codes[rows])
+            metrics[Metric.GEN_TOKEN_ACCURACY] = scoring.token_accuracy(generated.codes, true_codes[rows])
         if self.probe is not None:
             read = self.probe(predicted.numpy())
             items = [(a, read[a][i], p.face) for i, p in enumerate(prompts) for a in p.mentioned]
             metrics |= prefixed(scoring.score_vqa(items), Metric.GEN_PROBE)
         if self.icons is not None and true_codes is not None:
-            metrics |= prefixed(self._icons(torch.cat(codes), prompts), Metric.GEN_ICON)
-            if final:
-                metrics |= prefixed(self._icons(self._forced_codes(model, prompts), prompts), Metric.GEN_ICON_FORCED)
-        pictures = model.decode_images(Generated(predicted.to(device), torch.cat(codes).to(device) if true_codes is not None else None))
+            metrics |= prefixed(self._icons(generated.codes, prompts), Metric.GEN_ICON)
+            if generated.forced is not None:
+                metrics |= prefixed(self._icons(generated.forced, prompts), Metric.GEN_ICON_FORCED)
+        pictures = model.decode_images(Generated(predicted.to(device), generated.codes.to(device) if true_codes is not None else None))
         if pictures is not None and len(prompts) > 1:
             truth = to_float_images(self.data.test.images[rows])
             metrics[Metric.GEN_FRECHET] = scoring.frechet_distance(frechet_features(pictures), frechet_features(truth))
-        return metrics, (None if pictures is None else pictures.cpu())
+        return metrics, (None if pictures is None else pictures.float().cpu())
 
     def _forced_codes(self, model, prompts: list[Prompt]) -> torch.Tensor:
         device, n_gen = _device(model), model.space.num_tokens
-        codes = []
+        codes = [torch.zeros((0, n_gen), dtype=torch.long)]
         for start in range(0, len(prompts), EVAL_BATCH):
             chunk = [teacher_forced(self.tok, p.example, n_gen) for p in prompts[start : start + EVAL_BATCH]]
             codes.append(model.forced_codes(collate(chunk, self.data.test.images, self.tok).to(device)).cpu())

@@ -10,6 +10,8 @@ vectors; the code vectors themselves are what the LM reads (8-dim for c2i).
 
 from __future__ import annotations
 
+import argparse
+import pickle
 import re
 from pathlib import Path
 
@@ -17,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainables.chunks import DEFAULT_CHUNK, chunked
 from trainables.encoders import resize
 from trainables.errors import UserError
 
@@ -159,19 +162,29 @@ class LlamaGenVQ(nn.Module):
         self.image_size = image_size
         self.grid = image_size // 2 ** (len(ch_mult) - 1)
         self.num_tokens, self.code_dim, self.codebook_size = self.grid**2, dim, codebook_size
+        # Peak activations per image: the full-resolution level's ch-wide maps, ~8 alive at once in a residual
+        # block (input, norms, swish, convs, shortcut), in float32; the decoder's last level is as wide.
+        self.bytes_per_image = 8 * 4 * ch * ch_mult[0] * image_size**2
+        self.chunk = DEFAULT_CHUNK
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) in [0, 1] -> (B, N)
+        return chunked(self._encode, images, self.chunk)
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:  # (B, N) -> (B, 3, S, S) in [0, 1]
+        return chunked(self._decode, codes, self.chunk)
+
+    def _encode(self, images: torch.Tensor) -> torch.Tensor:
         z = self.quant_conv(self.encoder(resize(images, self.image_size) * 2.0 - 1.0))  # (B, d, g, g)
-        z = F.normalize(z.permute(0, 2, 3, 1).reshape(z.shape[0], -1, z.shape[1]), dim=-1)  # (B, N, d)
+        z = F.normalize(z.permute(0, 2, 3, 1).flatten(1, 2), dim=-1)  # (B, N, d); B may be 0
         codebook = self.quantize.codebook()
         return (z @ codebook.T).argmax(-1)  # unit vectors: nearest = largest dot product
 
     def code_vectors(self, codes: torch.Tensor) -> torch.Tensor:  # (B, N) -> (B, N, d)
         return self.quantize.codebook()[codes]
 
-    @torch.no_grad()
-    def decode(self, codes: torch.Tensor) -> torch.Tensor:  # (B, N) -> (B, 3, S, S) in [0, 1]
+    def _decode(self, codes: torch.Tensor) -> torch.Tensor:
         q = self.code_vectors(codes).reshape(codes.shape[0], self.grid, self.grid, -1).permute(0, 3, 1, 2)
         return ((self.decoder(self.post_quant_conv(q)) + 1.0) / 2.0).clamp(0.0, 1.0)
 
@@ -181,7 +194,13 @@ def load_llamagen_vq(path: str | Path, image_size: int = 256) -> LlamaGenVQ:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"generation.vq_pretrained_path {str(path)!r} is not a file (expected LlamaGen's vq_ds16_c2i.pt)")
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+    # LlamaGen's trainer saves its argparse options beside the weights; allow that class and nothing else.
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"generation.vq_pretrained_path {str(path)!r} cannot be read as a weights-only checkpoint ({first})") from None
     state = next((blob[k] for k in ("model", "ema", "state_dict") if isinstance(blob, dict) and k in blob), blob)
     needed = ("quantize.embedding.weight", "encoder.conv_in.weight", "encoder.conv_out.weight", "quant_conv.weight")
     missing = [k for k in needed if k not in state]

@@ -26,10 +26,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainables.affine import AffineMap
-from trainables.config import AffineTarget, ImageLoss, ProjectorKind, TrainConfig
+from trainables.config import AffineTarget, ImageLoss, LMTrainability, ProjectorKind, TrainConfig
 from trainables.encoders import build_encoder
 from trainables.errors import UserError
 from trainables.losses import image_loss, text_loss
+from trainables.precision import frozen_dtype
 from trainables.sequences import Batch
 from trainables.spaces import Target, build_space
 from trainables.tokenizer import TextTokenizer
@@ -42,10 +43,12 @@ def projector(kind: ProjectorKind, d_in: int, d_out: int) -> nn.Module:
 
 
 def build_lm(config: TrainConfig, tok: TextTokenizer) -> nn.Module:
-    """A tiny random Llama from the lm.* fields, or a local pretrained causal LM."""
+    """A tiny random Llama from the lm.* fields, or a local pretrained causal LM, in the dtype the precision
+    policy gives it: float32 when it trains in full, else the frozen dtype (never the checkpoint's own)."""
     import transformers
 
     lm_config = config.lm
+    dtype = torch.float32 if lm_config.trainability == LMTrainability.FULL else frozen_dtype(config.runtime.precision)
     if lm_config.pretrained_path is None:
         llama = transformers.LlamaConfig(
             vocab_size=tok.vocab_size,
@@ -60,15 +63,15 @@ def build_lm(config: TrainConfig, tok: TextTokenizer) -> nn.Module:
             bos_token_id=tok.bos,
             eos_token_id=tok.eos,
         )
-        return transformers.LlamaForCausalLM(llama)
+        return transformers.LlamaForCausalLM(llama).to(dtype)
     folder = Path(lm_config.pretrained_path)
     if not (folder / "config.json").is_file():
         raise UserError(f"lm.pretrained_path {str(folder)!r} has no config.json (expected a saved causal LM)")
     if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
         raise UserError(f"lm.pretrained_path {str(folder)!r} has no weights (*.safetensors or *.bin)")
-    lm = transformers.AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True)
+    lm = transformers.AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, dtype=dtype)
     if lm.get_input_embeddings().num_embeddings < tok.vocab_size:
-        lm.resize_token_embeddings(tok.vocab_size)  # the study's special tokens were added
+        lm.resize_token_embeddings(tok.vocab_size)  # the study's special tokens were added (their rows train: freezing.py)
     return lm
 
 
@@ -317,7 +320,8 @@ class UnifiedVLM(nn.Module):
 def build_model(config: TrainConfig, tok: TextTokenizer, data_image_size: int, vq: nn.Module | None = None) -> UnifiedVLM:
     """LM + understanding encoder + generation space, with projectors and head. Seeded by config.seed."""
     torch.manual_seed(config.seed)
-    encoder = build_encoder(config.understanding, data_image_size, vq)
-    space = build_space(config.generation, config.understanding, encoder, data_image_size, vq)
+    towers = frozen_dtype(config.runtime.precision)
+    encoder = build_encoder(config.understanding, data_image_size, vq, towers)
+    space = build_space(config.generation, config.understanding, encoder, data_image_size, vq, towers)
     lm = build_lm(config, tok)
     return UnifiedVLM(config, tok, lm, encoder, space)

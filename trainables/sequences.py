@@ -50,8 +50,9 @@ class Batch:
 
 
 def turn_tokens(tok: TextTokenizer, question: str, answer: str | None) -> tuple[list[int], list[int]]:
-    """<user> question <assistant> [answer <eos>] with labels on the answer part."""
-    prompt = [tok.user, *tok.encode(question), tok.assistant]
+    """<user> question <assistant> [answer <eos>] with labels on the answer part (the role markers in the
+    LM's own conversation format for a pretrained tokenizer)."""
+    prompt = [*tok.user_prefix, *tok.encode(question), *tok.assistant_prefix]
     if answer is None:
         return prompt, [IGNORE] * len(prompt)
     reply = [*tok.encode(answer), tok.eos]

@@ -86,7 +86,7 @@ class FeatureSpace(nn.Module):
 
 
 def build_space(config: GenerationConfig, understanding: UnderstandingConfig, encoder: nn.Module,
-                data_image_size: int, vq: nn.Module | None) -> nn.Module:
+                data_image_size: int, vq: nn.Module | None, dtype: torch.dtype = torch.float32) -> nn.Module:
     """The generation space named by `config.space`; `same` reuses the understanding encoder."""
     name = config.space
     if name == GenerationSpaceName.SAME:
@@ -107,7 +107,7 @@ def build_space(config: GenerationConfig, understanding: UnderstandingConfig, en
     if isinstance(encoder, TowerEncoder) and encoder.kind == kind:
         return FeatureSpace(encoder)  # same tower as the understanding encoder: share it
     image_size = understanding.image_size or data_image_size
-    tower = build_tower(kind, image_size, understanding.patch_size, understanding.hidden_size, config.feature_pretrained_path)
+    tower = build_tower(kind, image_size, understanding.patch_size, understanding.hidden_size, config.feature_pretrained_path, dtype)
     return FeatureSpace(freeze(TowerEncoder(kind, tower)))
 
 

@@ -1,8 +1,11 @@
 """Tokenizers of the unified VLM: a small word/digit vocabulary, or a pretrained LM's own.
 
 Both expose the same small interface (`TextTokenizer`): `encode(text) -> list[int]`,
-`decode(ids) -> str`, `vocab_size`, and the ids of the special tokens the
-sequence layout uses (`pad`, `bos`, `eos`, `image`, `boi`, `user`, `assistant`).
+`decode(ids) -> str`, `vocab_size`, the ids of the special tokens the sequence
+layout uses (`pad`, `bos`, `eos`, `image`, `boi`), the ids that open a user turn and
+an assistant turn (`user_prefix`, `assistant_prefix`: one special token each in the
+word vocabulary; a pretrained LM's own conversation format in its text), and
+`added_ids`, the rows a pretrained vocabulary gained (they train: freezing.py).
 
 The word tokenizer splits numbers digit by digit ("42%" -> "4" "2" "%",
 "03:07:59" -> "0" "3" ":" "0" "7" ":" "5" "9") so that every answer of an
@@ -40,8 +43,9 @@ class TextTokenizer(Protocol):
     eos: int
     image: int
     boi: int
-    user: int
-    assistant: int
+    user_prefix: list[int]
+    assistant_prefix: list[int]
+    added_ids: list[int]
 
     def encode(self, text: str) -> list[int]: ...
 
@@ -79,6 +83,7 @@ class WordTokenizer:
         self.vocab_size = len(self.itos)
         self.pad, self.bos, self.eos, self.unk = (self.stoi[t] for t in (PAD, BOS, EOS, UNK))
         self.image, self.boi, self.user, self.assistant = (self.stoi[t] for t in (IMAGE, BOI, USER, ASSISTANT))
+        self.user_prefix, self.assistant_prefix, self.added_ids = [self.user], [self.assistant], []
         self._encoded: dict[str, tuple[int, ...]] = {}  # a dataset repeats its texts: split each once
 
     @classmethod
@@ -107,8 +112,14 @@ class WordTokenizer:
         return cls(json.loads((folder / "vocab.json").read_text()))
 
 
+# Vicuna v1.1's conversation format (Vicuna-7B v1.5 ships no chat template): "USER: q ASSISTANT: a</s>".
+VICUNA_ROLES = ("USER: ", " ASSISTANT:")
+
+
 class PretrainedTokenizer:
-    """A transformers tokenizer from a local folder, with the study's special tokens added.
+    """A transformers tokenizer from a local folder (tokenizer.json, or a sentencepiece tokenizer.model alone),
+    with the placeholder tokens added and turns in the LM's own conversation format: its chat template's role
+    markers where it has one, else Vicuna's.
 
     The LM's embedding matrix must be resized to `vocab_size` (build_model does it).
     """
@@ -118,9 +129,12 @@ class PretrainedTokenizer:
 
         try:
             self.hf = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        except ImportError as error:  # a tokenizer.model alone needs sentencepiece (a dependency of uvlm)
+            raise UserError(f"lm.pretrained_path {str(folder)!r}: its tokenizer needs a package that is missing ({error})") from None
         except (OSError, ValueError) as error:
             raise UserError(f"lm.pretrained_path {str(folder)!r}: no loadable tokenizer there ({error})") from None
-        added = [t for t in (IMAGE, BOI, USER, ASSISTANT) if t not in self.hf.get_vocab()]
+        original = len(self.hf)
+        added = [t for t in (IMAGE, BOI) if t not in self.hf.get_vocab()]
         if added:
             self.hf.add_tokens(added, special_tokens=True)
         if self.hf.pad_token is None:
@@ -130,9 +144,12 @@ class PretrainedTokenizer:
         if self.hf.bos_token is None:
             self.hf.add_special_tokens({"bos_token": BOS})
         self.vocab_size = len(self.hf)
+        self.added_ids = list(range(original, self.vocab_size))
         ids = self.hf.convert_tokens_to_ids
         self.pad, self.bos, self.eos = self.hf.pad_token_id, self.hf.bos_token_id, self.hf.eos_token_id
-        self.image, self.boi, self.user, self.assistant = ids(IMAGE), ids(BOI), ids(USER), ids(ASSISTANT)
+        self.image, self.boi = ids(IMAGE), ids(BOI)
+        user, assistant = role_markers(self.hf)
+        self.user_prefix, self.assistant_prefix = self.encode(user), self.encode(assistant)
 
     def encode(self, text: str) -> list[int]:
         return self.hf.encode(text, add_special_tokens=False)
@@ -142,3 +159,15 @@ class PretrainedTokenizer:
 
     def save(self, folder: Path) -> None:
         self.hf.save_pretrained(str(folder))
+
+
+def role_markers(hf) -> tuple[str, str]:
+    """The text before a user's message and between it and the assistant's reply, from the tokenizer's chat
+    template (rendered around two sentinels), or Vicuna's format when it has none."""
+    if not getattr(hf, "chat_template", None):
+        return VICUNA_ROLES
+    question, answer = "\u2401", "\u2402"  # characters no template writes
+    text = hf.apply_chat_template([{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
+                                  tokenize=False)
+    before, rest = text.split(question, 1)
+    return before.removeprefix(hf.bos_token or ""), rest.split(answer, 1)[0]

@@ -31,14 +31,16 @@ import torch
 import yaml
 
 from trainables.budget import total_steps
-from trainables.config import TrainConfig
+from trainables.config import EvalConfig, TrainConfig
 from trainables.data.records import Task
 from trainables.encoders import to_float_images
 from trainables.errors import UserError
-from trainables.evaluate import Evaluator
+from trainables.evaluate import Evaluator, Shard
 from trainables.freezing import apply_trainability
 from trainables.mlflow_layout import TRAIN_CURVE, Metric, Tag, overall
+from trainables.chunks import set_image_budget
 from trainables.model import UnifiedVLM, build_model
+from trainables.precision import autocast, trained_in_fp32
 from trainables.rundata import Order, RunData, global_counts, length_groups
 from trainables.sequences import Example, collate
 from trainables.spaces import needs_vq
@@ -170,9 +172,7 @@ class Recipe:
         self.order = Order([e.generation for e in self.examples], config.seed)
         self.optimiser, self.scheduler = self._setup_optimiser()
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
-        device = self.session.device.type
-        self.autocast = torch.autocast(device, dtype=torch.bfloat16,
-                                       enabled=config.runtime.precision.value == "bf16" and device == "cuda")
+        self.eval_steps = evaluation_steps(config.eval, self.steps)
         self.step, self.samples, self.train_seconds, self.eval_seconds = 0, 0, 0.0, 0.0
         self.step_times: list[float] = []  # this session's step durations (the median is the steady state)
         self.window = torch.zeros(4, dtype=torch.float64)  # loss, text, image, steps since the last evaluation
@@ -181,10 +181,12 @@ class Recipe:
         self._resume()
         self.ddp = self._setup_ddp()
         self.fixed: dict[str, float] = {}
+        # Every worker scores its share of the test prompts; rank 0 gathers and scores them.
+        self.evaluator = Evaluator(self.data, self.tok, self.model.encoder.num_tokens, self.cache_dir,
+                                   Shard(self.session.rank, self.session.world_size))
         if self.rank0:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self._write_run_files()
-            self.evaluator = Evaluator(self.data, self.tok, self.model.encoder.num_tokens, self.cache_dir)
             self.fixed = self.evaluator.baselines() | self.evaluator.fit_probe(self.model)
             self.fixed |= self.evaluator.probe_baseline(self.model, self.sample_tokens)
             if self.mlflow:
@@ -216,7 +218,12 @@ class Recipe:
     def _setup_model(self) -> UnifiedVLM:
         config = self.config
         model = build_model(config, self.tok, self.data.image_size, self._setup_vq())
-        self.param_counts = apply_trainability(model, config.lm, config.trainability)
+        self.param_counts = apply_trainability(model, config.lm, config.trainability, self.tok.added_ids)
+        trained_in_fp32(model)
+        if config.lm.activation_checkpointing:
+            # use_reentrant=False: the frozen embeddings' output needs no grad for the recomputation to reach LoRA
+            model.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        set_image_budget(model, config.runtime.image_memory_gb * 2**30)
         sample = self.data.train.images[:512] if len(self.data.train.images) else self.data.test.images[:512]
         self.sample_tokens = model.fit_stats(to_float_images(sample))
         return model.to(self.session.device)
@@ -270,7 +277,6 @@ class Recipe:
     # -- train --------------------------------------------------------------------------------
     def train(self) -> None:
         config, world = self.config, self.session.world_size
-        every = config.eval.every_steps
         from tqdm import tqdm
 
         bar = tqdm(total=self.steps, initial=self.step, desc="train", unit="step", mininterval=10,
@@ -291,7 +297,7 @@ class Recipe:
                 self.curve.append((self.step, self.curve_window[:3] / self.curve_window[3]))
                 self.curve_window.zero_()
             bar.update(1)
-            if self.step % every == 0 and self.step < self.steps:
+            if self.step in self.eval_steps:
                 metrics, _ = self.evaluate(limit=config.eval.max_eval_records, tasks=config.eval.along)
                 bar.set_postfix_str(f"loss {metrics[Metric.TRAIN_LOSS]:.3f} vqa {metrics.get(overall(Metric.VQA), float('nan')):.3f}")
         bar.close()
@@ -309,7 +315,7 @@ class Recipe:
             last = index == len(groups) - 1
             no_sync = self.ddp.no_sync() if not last and self.ddp is not model else contextlib.nullcontext()
             with no_sync:  # DDP all-reduces once, in the last group's backward
-                with self.autocast:
+                with autocast(config.runtime.precision, session.device):
                     out = self.ddp(batch)
                 text = out["text_sum"] * (session.world_size / max(text_n, 1))
                 image = out["image_sum"] * (session.world_size / max(image_n, 1))
@@ -324,22 +330,25 @@ class Recipe:
 
     # -- evaluate -----------------------------------------------------------------------------
     def train_metrics(self) -> dict[str, float]:
-        window = self.window.clone()
+        window = self.window.to(self.session.device, copy=True)  # a collective's tensor lives on the worker's device (NCCL)
         if self.session.world_size > 1:  # every worker's share of the mean
             torch.distributed.all_reduce(window)
+        window = window.cpu()
         n = max(window[3].item(), 1.0)
         self.window.zero_()
         return {Metric.STEP: self.step, Metric.TRAIN_LOSS: window[0].item() / n, Metric.TRAIN_TEXT_LOSS: window[1].item() / n,
                 Metric.TRAIN_IMAGE_LOSS: window[2].item() / n, Metric.TRAIN_SAMPLES: self.samples}
 
     def evaluate(self, limit: int | None, tasks: Collection[Task] = tuple(Task), final: bool = False) -> tuple[dict[str, float], torch.Tensor | None]:
-        """Rank 0 scores the model on `tasks`; every rank reports (Ray Train needs all), rank 0 with a checkpoint."""
-        metrics, pictures = self.train_metrics(), None
-        if self.rank0:
-            started = time.perf_counter()
+        """Every rank answers its share of the prompts, rank 0 scores them all; every rank reports (Ray Train needs
+        all), rank 0 with a checkpoint."""
+        metrics = self.train_metrics()
+        started = time.perf_counter()
+        with autocast(self.config.runtime.precision, self.session.device):
             test_metrics, pictures = self.evaluator.run(self.model, limit, tasks, final)
+        self.eval_seconds += time.perf_counter() - started
+        if self.rank0:
             metrics |= test_metrics
-            self.eval_seconds += time.perf_counter() - started
             if final:
                 metrics |= self.fixed | {
                     Metric.TRAIN_SECONDS: self.train_seconds,
@@ -379,6 +388,14 @@ class Recipe:
         if self.logger:
             self.logger.artifacts([self.out_dir / name for name in ("config.yaml", "generated.png", "metrics.json", "affine.pt")])
         return final
+
+
+def evaluation_steps(config: EvalConfig, steps: int) -> set[int]:
+    """The steps after which a run evaluates along the way (the final evaluation comes after the last step)."""
+    if config.every_fraction is None:
+        return set(range(config.every_steps, steps, config.every_steps))
+    count = math.ceil(1 / config.every_fraction - 1e-9)
+    return {step for k in range(1, count) if 0 < (step := round(k * config.every_fraction * steps)) < steps}
 
 
 def save_grid(generated: torch.Tensor, test_images: torch.Tensor, rows: list[int], count: int, path: Path) -> None:

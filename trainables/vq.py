@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from trainables.chunks import DEFAULT_CHUNK, chunked
 from trainables.encoders import patchify, resize, to_float_images, unpatchify
 from trainables.errors import UserError
 
@@ -32,8 +33,13 @@ class KMeansVQ(nn.Module):
         self.image_size, self.patch_size = image_size, patch_size
         self.num_tokens = (image_size // patch_size) ** 2
         self.codebook_size, self.code_dim = codebook.shape
+        self.bytes_per_image = 3 * 4 * self.num_tokens * self.codebook_size  # the distances to every code
+        self.chunk = DEFAULT_CHUNK
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) in [0, 1] -> (B, N) codes
+        return chunked(self._encode, images, self.chunk)
+
+    def _encode(self, images: torch.Tensor) -> torch.Tensor:
         patches = patchify(resize(images, self.image_size) * 2.0 - 1.0, self.patch_size)  # (B, N, D)
         return nearest_code(patches, self.codebook)
 
