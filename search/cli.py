@@ -18,6 +18,8 @@ from trainables.errors import UserError, nearest
 COMMANDS = [
     "search.commands.data",
     "search.commands.train",
+    "search.commands.plan",
+    "search.commands.rehearse",
     "search.commands.report",
     "search.commands.power",
     "search.commands.sweep",

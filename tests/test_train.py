@@ -172,6 +172,7 @@ def test_resume_from_a_checkpoint_continues_exactly(data_path, tmp_path):
     first = Keeping(tmp_path / "a")
     whole = Recipe(config, first).run()
     resumed = Recipe({**config, "out_dir": str(tmp_path / "b")}, Keeping(tmp_path / "b", first.kept_steps[8])).run()
+    assert resumed.pop("train/resumed_from_step") == 8 and "train/resumed_from_step" not in whole
     assert untimed(resumed) == untimed(whole)
 
 

@@ -125,7 +125,9 @@ class DataConfig(StrictModel):
 
 class LMConfig(StrictModel):
     pretrained_path: str | None = None
-    """Local folder with a transformers causal LM and its tokenizer; None = tiny random Llama from the fields below."""
+    """Local folder with a transformers causal LM and its tokenizer; None = tiny random Llama from the fields below.
+    With a folder, its config.json gives the shape; the fields below are then what `uvlm plan` counts where the
+    folder is not on this machine."""
     hidden_size: int = Field(default=128, ge=1, le=limits.WIDTH[1])
     num_layers: int = Field(default=2, ge=1, le=limits.LAYERS[1])
     num_heads: int = Field(default=4, ge=1, le=limits.LAYERS[1])
@@ -379,6 +381,20 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise UserError(f"--set {text!r}: expected KEY=VALUE, e.g. --set optim.lr=1e-3")
     key, raw = text.split("=", 1)
     return key.strip(), load_yaml(raw, f"--set {text!r}") if raw.strip() else ""
+
+
+PRESETS = Path(__file__).parent / "presets"
+
+
+def config_path(text: str) -> Path:
+    """A config file, or the name of a shipped preset (`paper-vicuna7b-siglip-llamagen`, `tiny-cpu`, ...)."""
+    path = Path(text)
+    if path.exists() or path.suffix in (".yaml", ".yml") or "/" in text:
+        return path
+    names = sorted(p.stem for p in PRESETS.glob("*.yaml"))
+    if text in names:
+        return PRESETS / f"{text}.yaml"
+    raise UserError(f"config {text!r} is neither a file nor a preset{nearest(text, names)}; presets: {', '.join(names)}")
 
 
 def load_config(source: dict[str, Any] | str | Path | None = None, overrides: list[str] | dict[str, Any] = ()) -> TrainConfig:

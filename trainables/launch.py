@@ -31,9 +31,11 @@ def resolved(config: TrainConfig) -> TrainConfig:
     return config.model_copy(update=update)
 
 
-def loop_config(config: TrainConfig, out_dir: str | Path, mlflow_run: dict[str, str] | None) -> dict[str, Any]:
+def loop_config(config: TrainConfig, out_dir: str | Path, mlflow_run: dict[str, str] | None,
+                fail_at_step: int | None = None) -> dict[str, Any]:
     """The train_loop_per_worker argument (contract in docs/ARCHITECTURE.md)."""
-    return {"train": resolved(config), "out_dir": str(Path(out_dir).resolve()), "mlflow": mlflow_run}
+    return {"train": resolved(config), "out_dir": str(Path(out_dir).resolve()), "mlflow": mlflow_run,
+            "fail_at_step": fail_at_step}
 
 
 def fit_in_trial(config: TrainConfig, out_dir: str | Path, *, run_name: str, storage_path: str | Path,
@@ -58,8 +60,11 @@ fit_in_trial.trains_in_trial = True  # the sweep gives its trial actors the work
 
 
 def fit(config: TrainConfig, out_dir: str | Path, *, run_name: str, storage_path: str | Path,
-        mlflow_run: dict[str, str] | None = None, callbacks: Sequence[Any] = ()) -> dict[str, float]:
-    """Train and evaluate one run with Ray Train; -> its final metrics. Raises RunFailed on failure or NaN."""
+        mlflow_run: dict[str, str] | None = None, callbacks: Sequence[Any] = (), fail_at_step: int | None = None,
+        ) -> dict[str, float]:
+    """Train and evaluate one run with Ray Train; -> its final metrics. Raises RunFailed on failure or NaN.
+    `fail_at_step`: a rehearsed failure there, once; Ray Train then restarts the workers, which resume from
+    the last checkpoint (the path a preempted GPU run takes)."""
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -70,13 +75,14 @@ def fit(config: TrainConfig, out_dir: str | Path, *, run_name: str, storage_path
     resources = {"CPU": runtime.threads_per_worker} | ({"GPU": 1} if runtime.use_gpu else {})
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=loop_config(config, out_dir, mlflow_run),
+        train_loop_config=loop_config(config, out_dir, mlflow_run, fail_at_step),
         torch_config=TorchConfig(backend="nccl" if runtime.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=runtime.num_workers, use_gpu=runtime.use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
             name=run_name, storage_path=str(Path(storage_path).resolve()), callbacks=list(callbacks),
-            failure_config=ray.train.FailureConfig(max_failures=0),  # a sweep retries at its own level
+            # a sweep retries at its own level; a rehearsal's one failure is retried here
+            failure_config=ray.train.FailureConfig(max_failures=0 if fail_at_step is None else 1),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             # Ray Train's console lines from WARNING up: not a line per report and checkpoint (its log files keep all)
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),

@@ -189,18 +189,23 @@ class LlamaGenVQ(nn.Module):
         return ((self.decoder(self.post_quant_conv(q)) + 1.0) / 2.0).clamp(0.0, 1.0)
 
 
+def read_checkpoint(path: Path) -> object:
+    """A checkpoint's contents, tensors only: LlamaGen's trainer saves its argparse options beside the weights,
+    so that class is allowed and nothing else (a planted pickle runs no code)."""
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"generation.vq_pretrained_path {str(path)!r} cannot be read as a weights-only checkpoint ({first})") from None
+
+
 def load_llamagen_vq(path: str | Path, image_size: int = 256) -> LlamaGenVQ:
     """A LlamaGen VQ checkpoint (`{"model": state_dict}`, or a bare state dict); its shapes fix the architecture."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"generation.vq_pretrained_path {str(path)!r} is not a file (expected LlamaGen's vq_ds16_c2i.pt)")
-    # LlamaGen's trainer saves its argparse options beside the weights; allow that class and nothing else.
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"generation.vq_pretrained_path {str(path)!r} cannot be read as a weights-only checkpoint ({first})") from None
+    blob = read_checkpoint(path)
     state = next((blob[k] for k in ("model", "ema", "state_dict") if isinstance(blob, dict) and k in blob), blob)
     needed = ("quantize.embedding.weight", "encoder.conv_in.weight", "encoder.conv_out.weight", "quant_conv.weight")
     missing = [k for k in needed if k not in state]

@@ -182,6 +182,7 @@ class Metric:
     SETUP_SECONDS = "time/setup_seconds"
     EVAL_SECONDS = "time/eval_seconds"
     FIT_SECONDS = "time/fit_seconds"  # wall time of the trial body, logged by the trial driver
+    RESUMED_FROM_STEP = "train/resumed_from_step"  # final metrics of a run that resumed from a checkpoint
     PEAK_MEMORY = "memory/peak_gb"  # GPU runs only
 
 
@@ -193,7 +194,7 @@ TRAIN_CURVE = (Metric.TRAIN_LOSS, Metric.TRAIN_TEXT_LOSS, Metric.TRAIN_IMAGE_LOS
 SINGLE_METRICS = (Metric.STEP, *TRAIN_CURVE, Metric.TRAIN_SAMPLES, Metric.CAPTION, Metric.BASELINE_CAPTION,
                   Metric.GEN_COSINE, Metric.GEN_TOKEN_ACCURACY, Metric.GEN_FRECHET, Metric.TRAIN_SECONDS,
                   Metric.STEP_SECONDS, Metric.STEP_SECONDS_MEDIAN, Metric.SETUP_SECONDS, Metric.EVAL_SECONDS,
-                  Metric.FIT_SECONDS, Metric.PEAK_MEMORY)
+                  Metric.FIT_SECONDS, Metric.PEAK_MEMORY, Metric.RESUMED_FROM_STEP)
 
 
 def overall(group: str) -> str:

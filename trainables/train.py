@@ -4,7 +4,8 @@
 (`trainables.launch.fit` builds the TorchTrainer around it); `run_in_tune_trial`
 runs the same recipe in a Tune trial's own process (a sweep's one-worker
 trials); `run_local` runs it in-process without Ray (`uvlm train --no-ray`).
-loop_config = {"train": TrainConfig, "out_dir": str, "mlflow": {"tracking_uri", "run_id"} | None}.
+loop_config = {"train": TrainConfig, "out_dir": str, "mlflow": {"tracking_uri", "run_id"} | None,
+               "fail_at_step": int | None (a rehearsed failure: `uvlm rehearse`)}.
 
 DDP: every worker builds the same global batch of the step and takes every
 W-th record of it; losses are sums divided by the *global* answer/image token
@@ -53,6 +54,10 @@ class NonFiniteLoss(UserError):
     """The loss became NaN or infinite: the run stops and is recorded as failed."""
 
 
+class RehearsedFailure(RuntimeError):
+    """A failure `uvlm rehearse` asks for once, mid-run, so that the run must resume from its last checkpoint."""
+
+
 # -- where the recipe runs ----------------------------------------------------------------------
 class Session(Protocol):
     rank: int
@@ -97,6 +102,8 @@ class RaySession:
             self.device = ray.train.torch.get_device()
         else:
             self.rank, self.world_size, self.device = 0, 1, device or torch.device("cpu")
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)  # NCCL's object collectives use the current device
 
     def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
         checkpoint = self.api.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
@@ -142,6 +149,8 @@ class Recipe:
         self.session = session
         self.rank0 = session.rank == 0
         self.logger = None
+        self.fail_at_step: int | None = loop_config.get("fail_at_step")
+        self.resumed_from: int | None = None
 
     def run(self) -> dict[str, float]:
         started = time.perf_counter()
@@ -267,6 +276,7 @@ class Recipe:
         self.optimiser.load_state_dict(state["optimiser"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.samples, self.train_seconds = state["step"], state["samples"], state["train_seconds"]
+        self.resumed_from = self.step
 
     def _write_run_files(self) -> None:
         (self.out_dir / "config.yaml").write_text(yaml.safe_dump(self.config.model_dump(mode="json"), sort_keys=False))
@@ -297,6 +307,8 @@ class Recipe:
                 self.curve.append((self.step, self.curve_window[:3] / self.curve_window[3]))
                 self.curve_window.zero_()
             bar.update(1)
+            if self.step == self.fail_at_step and self.resumed_from is None:
+                raise RehearsedFailure(f"rehearsed failure at step {self.step}: the run resumes from its last checkpoint")
             if self.step in self.eval_steps:
                 metrics, _ = self.evaluate(limit=config.eval.max_eval_records, tasks=config.eval.along)
                 bar.set_postfix_str(f"loss {metrics[Metric.TRAIN_LOSS]:.3f} vqa {metrics.get(overall(Metric.VQA), float('nan')):.3f}")
@@ -356,7 +368,7 @@ class Recipe:
                     Metric.STEP_SECONDS_MEDIAN: float(np.median(self.step_times)) if self.step_times else 0.0,
                     Metric.SETUP_SECONDS: self.setup_seconds,
                     Metric.EVAL_SECONDS: self.eval_seconds,
-                }
+                } | ({Metric.RESUMED_FROM_STEP: self.resumed_from} if self.resumed_from is not None else {})
                 if self.session.device.type == "cuda":
                     metrics[Metric.PEAK_MEMORY] = torch.cuda.max_memory_allocated(self.session.device) / 2**30
             if self.logger:

@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "train", help="train and evaluate one unified VLM (no sweep)", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("config", nargs="?", help="YAML file of TrainConfig sections (default: the tiny CPU config)")
+    parser.add_argument("config", nargs="?", help="YAML file of TrainConfig sections, or a shipped preset's name (default: the tiny CPU config)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field by its dotted name, e.g. --set optim.lr=1e-3 (repeatable)")
     parser.add_argument("--out", help="output folder (default: <workdir>/runs/<run name>)")
@@ -37,10 +37,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from trainables import workspace
-    from trainables.config import load_config
+    from trainables.config import config_path, load_config
     from trainables.errors import UserError
 
-    config = load_config(args.config, args.overrides)
+    config = load_config(config_path(args.config) if args.config else None, args.overrides)
     name = args.name or time.strftime("train-%Y%m%d-%H%M%S")
     out_dir = workspace.output_folder(args.out) if args.out else workspace.workdir() / "runs" / name
     if out_dir.is_dir() and any(out_dir.iterdir()):  # another run's metrics and checkpoints would be overwritten
@@ -87,14 +87,14 @@ def train(config, out_dir: Path, name: str, mlflow_run: dict[str, str], in_proce
         cluster.stop()
 
 
-def start_mlflow_run(uri: str, name: str, config) -> dict[str, str]:
+def start_mlflow_run(uri: str, name: str, config, experiment: str = EXPERIMENT) -> dict[str, str]:
     """Create the run in the driver (workers only log into it)."""
     from search import tracking
     from trainables import mlflow_layout as layout
     from trainables import workspace
 
     client = tracking.connect(uri)
-    experiment_id = layout.experiment_id(client, EXPERIMENT, workspace.artifact_root() if uri.startswith("sqlite:") else None)
+    experiment_id = layout.experiment_id(client, experiment, workspace.artifact_root() if uri.startswith("sqlite:") else None)
     run_id = layout.start_run(client, experiment_id, name, layout.train_tags(arm=config.data.arm.value, seed=config.seed))
     return {"tracking_uri": uri, "run_id": run_id}
 
