@@ -31,3 +31,8 @@ def chunked(fn: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, ch
     if len(inputs) <= chunk:
         return fn(inputs)
     return torch.cat([fn(inputs[start : start + chunk]) for start in range(0, len(inputs), chunk)])
+
+
+def full_precision(device: torch.device) -> torch.autocast:
+    """Autocast off: a frozen tokenizer's codes are the same inside and outside a bf16 forward."""
+    return torch.autocast(device.type, enabled=False)

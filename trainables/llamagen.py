@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables.chunks import DEFAULT_CHUNK, chunked
+from trainables.chunks import DEFAULT_CHUNK, chunked, full_precision
 from trainables.encoders import resize
 from trainables.errors import UserError
 
@@ -169,11 +169,13 @@ class LlamaGenVQ(nn.Module):
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) in [0, 1] -> (B, N)
-        return chunked(self._encode, images, self.chunk)
+        with full_precision(images.device):  # codes must not depend on whether the caller autocasts
+            return chunked(self._encode, images.float(), self.chunk)
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:  # (B, N) -> (B, 3, S, S) in [0, 1]
-        return chunked(self._decode, codes, self.chunk)
+        with full_precision(codes.device):
+            return chunked(self._decode, codes, self.chunk)
 
     def _encode(self, images: torch.Tensor) -> torch.Tensor:
         z = self.quant_conv(self.encoder(resize(images, self.image_size) * 2.0 - 1.0))  # (B, d, g, g)

@@ -59,8 +59,10 @@ def save_standins(root: Path, image_size: int = 64, generation_size: int = 32) -
     return found
 
 
-def save_lm(folder: Path, hidden: int = 64, layers: int = 2, dtype: torch.dtype = torch.float16) -> None:
-    """A Llama in `dtype` with a sentencepiece tokenizer.model (byte fallback, <unk>=0 <s>=1 </s>=2, as Llama's)."""
+def save_lm(folder: Path, hidden: int = 64, layers: int = 2, heads: int = 4, intermediate: int | None = None,
+            vocabulary: int | None = None, dtype: torch.dtype = torch.float16, device: str = "cpu") -> None:
+    """A Llama in `dtype` with a sentencepiece tokenizer.model (byte fallback, <unk>=0 <s>=1 </s>=2, as Llama's).
+    `vocabulary`: the embedding rows (None = the tokenizer's pieces; Llama's 32,000 when a benchmark wants its cost)."""
     import sentencepiece
     import transformers
 
@@ -69,30 +71,35 @@ def save_lm(folder: Path, hidden: int = 64, layers: int = 2, dtype: torch.dtype 
         sentence_iterator=iter(CORPUS * 20), model_writer=model, vocab_size=400, model_type="bpe", byte_fallback=True,
         unk_id=0, bos_id=1, eos_id=2, pad_id=-1, character_coverage=1.0, hard_vocab_limit=False, minloglevel=2)
     vocab = sentencepiece.SentencePieceProcessor(model_proto=model.getvalue()).vocab_size()
-    config = transformers.LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024,
-                                      tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
+    config = transformers.LlamaConfig(vocab_size=max(vocab, vocabulary or 0), hidden_size=hidden, intermediate_size=intermediate or 2 * hidden,
+                                      num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+                                      max_position_embeddings=2048, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
     torch.manual_seed(0)
-    transformers.LlamaForCausalLM(config).to(dtype).save_pretrained(folder)
+    with torch.device(device):
+        lm = transformers.LlamaForCausalLM(config).to(dtype)
+    lm.save_pretrained(folder)
     (folder / "tokenizer.model").write_bytes(model.getvalue())
 
 
-def save_siglip(folder: Path, image_size: int = 64, hidden: int = 32) -> None:
-    """A full SiglipModel (vision + text), as google/siglip-base-patch16-224 ships."""
+def save_siglip(folder: Path, image_size: int = 64, hidden: int = 32, layers: int = 2, heads: int = 2) -> None:
+    """A full SiglipModel (vision + text), as google/siglip-base-patch16-224 ships (there: 768 wide, 12 layers, 12 heads)."""
     import transformers
 
-    vision = dict(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2, num_attention_heads=2,
-                  image_size=image_size, patch_size=16)
+    vision = dict(hidden_size=hidden, intermediate_size=4 * hidden if layers > 2 else 2 * hidden, num_hidden_layers=layers,
+                  num_attention_heads=heads, image_size=image_size, patch_size=16)
     text = dict(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=1, num_attention_heads=2, vocab_size=64)
     torch.manual_seed(0)
     transformers.SiglipModel(transformers.SiglipConfig(vision_config=vision, text_config=text)).save_pretrained(folder)
 
 
-def save_llamagen(path: Path, image_size: int = 32) -> None:
-    """LlamaGen's VQ layout at tiny width (5 levels: 16x downsampling, 8-dim codes), with its trainer's extras."""
+def save_llamagen(path: Path, image_size: int = 32, ch: int = 32, blocks: int = 1, z_channels: int = 32,
+                  codebook_size: int = 64) -> None:
+    """LlamaGen's VQ layout (5 levels: 16x downsampling, 8-dim codes), with its trainer's extras; tiny by default
+    (vq_ds16_c2i: ch 128, 2 blocks, z 256, 16,384 codes)."""
     from trainables.llamagen import LlamaGenVQ
 
     torch.manual_seed(0)
-    vq = LlamaGenVQ(ch=32, ch_mult=[1, 1, 2, 2, 4], blocks=1, z_channels=32, codebook_size=64, dim=8, image_size=image_size)
-    args = argparse.Namespace(vq_model="VQ-16", codebook_size=64, codebook_embed_dim=8, image_size=image_size)
+    vq = LlamaGenVQ(ch=ch, ch_mult=[1, 1, 2, 2, 4], blocks=blocks, z_channels=z_channels, codebook_size=codebook_size, dim=8,
+                    image_size=image_size)
+    args = argparse.Namespace(vq_model="VQ-16", codebook_size=codebook_size, codebook_embed_dim=8, image_size=image_size)
     torch.save({"model": vq.state_dict(), "steps": 1000, "args": args}, path)

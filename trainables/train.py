@@ -233,9 +233,10 @@ class Recipe:
             # use_reentrant=False: the frozen embeddings' output needs no grad for the recomputation to reach LoRA
             model.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         set_image_budget(model, config.runtime.image_memory_gb * 2**30)
+        model.to(self.session.device)  # before fit_stats: its sample goes through the towers and the VQ on the device
         sample = self.data.train.images[:512] if len(self.data.train.images) else self.data.test.images[:512]
-        self.sample_tokens = model.fit_stats(to_float_images(sample))
-        return model.to(self.session.device)
+        self.sample_tokens = model.fit_stats(to_float_images(sample).to(self.session.device))
+        return model
 
     def _setup_optimiser(self):
         config, model = self.config, self.model

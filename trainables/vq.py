@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from trainables.chunks import DEFAULT_CHUNK, chunked
+from trainables.chunks import DEFAULT_CHUNK, chunked, full_precision
 from trainables.encoders import patchify, resize, to_float_images, unpatchify
 from trainables.errors import UserError
 
@@ -37,7 +37,8 @@ class KMeansVQ(nn.Module):
         self.chunk = DEFAULT_CHUNK
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) in [0, 1] -> (B, N) codes
-        return chunked(self._encode, images, self.chunk)
+        with full_precision(images.device):  # the nearest code must not depend on whether the caller autocasts
+            return chunked(self._encode, images.float(), self.chunk)
 
     def _encode(self, images: torch.Tensor) -> torch.Tensor:
         patches = patchify(resize(images, self.image_size) * 2.0 - 1.0, self.patch_size)  # (B, N, D)
