@@ -47,6 +47,12 @@ UNKNOWN_VOCABULARY = 32_000
 TEXT_TOKENS = {"understanding": 96, "generation": 48}
 """Text tokens of a record besides its image tokens: a smart-watch VQA conversation (up to four turns) or caption,
 and a generation prompt with its reply (measured on the data: 40-90 and 25-45 with the word tokenizer)."""
+BYTES_PER_TOKEN_LAYER = "50 x hidden + 10 x intermediate"
+"""Activation bytes a Llama decoder layer keeps per token for its backward in bf16 autocast (twice that in fp32).
+Measured on CPU (benchmarks/plan_memory.py, peak RSS): 91 KB at 1024/4096, 46-51 KB at 512/2048."""
+RECOMPUTED_LAYERS = 2.5
+"""With activation checkpointing: the recomputed layer's activations and its backward's temporaries, in layers
+(measured on CPU: a constant ~240 MB beside ~2.5 MB a layer, 1,216 tokens at 1024/4096)."""
 ANSWER_TOKENS = 16
 """Tokens an evaluation decodes for a VQA answer."""
 
@@ -117,19 +123,20 @@ def count_parameters(config: TrainConfig) -> Counts:
                   lm.config.vocab_size, kv, adapters, towers, vq, n_und, n_gen, assumed + tower_assumed + vq_assumed)
 
 
-def make_plan(config: TrainConfig, accelerator: Accelerator) -> Plan:
+def make_plan(config: TrainConfig, accelerator: Accelerator, tokens_per_record: int | None = None) -> Plan:
+    """`tokens_per_record`: a length group's padded length, when known (else estimated from TEXT_TOKENS)."""
     c = count_parameters(config)
     workers = config.runtime.num_workers
     frozen_bytes = torch.finfo(frozen_dtype(config.runtime.precision)).bits // 8
     act_bytes = 2 if config.runtime.precision.value == "bf16" else 4
     trained = c.lm_trained + c.adapters
     frozen_lm = c.lm_total - c.lm_trained if config.lm.trainability != LMTrainability.FULL else 0
-    tokens = _tokens_per_record(config, c)
+    tokens = tokens_per_record or _tokens_per_record(config, c)
     micro = max(1, math.ceil(config.optim.batch_size / workers / config.runtime.length_groups))
-    per_token_layer = (40 * c.hidden + 8 * c.intermediate) * act_bytes / 2  # bf16 figure, doubled in fp32
+    per_token_layer = (50 * c.hidden + 10 * c.intermediate) * act_bytes / 2  # BYTES_PER_TOKEN_LAYER's bf16 figure, x2 in fp32
     micro_tokens = micro * tokens
-    if config.lm.activation_checkpointing:
-        activations = micro_tokens * (c.layers * c.hidden * act_bytes + per_token_layer)
+    if config.lm.activation_checkpointing:  # each layer's input, and one layer recomputed with its backward's temporaries
+        activations = micro_tokens * (c.layers * 2 * c.hidden * act_bytes + RECOMPUTED_LAYERS * per_token_layer)
     else:
         activations = micro_tokens * c.layers * per_token_layer
     logits = micro_tokens * c.vocabulary * (act_bytes + 4 + 4)  # the logits, their fp32 upcast and its gradient
@@ -143,6 +150,8 @@ def make_plan(config: TrainConfig, accelerator: Accelerator) -> Plan:
                                          f"head, cell embeddings {_billions(c.adapters)}; fp32"),
         ("gradients", trained * 4, "fp32"),
         ("optimizer states", trained * 8, "AdamW: 2 x fp32"),
+        ("autocast weight copies", trained * 2 if config.runtime.precision.value == "bf16" else 0,
+         "bf16 casts of fp32 trained weights, cached through a forward" if config.runtime.precision.value == "bf16" else "fp32: none"),
         ("DDP gradient buckets", trained * 4 if workers > 1 else 0, "one fp32 copy" if workers > 1 else "one worker: none"),
         ("image working set", config.runtime.image_memory_gb * GiB, "runtime.image_memory_gb"),
         ("activations", activations + logits,
@@ -151,8 +160,9 @@ def make_plan(config: TrainConfig, accelerator: Accelerator) -> Plan:
         ("overhead", OVERHEAD_GB * GiB, "CUDA context, NCCL, allocator slack"),
     ]
     rows_gb = tuple((name, value / GiB, detail) for name, value, detail in rows)
-    persistent = sum(v for name, v, _ in rows_gb if name not in ("activations", "evaluation KV cache"))
-    peak = persistent + max(rows_gb[6][1], rows_gb[7][1])
+    by_name = {name: value for name, value, _ in rows_gb}
+    apart = ("activations", "gradients", "evaluation KV cache")  # never all alive at once: the peak takes the largest
+    peak = sum(v for name, v, _ in rows_gb if name not in apart) + max(by_name[name] for name in apart)
     steps = planned_steps(config)
     evaluations = len(evaluation_steps(config.eval, steps)) + 1
     tokens_per_step = config.optim.batch_size * tokens

@@ -292,6 +292,7 @@ class Recipe:
 
         bar = tqdm(total=self.steps, initial=self.step, desc="train", unit="step", mininterval=10,
                    disable=not self.rank0, file=sys.stderr)
+        self.model.train()  # from_pretrained leaves an LM in eval mode, where activation checkpointing is skipped
         while self.step < self.steps:
             started = time.perf_counter()
             global_batch = [self.examples[i] for i in self.order.batch(self.step, config.optim.batch_size)]
