@@ -14,6 +14,7 @@ so tests run the orchestration with cheap bodies.
 from __future__ import annotations
 
 import importlib
+import inspect
 import math
 import time
 from dataclasses import dataclass
@@ -25,8 +26,12 @@ from search.space import Slot
 from trainables.config import TrainConfig
 from trainables import mlflow_layout as layout
 from trainables.errors import UserError
+from trainables.launch import fit
 
 DEFAULT_BODY = "trainables.launch:fit_in_trial"
+BODY_KEYWORDS = ("run_name", "storage_path", "mlflow_run", "callbacks")
+"""What `run_trial` passes its body by keyword after the config and the output folder: arguments of
+trainables.launch.fit (not those fit has for other callers)."""
 
 
 @dataclass
@@ -167,9 +172,29 @@ def _complete_run(client, run_id: str, out_dir: Path, checkpoint_dirs: list[Path
 
 
 def resolve_body(body: str | Callable) -> Callable:
-    """'module:function' -> the function; UserError when it cannot be imported."""
-    if callable(body):
-        return body
+    """'module:function' (or the function) -> the function, checked to take what a trial passes it;
+    UserError when it cannot be imported or does not. Checked before Ray starts: a wrong body would
+    otherwise fail in every trial."""
+    function = body if callable(body) else _import_body(body)
+    expected = trial_signature()
+    positional = [p for p in expected.parameters.values() if p.kind is p.POSITIONAL_OR_KEYWORD]
+    try:
+        inspect.signature(function).bind(*[None] * len(positional), **dict.fromkeys(BODY_KEYWORDS))
+    except (TypeError, ValueError):  # ValueError: a builtin whose signature Python cannot read
+        name = getattr(function, "__name__", repr(function))
+        raise UserError(f"--trainable {body if isinstance(body, str) else name!r}: {name}{_plain(function)} does not "
+                        f"take a trial's arguments, those of trainables.launch.fit{expected}") from None
+    return function
+
+
+def trial_signature() -> inspect.Signature:
+    """trainables.launch.fit's signature cut to what a trial passes: config, out_dir and BODY_KEYWORDS."""
+    signature = inspect.signature(fit)
+    return _bare(signature.replace(parameters=[p for p in signature.parameters.values()
+                                               if p.kind is p.POSITIONAL_OR_KEYWORD or p.name in BODY_KEYWORDS]))
+
+
+def _import_body(body: str) -> Callable:
     module_name, _, attribute = body.partition(":")
     if not module_name or not attribute:
         raise UserError(f"--trainable {body!r}: expected MODULE:FUNCTION, e.g. {DEFAULT_BODY}")
@@ -181,3 +206,17 @@ def resolve_body(body: str | Callable) -> Callable:
     if not callable(function):
         raise UserError(f"--trainable {body!r}: {module_name!r} has no function {attribute!r}")
     return function
+
+
+def _plain(function: Callable) -> str:
+    """'(src, dst, *, follow_symlinks=True)'; '(...)' when Python cannot read the signature."""
+    try:
+        return str(_bare(inspect.signature(function)))
+    except (TypeError, ValueError):
+        return "(...)"
+
+
+def _bare(signature: inspect.Signature) -> inspect.Signature:
+    """Without annotations: a one-line message shows names and defaults."""
+    return signature.replace(parameters=[p.replace(annotation=p.empty) for p in signature.parameters.values()],
+                             return_annotation=signature.empty)

@@ -5,20 +5,22 @@ leave the dataset, the MLflow store and the report that already exist byte for
 byte as they were. The inputs are what a researcher gets wrong: wrong types,
 out-of-range numbers, NaN and inf, typos, missing or unreadable files, a folder
 where a file belongs and the other way round, corrupt shards and stores,
-unreachable servers, names that collide and YAML keys given twice. They fail
-before any heavy import or compute, which keeps this module fast.
+unreachable servers, names that collide, YAML keys given twice and YAML alias
+bombs. They fail before any heavy import or compute, which keeps this module fast.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shlex
 import shutil
 import socket
 import sqlite3
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +33,18 @@ fixed: {budget.value: 4, data.path: DATA, data.generate_train_images: 48, data.g
 factors: {data.arm: [understanding, mixed]}
 seeds: 1
 """
+
+
+def alias_bomb(levels: int = 8) -> str:
+    """A YAML flow list of `levels` nested lists, each nine aliases of the one below: 9**levels values in 0.5 kB."""
+    text = "[" + ", ".join(["understanding"] * 9) + "]"
+    for level in range(1, levels):
+        text = f"[&a{level} {text}" + f", *a{level}" * 8 + "]"
+    return text
+
+
+BOMB_REFUSED = re.compile(r"its aliases \(\*name\) expand it to 48,4\d\d,\d\d\d values; at most 100,000 are allowed")
+"""What the one line says of alias_bomb(): 9**8 strings, and the lists and keys around them."""
 
 
 def closed_port() -> int:
@@ -99,6 +113,10 @@ def world(tmp_path_factory, data_path) -> World:
         good.replace("seeds: 1", "seeds: 1000").replace("[understanding, mixed]", str(list(range(1, 201)))))
     (files / "space-key-typo.yaml").write_text(good.replace("factors: {data.arm", "factors: {data.armm"))
     (files / "space-metric-typo.yaml").write_text(good + "objective: {metric: test/vqa/overal}\n")
+    (files / "bomb-space.yaml").write_text(good.replace("[understanding, mixed]", alias_bomb()))
+    (files / "bomb-config.yaml").write_text(f"data:\n  hide_from_understanding: {{weather: {alias_bomb()}}}\n")
+    (files / "space-bomb-base.yaml").write_text("base: bomb-config.yaml\n" + good)
+    (files / "huge.yaml").write_text(good + "# a long comment\n" * 10_000)
 
     broken = root / "broken"
     for name in ("truncated-shard", "bad-manifest", "flipped-byte", "foreign"):
@@ -127,12 +145,12 @@ def snapshot(paths: list[Path]) -> dict[str, str]:
     return found
 
 
-def uvlm(world: World, argv: list[str], extra_env: dict[str, str]) -> subprocess.CompletedProcess:
+def uvlm(world: World, argv: list[str], extra_env: dict[str, str], timeout_s: float = 120) -> subprocess.CompletedProcess:
     env = {**os.environ, "UVLM_WORKDIR": str(world.work), "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
     env.pop("MLFLOW_TRACKING_URI", None)
     env.update(extra_env)
     return subprocess.run([sys.executable, "-m", "search.cli", *argv], cwd=world.root, env=env, capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=timeout_s)
 
 
 # (id, argv with {placeholders} from World.values, a piece of the one-line message[, environment variables])
@@ -207,6 +225,8 @@ CASES = [
     ("validate-base-duplicate-key", "validate {files}/space-dup-base.yaml", "duplicate key 'data' on line 3"),
     ("validate-folder", "validate {files}", "is a folder"),
     ("validate-missing", "validate {root}/nope.yaml", "does not exist"),
+    ("validate-huge-file", "validate {files}/huge.yaml", "huge.yaml' is over 65,536 bytes"),
+    ("train-huge-config", "train {files}/huge.yaml", "huge.yaml' is over 65,536 bytes"),
     ("sweep-workdir-is-file", "sweep {files}/good-space.yaml --workdir {files}/notes.txt", "working folder"),
     ("sweep-concurrency-huge", "sweep {files}/good-space.yaml --max-concurrent 100000", "--max-concurrent must be between 1"),
     ("sweep-concurrency-word", "sweep {files}/good-space.yaml --max-concurrent many", "expected a whole number"),
@@ -265,6 +285,60 @@ CASES = [
      {"MLFLOW_TRACKING_URI": "sqlite:///{files}/notes.txt"}),
     ("env-unreachable-server", "sweep {files}/good-space.yaml", "is unreachable", {"MLFLOW_TRACKING_URI": "{closed}"}),
 ]
+
+
+@pytest.mark.parametrize("argv", [
+    "validate {files}/bomb-space.yaml",
+    "sweep {files}/bomb-space.yaml --dry-run",
+    "validate {files}/space-bomb-base.yaml",
+    "train {files}/bomb-config.yaml",
+    f"train --set 'data.hide_from_understanding={{{{weather: {alias_bomb()}}}}}'",
+], ids=["space", "sweep-dry-run", "space-base", "config", "set"])
+def test_an_alias_bomb_is_refused_at_once(argv, world):
+    """Nine lists of nine aliases, 0.5 kB of text: `validate` walked 9**8 values for a minute, grew to 6.5 GB and
+    printed them all. (The memory bound is pinned in-process below: a child's peak RSS counts its parent's.)"""
+    before = snapshot(world.protected)
+    began = time.monotonic()
+    result = uvlm(world, shlex.split(argv.format(**world.values)), {}, timeout_s=30)
+    seconds = time.monotonic() - began
+    assert result.returncode == 2 and seconds < 10, f"exit {result.returncode} after {seconds:.1f} s"
+    assert result.stderr.count("\n") == 1 and BOMB_REFUSED.search(result.stderr), result.stderr[:1000]
+    assert snapshot(world.protected) == before
+
+
+def test_the_yaml_loader_refuses_a_bomb_a_cycle_deep_nesting_and_a_large_text_at_once():
+    import tracemalloc
+
+    from trainables.errors import UserError
+    from trainables.yamlfile import load_yaml
+
+    tracemalloc.start()
+    began = time.monotonic()
+    with pytest.raises(UserError, match=f"^space file 's.yaml': {BOMB_REFUSED.pattern}"):
+        load_yaml(f"factors: {{data.arm: {alias_bomb()}}}", "space file 's.yaml'")
+    seconds, peak = time.monotonic() - began, tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert seconds < 1 and peak < 1_000_000, f"{seconds:.2f} s, {peak} bytes"
+    with pytest.raises(UserError, match="the value on line 2 contains an alias to itself"):
+        load_yaml("study: t\nfixed: &f {a: [1, *f]}", "s")
+    with pytest.raises(UserError, match="nests lists or mappings too deeply"):
+        load_yaml("[" * 20_000, "s")
+    with pytest.raises(UserError, match="is over 65,536 bytes"):
+        load_yaml("a: 1\n" * 20_000, "s")
+    shared = load_yaml("x: &x [1, 2]\ny: [*x, *x]\nz: {<<: {k: *x}}", "s")  # aliases within the bound still work
+    assert shared == {"x": [1, 2], "y": [[1, 2], [1, 2]], "z": {"k": [1, 2]}}
+
+
+def test_every_yaml_reader_goes_through_the_one_bounded_loader():
+    """A second yaml.load/safe_load would read user files without the bounds and the duplicate-key check."""
+    loads = re.compile(r"yaml\.(safe_load|load|full_load|unsafe_load|load_all|safe_load_all|compose|compose_all)\(")
+    copies = re.compile(r"yaml\.safe_load\(yaml\.safe_dump\(")  # a deep copy of plain data that uvlm made itself
+    found = [f"{path.relative_to(ROOT)}:{number}"
+             for package in ("trainables", "search", "analysis", "benchmarks") for path in (ROOT / package).rglob("*.py")
+             if path.name != "yamlfile.py"
+             for number, line in enumerate(path.read_text().splitlines(), 1)
+             if loads.search(line) and not copies.search(line)]
+    assert not found, f"read YAML with trainables.yamlfile.load_yaml / read_yaml instead: {found}"
 
 
 def test_there_are_enough_cases_for_every_command():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -13,7 +14,7 @@ import urllib.request
 import optuna
 import pytest
 
-from test_ui import free_port
+from test_ui import assert_stops_cleanly, free_port, kill_all, start_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
@@ -37,6 +38,15 @@ def test_dashboard_refuses_a_missing_storage(tmp_path):
                             timeout=60)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "no Optuna studies yet" in result.stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT], ids=["TERM", "HUP", "INT"])
+def test_dashboard_leaves_nothing_behind_when_stopped(tmp_path, signum):
+    _study(tmp_path / "work")
+    port = free_port()
+    process, log = start_server(["dashboard", "--port", str(port)], tmp_path / "work",
+                                f"http://127.0.0.1:{port}/api/studies")
+    assert_stops_cleanly(process, log, signum, port)
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (make install-test installs it)")
@@ -69,5 +79,4 @@ def test_dashboard_shows_the_studys_trials_in_headless_chromium(tmp_path):
             assert f"Trial {number}" in page
         assert "run0seed0" in page  # the selected trial's MLflow run id, shown as its user attribute
     finally:
-        os.killpg(process.pid, 9)  # uvlm dashboard and the optuna-dashboard it started, by our child's process group
-        process.wait(timeout=30)
+        kill_all(process)

@@ -97,3 +97,23 @@ def test_not_a_list_of_conversations(tmp_path, capsys, bad):
     Path(conv).write_text(bad)
     assert main(["data", "llava", "--json", conv, "--images", images, "--out", str(tmp_path / "ds")]) == 2
     assert "conv.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("escape", ["dotdot", "absolute", "symlink", "etc-passwd"])
+def test_an_image_path_outside_the_image_folder_is_refused(tmp_path, capsys, escape):
+    """A conversation file from the internet must not pull a file of this machine into a dataset that is then shared."""
+    secret = tmp_path / "private" / "secret.png"  # an image, so only the folder check can stop it
+    secret.parent.mkdir()
+    Image.new("RGB", (8, 8)).save(secret)
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "link.png").symlink_to(secret)
+    image = {"dotdot": "../private/secret.png", "absolute": str(secret), "symlink": "link.png",
+             "etc-passwd": "../../../../../../../../etc/passwd"}[escape]
+    conv = tmp_path / "conv.json"
+    conv.write_text(json.dumps([{"id": "x", "image": image, "conversations": [
+        {"from": "human", "value": "<image>\nWhat is this?"}, {"from": "gpt", "value": "A secret."}]}]))
+    assert main(["data", "llava", "--json", str(conv), "--images", str(images), "--out", str(tmp_path / "ds")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "image path(s) lead outside the image folder" in lines[0] and repr(image) in lines[0]
+    assert not (tmp_path / "ds").exists()

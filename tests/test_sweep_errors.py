@@ -128,6 +128,14 @@ BAD_COMMANDS = [
     ("trainable-without-colon", ["sweep", "{space}", "--trainable", "fit"], "expected MODULE:FUNCTION"),
     ("trainable-missing-module", ["sweep", "{space}", "--trainable", "no_such_module:fit"], "cannot import 'no_such_module'"),
     ("trainable-missing-function", ["sweep", "{space}", "--trainable", "json:no_such"], "has no function 'no_such'"),
+    # a body with another signature failed in every trial, after Ray started: now the sweep and its dry run refuse it
+    ("trainable-wrong-signature", ["sweep", "{space}", "--trainable", "os:system"],
+     ("system(command) does not take a trial's arguments, those of trainables.launch.fit"
+      "(config, out_dir, *, run_name, storage_path, mlflow_run=None, callbacks=())")),
+    ("trainable-wrong-signature-dry-run", ["sweep", "{space}", "--dry-run", "--trainable", "os:system"],
+     "system(command) does not take a trial's arguments, those of trainables.launch.fit("),
+    ("trainable-without-keywords", ["sweep", "{space}", "--trainable", "shutil:copy"],
+     "copy(src, dst, *, follow_symlinks=True) does not take a trial's arguments"),
     ("unreachable-cluster", ["sweep", "{space}", "--dry-run", "--address", "127.0.0.1:9"], "nothing answers at the Ray cluster address"),
     ("unreachable-cluster-run", ["sweep", "{space}", "--address", "127.0.0.1:9", "--trainable", "sweep_bodies:quick"],
      "nothing answers at the Ray cluster address"),
@@ -143,6 +151,14 @@ def test_bad_command_line(case, tmp_path, workdir, capsys):
     line = one_line_error(capsys, [arg.format(space=space) for arg in argv])
     assert expected in line
     assert not (workdir / "mlflow.db").exists(), "nothing may be written to MLflow"
+
+
+@pytest.mark.parametrize("body", ["trainables.launch:fit", "trainables.launch:fit_in_trial", "sweep_bodies:quick"])
+def test_the_bodies_that_train_take_a_trials_arguments(body):
+    """The signature check and fit agree: a keyword fit came to need, and a trial does not pass, is caught here."""
+    from search.trial import resolve_body
+
+    assert callable(resolve_body(body))
 
 
 def test_the_installed_command_prints_one_line(tmp_path):

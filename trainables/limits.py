@@ -44,6 +44,10 @@ SEEDS_PER_CELL = (1, 1000)
 SAMPLES = (1, 100_000)
 TRIALS = 100_000
 """Slots in one sweep: the trial table is built in memory before any run."""
+YAML_BYTES = 65_536
+"""A YAML file or --set value: shipped ones are under 6 kB, and pure-Python PyYAML reads this much in under a second."""
+YAML_NODES = 100_000
+"""Values (scalars, lists, mappings) a YAML document may expand to once its aliases are followed (shipped: under 150)."""
 TIME_BUDGET_S = (0, 10 * 365 * 86400)
 HALF_WIDTH = (1e-6, 1e6)
 """A target 95% half-width, on the scale of the statistic (accuracies, slopes)."""

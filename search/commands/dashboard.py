@@ -42,8 +42,8 @@ def command_line(workdir: str | None = None, port: int = 8080) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     import importlib.util
-    import subprocess
 
+    from search import server
     from search.tuning import check_storage
     from trainables import workspace
     from trainables.errors import UserError
@@ -57,7 +57,4 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"no Optuna studies yet: {storage} does not exist (a sweep with search.params creates it)")
     check_storage(storage)
     print(f"uvlm: Optuna dashboard for {storage} at http://127.0.0.1:{args.port}/dashboard (Ctrl-C stops it)", flush=True)
-    try:
-        return subprocess.call(command_line(args.workdir, args.port))
-    except KeyboardInterrupt:
-        return 0
+    return server.serve(command_line(args.workdir, args.port))

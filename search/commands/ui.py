@@ -11,10 +11,10 @@ LOOPBACK = "127.0.0.1"
 
 UI_HELP = """\
 Start the MLflow UI for the working folder's embedded store (sqlite) on
-127.0.0.1 (this machine only) and print its address; Ctrl-C stops it. The UI
-has no login and can change runs: --host 0.0.0.0 opens it to the network, with
-a warning. Sweeps are experiments
-named after the sweep, trials are runs nested under the sweep's run; single
+127.0.0.1 (this machine only) and print its address; Ctrl-C, SIGTERM or
+SIGHUP stops it and every worker it started. The UI has no login and can
+change runs: --host 0.0.0.0 opens it to the network, with a warning. Sweeps
+are experiments named after the sweep, trials are runs nested under the sweep's run; single
 `uvlm train` runs are in experiment uvlm-train. Example:
   uvlm ui --port 5000
   uvlm ui --host 0.0.0.0      # reachable from other machines (trusted networks only)
@@ -42,10 +42,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import os
-    import subprocess
     import sys
 
-    from search import tracking
+    from search import server, tracking
     from trainables import workspace
 
     wide = _check_host(args.host)
@@ -64,10 +63,7 @@ def run(args: argparse.Namespace) -> int:
               f"who reaches port {args.port} can read and change every run", file=sys.stderr, flush=True)
     shown = LOOPBACK if args.host in ("0.0.0.0", "::") else args.host
     print(f"uvlm: MLflow UI for {uri} at http://{shown}:{args.port}{RUNS_VIEW} (Ctrl-C stops it)", flush=True)
-    try:
-        return subprocess.call(command)
-    except KeyboardInterrupt:
-        return 0
+    return server.serve(command)
 
 
 def _check_host(host: str) -> bool:

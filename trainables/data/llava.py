@@ -11,7 +11,7 @@ paper did with ShareGPT4V. Entries without an image (text-only chat) are
 skipped and counted in the manifest.
 
 Images are stored once per split, as PNG, in order of first use; records
-keep the JSON order. Every image is checked to exist before anything is written.
+keep the JSON order. Every image is checked to exist, inside the image folder, before anything is written.
 """
 
 from __future__ import annotations
@@ -142,10 +142,25 @@ def parse_turns(messages: list[Any], where: str) -> tuple[Turn, ...]:
 
 
 def check_images(path: Path, folder: Path, conversations: list[Conversation]) -> None:
+    """Every image is a file inside `folder`: a conversation file from elsewhere must not pull in any other file
+    of this machine (`..`, an absolute path, a symlink out) and ship it in a dataset."""
+    inside = folder.resolve()
+    outside = [c.image for c in conversations if _leaves(inside, c.image)]
+    if outside:
+        raise UserError(f"{str(path)!r}: {len(outside)} image path(s) lead outside the image folder {str(folder)!r}, "
+                        f"e.g. {outside[0]!r}; copy the images into it and give paths relative to it")
     missing = [c.image for c in conversations if not (folder / c.image).is_file()]
     if missing:
         raise UserError(f"{str(path)!r}: {len(missing)} image(s) missing under {str(folder)!r}, "
                         f"e.g. {missing[0]!r}")
+
+
+def _leaves(folder: Path, relative: str) -> bool:
+    """Whether `relative` resolves outside `folder` (itself resolved)."""
+    try:
+        return not (folder / relative).resolve().is_relative_to(folder)
+    except (OSError, ValueError, RuntimeError):  # a NUL byte, a symlink loop: not a file, reported as missing
+        return False
 
 
 def write_split(folder: Path, split: str, conversations: list[Conversation], images_folder: Path,
