@@ -231,7 +231,7 @@ class Recipe:
         trained_in_fp32(model)
         if config.lm.activation_checkpointing:
             # use_reentrant=False: the frozen embeddings' output needs no grad for the recomputation to reach LoRA
-            model.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         set_image_budget(model, config.runtime.image_memory_gb * 2**30)
         model.to(self.session.device)  # before fit_stats: its sample goes through the towers and the VQ on the device
         sample = self.data.train.images[:512] if len(self.data.train.images) else self.data.test.images[:512]

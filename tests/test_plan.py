@@ -1,0 +1,93 @@
+"""`uvlm plan` and `uvlm rehearse`: paper scale planned before it runs, and rehearsed at tiny shapes through Ray Train."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+import torch
+
+from trainables.accelerators import ACCELERATORS
+from trainables.config import config_path, load_config
+from trainables.plan import count_parameters, fixes, make_plan
+
+H100 = ACCELERATORS["h100-80gb"]
+
+
+def run_uvlm(*args: str, tmp_path, timeout: int = 120) -> subprocess.CompletedProcess:
+    env = os.environ | {"UVLM_WORKDIR": str(tmp_path / "work"), "RAY_AUTH_MODE": "disabled"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run(["uvlm", *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("preset", ["paper-vicuna7b-siglip-llamagen", "paper-vicuna7b-siglip-same"])
+def test_the_paper_presets_fit_an_80gb_gpu_per_worker(preset, tmp_path):
+    done = run_uvlm("plan", preset, tmp_path=tmp_path)
+    assert done.returncode == 0, done.stderr
+    for row in ("frozen weights", "trained weights", "gradients", "optimizer states", "activations", "evaluation KV cache"):
+        assert row in done.stdout
+    assert "of 80: fits" in done.stdout and "GPU-hours" in done.stdout and "10 evaluations" in done.stdout
+
+
+def test_a_7b_full_fine_tune_under_ddp_is_refused_with_the_fix(tmp_path):
+    done = run_uvlm("plan", "paper-vicuna7b-siglip-llamagen", "--set", "lm.trainability=full", tmp_path=tmp_path)
+    assert done.returncode == 2 and "DOES NOT FIT" in done.stdout
+    assert len(done.stderr.strip().splitlines()) == 1 and "lm.trainability=lora" in done.stderr
+
+
+def test_the_lm_is_counted_exactly_on_the_meta_device():
+    config = load_config(config_path("paper-vicuna7b-siglip-llamagen"))
+    counts = count_parameters(config)
+    assert counts.lm_total == 6_738_415_616  # Llama-2-7B / Vicuna-7B: hidden 4096, 32 layers, MLP 11008, vocabulary 32,000
+    assert 300e6 < counts.lm_trained < 330e6  # LoRA r=128 on the seven projections of 32 layers: 319.8 M
+
+
+def test_fixes_are_only_changes_that_fit():
+    config = load_config(config_path("paper-vicuna7b-siglip-llamagen"), {"lm.trainability": "full"})
+    assert not make_plan(config, H100).fits
+    found = dict(fixes(config, H100))
+    assert "lm.trainability=lora" in found and all(peak <= 80 for peak in found.values())
+    assert "lm.activation_checkpointing=true" not in found  # 7B fp32 states alone exceed 80 GiB
+
+
+def test_activation_checkpointing_shrinks_the_planned_activations():
+    config = load_config(config_path("paper-vicuna7b-siglip-llamagen"))
+    plain = dict((name, gb) for name, gb, _ in make_plan(config, H100).rows)
+    checkpointed = dict((name, gb) for name, gb, _ in make_plan(config.with_overrides({"lm.activation_checkpointing": True}), H100).rows)
+    assert checkpointed["activations"] < plain["activations"] / 4
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    import transformers
+
+    torch.manual_seed(0)
+    lm = transformers.LlamaForCausalLM(transformers.LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=64,
+                                                                num_hidden_layers=2, num_attention_heads=2))
+    ids = torch.randint(0, 40, (2, 9))
+    grads = []
+    for checkpointing in (False, True):
+        lm.zero_grad()
+        if checkpointing:
+            lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        lm.train()
+        lm(input_ids=ids, labels=ids).loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in lm.parameters()]))
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+def test_rehearse_refuses_a_config_that_cannot_fit_before_any_compute(tmp_path):
+    done = run_uvlm("rehearse", "paper-vicuna7b-siglip-llamagen", "--set", "lm.trainability=full", tmp_path=tmp_path)
+    assert done.returncode == 2 and not (tmp_path / "work" / "rehearsal").exists()
+
+
+@pytest.mark.parametrize("preset", ["paper-vicuna7b-siglip-llamagen"])
+def test_rehearse_runs_a_paper_preset_on_stand_ins_through_ray_train(preset, tmp_path):
+    """The issue's new user: float16 stand-ins, 2 gloo workers, 24 steps, evaluations, a failure and a resume."""
+    done = run_uvlm("rehearse", preset, tmp_path=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    out = done.stdout
+    assert "saved float16; tokenizer files: tokenizer.model)" in out and "(keys: args, model, steps)" in out
+    assert "resumed from the checkpoint of step 8" in out and "evaluations at steps 8, 16, 24" in out
+    assert "2 workers, gloo" in out and "all finite: True" in out and "rehearsal passed" in out
+    assert "Traceback" not in out
