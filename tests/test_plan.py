@@ -25,7 +25,7 @@ def run_uvlm(*args: str, tmp_path, timeout: int = 120) -> subprocess.CompletedPr
 def test_the_paper_presets_fit_an_80gb_gpu_per_worker(preset, tmp_path):
     done = run_uvlm("plan", preset, tmp_path=tmp_path)
     assert done.returncode == 0, done.stderr
-    for row in ("frozen weights", "trained weights", "gradients", "optimizer states", "activations", "evaluation KV cache"):
+    for row in ("frozen weights", "trained weights", "gradients", "optimizer states", "activations", "evaluation"):
         assert row in done.stdout
     assert "of 80: fits" in done.stdout and "GPU-hours" in done.stdout and "10 evaluations" in done.stdout
 
@@ -33,7 +33,27 @@ def test_the_paper_presets_fit_an_80gb_gpu_per_worker(preset, tmp_path):
 def test_a_7b_full_fine_tune_under_ddp_is_refused_with_the_fix(tmp_path):
     done = run_uvlm("plan", "paper-vicuna7b-siglip-llamagen", "--set", "lm.trainability=full", tmp_path=tmp_path)
     assert done.returncode == 2 and "DOES NOT FIT" in done.stdout
-    assert len(done.stderr.strip().splitlines()) == 1 and "lm.trainability=lora" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert "lm.trainability=lora" in done.stderr and "runtime.strategy=fsdp" in done.stderr
+
+
+def test_a_7b_full_fine_tune_sharded_over_8_workers_fits():
+    config = load_config(config_path("paper-vicuna7b-siglip-llamagen"), {"lm.trainability": "full", "runtime.strategy": "fsdp"})
+    plan = make_plan(config, H100)
+    rows = {name: gb for name, gb, _ in plan.rows}
+    ddp = {name: gb for name, gb, _ in make_plan(config.with_overrides({"runtime.strategy": "ddp"}), H100).rows}
+    assert plan.fits and config.runtime.num_workers == 8
+    for row in ("trained weights", "gradients", "optimizer states"):
+        assert rows[row] == pytest.approx(ddp[row] / 8)
+    assert rows["DDP gradient buckets"] == 0 < ddp["DDP gradient buckets"]
+    assert rows["evaluation"] > ddp["trained weights"]  # evaluation gathers the whole fp32 model on every worker
+
+
+def test_sharding_is_refused_for_a_lora_run():
+    from trainables.errors import UserError
+
+    with pytest.raises(UserError, match="runtime.strategy 'fsdp' shards a full fine-tune.*use runtime.strategy 'ddp'"):
+        load_config(config_path("paper-vicuna7b-siglip-llamagen"), {"runtime.strategy": "fsdp"})
 
 
 def test_the_lm_is_counted_exactly_on_the_meta_device():
@@ -47,7 +67,7 @@ def test_fixes_are_only_changes_that_fit():
     config = load_config(config_path("paper-vicuna7b-siglip-llamagen"), {"lm.trainability": "full"})
     assert not make_plan(config, H100).fits
     found = dict(fixes(config, H100))
-    assert "lm.trainability=lora" in found and all(peak <= 80 for peak in found.values())
+    assert {"lm.trainability=lora", "runtime.strategy=fsdp"} <= set(found) and all(peak <= 80 for peak in found.values())
     assert "lm.activation_checkpointing=true" not in found  # 7B fp32 states alone exceed 80 GiB
 
 
@@ -91,3 +111,16 @@ def test_rehearse_runs_a_paper_preset_on_stand_ins_through_ray_train(preset, tmp
     assert "resumed from the checkpoint of step 8" in out and "evaluations at steps 8, 16, 24" in out
     assert "2 workers, gloo" in out and "all finite: True" in out and "rehearsal passed" in out
     assert "Traceback" not in out
+
+
+@pytest.mark.slow
+def test_rehearse_a_sharded_7b_full_fine_tune(tmp_path):
+    """The path a 7B full fine-tune takes: planned to fit on 8 workers with FSDP, rehearsed on the float16 LM
+    stand-in with 2 gloo workers, sharded, through a failure and a resume from the gathered checkpoint."""
+    done = run_uvlm("rehearse", "paper-vicuna7b-siglip-llamagen", "--set", "lm.trainability=full",
+                    "--set", "runtime.strategy=fsdp", tmp_path=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    out = done.stdout
+    assert "of 80: fits" in out and "1/8 of" in out and "saved float16" in out
+    assert "2 workers, gloo, FSDP" in out and "resumed from the checkpoint of step 8" in out
+    assert "all finite: True" in out and "rehearsal passed" in out

@@ -78,3 +78,19 @@ def test_uvlm_train_through_ray_in_a_subprocess(data_path, tmp_path):
     run = client.search_runs([client.get_experiment_by_name("uvlm-train").experiment_id])[0]
     assert run.info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "test/vqa/overall")] == [10, 20]
+
+
+@pytest.mark.slow
+def test_fsdp_two_gloo_workers_match_ddp_through_a_failure_and_a_resume(local_ray, data_path, tmp_path):
+    """A sharded full fine-tune takes DDP's steps: the same losses and scores, though it fails at step 9 on purpose
+    and resumes from step 6's checkpoint (gathered from both shards, then read back into them), and evaluates with
+    the workers decoding different prompts."""
+    sets = {"budget.value": 12, "runtime.num_workers": 2, "eval.every_steps": 6}
+    ddp = fit(config(data_path, **sets), tmp_path / "ddp", run_name="ddp", storage_path=tmp_path / "ray")
+    fsdp = fit(config(data_path, **sets, **{"runtime.strategy": "fsdp"}), tmp_path / "fsdp", run_name="fsdp",
+               storage_path=tmp_path / "ray", fail_at_step=9)
+    assert fsdp["train/resumed_from_step"] == 6 and fsdp["step"] == ddp["step"] == 12
+    for key in ("train/loss", "train/text_loss", "train/image_loss"):
+        assert fsdp[key] == pytest.approx(ddp[key], rel=1e-4), (key, ddp, fsdp)
+    assert fsdp["test/gen/cosine"] == pytest.approx(ddp["test/gen/cosine"], abs=1e-3)
+    assert fsdp["test/vqa/overall"] == pytest.approx(ddp["test/vqa/overall"], abs=0.02)

@@ -94,6 +94,11 @@ class Precision(str, enum.Enum):
     BF16 = "bf16"
 
 
+class Strategy(str, enum.Enum):
+    DDP = "ddp"
+    FSDP = "fsdp"
+
+
 class DataConfig(StrictModel):
     path: str = "data/smartwatch"
     """Dataset folder (Parquet shards + manifest.json). A smartwatch dataset is generated there when missing."""
@@ -279,7 +284,11 @@ class EvalConfig(StrictModel):
 
 class RuntimeConfig(StrictModel):
     num_workers: int = Field(default=1, ge=1, le=limits.WORKERS[1])
-    """Ray Train workers (DDP)."""
+    """Ray Train workers."""
+    strategy: Strategy = Strategy.DDP
+    """How workers share the model. ddp: every worker holds all of it and gradients are all-reduced. fsdp: the
+    trained weights, their gradients and AdamW states are sharded across the workers (PyTorch FSDP2), the path for
+    a full fine-tune too large for one GPU (trainables/sharding.py); it needs lm.trainability full."""
     use_gpu: bool = False
     threads_per_worker: int = Field(default=1, ge=1, le=limits.WORKERS[1])
     length_groups: int = Field(default=2, ge=1, le=limits.BATCH[1])
@@ -324,6 +333,15 @@ class TrainConfig(StrictModel):
             loss = ImageLoss.CE if encoder == EncoderName.VQ.value else ImageLoss.COSINE
             data = {**data, "generation": {**generation, "loss": loss}}
         return data
+
+    @model_validator(mode="after")
+    def _sharding_needs_a_full_fine_tune(self) -> TrainConfig:
+        if self.runtime.strategy == Strategy.FSDP and self.lm.trainability != LMTrainability.FULL:
+            raise ValueError(
+                f"runtime.strategy 'fsdp' shards a full fine-tune; with lm.trainability {self.lm.trainability.value!r} "
+                "the LM's frozen base fits whole on each worker: use runtime.strategy 'ddp'"
+            )
+        return self
 
     @model_validator(mode="after")
     def _same_space_loss(self) -> TrainConfig:

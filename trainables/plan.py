@@ -7,14 +7,17 @@ worker, in the order a run allocates it:
 
   frozen weights       parameters that never train, in the precision policy's frozen dtype
   trained weights      fp32 (trainables/precision.py); gradients fp32; AdamW states 2 x fp32;
-                       DDP's gradient buckets one more fp32 copy
+                       DDP's gradient buckets one more fp32 copy. Under FSDP (runtime.strategy) the
+                       three are 1/workers each, no buckets, and the units being computed are gathered
+                       whole (the root and two decoder layers, weights and gradients)
   image working set    runtime.image_memory_gb (frozen VQ and tower encode/decode run in chunks of it)
   activations          the largest length group's tokens (batch / workers / length_groups records) x
                        the bytes a decoder layer keeps per token for its backward (below) x layers,
                        plus the logits; with activation checkpointing one layer's input per layer
                        plus one layer's whole set during the recomputation
-  evaluation           the KV cache of an evaluation batch (64 prompts) at its longest sequence;
-                       not alive with the activations, so the peak takes the larger of the two
+  evaluation           the KV cache of an evaluation batch (64 prompts) at its longest sequence, and under
+                       FSDP the whole fp32 model gathered; not alive with the activations, so the peak
+                       takes the larger of the two
 
 Time: training FLOPs (2 x parameters x tokens forward; backward 2x that for trained weights, 1x for
 frozen ones, whose input gradients are still needed; +1 forward with checkpointing) at an assumed
@@ -32,7 +35,7 @@ import torch
 
 from trainables.accelerators import Accelerator
 from trainables.budget import planned_steps
-from trainables.config import EncoderName, GenerationSpaceName, LMTrainability, ProjectorKind, TrainConfig
+from trainables.config import EncoderName, GenerationSpaceName, LMTrainability, ProjectorKind, Strategy, TrainConfig
 from trainables.evaluate import EVAL_BATCH
 from trainables.precision import frozen_dtype
 from trainables.train import evaluation_steps
@@ -64,6 +67,7 @@ class Counts:
     lm_frozen: int
     lm_trained: int
     lm_total: int
+    lm_layer: int  # parameters of one decoder layer (an FSDP unit)
     layers: int
     hidden: int
     intermediate: int
@@ -118,7 +122,8 @@ def count_parameters(config: TrainConfig) -> Counts:
     gen_width = code_dim if _discrete(config) else (n_gen and und_width)
     adapters += _projector(config.generation.projector, gen_width, hidden)
     adapters += hidden * (codebook if _discrete(config) else gen_width) + n_gen * hidden
-    return Counts(total - (trained if config.lm.trainability == LMTrainability.FULL else 0), trained, total,
+    layer = sum(p.numel() for p in lm.get_decoder().layers[0].parameters())
+    return Counts(total - (trained if config.lm.trainability == LMTrainability.FULL else 0), trained, total, layer,
                   lm.config.num_hidden_layers, hidden, getattr(lm.config, "intermediate_size", 4 * hidden),
                   lm.config.vocab_size, kv, adapters, towers, vq, n_und, n_gen, assumed + tower_assumed + vq_assumed)
 
@@ -130,6 +135,10 @@ def make_plan(config: TrainConfig, accelerator: Accelerator, tokens_per_record: 
     frozen_bytes = torch.finfo(frozen_dtype(config.runtime.precision)).bits // 8
     act_bytes = 2 if config.runtime.precision.value == "bf16" else 4
     trained = c.lm_trained + c.adapters
+    sharded = config.runtime.strategy == Strategy.FSDP and workers > 1
+    shards = workers if sharded else 1
+    share = f"; 1/{workers} of {_gib(trained * 4)} (FSDP)" if sharded else ""
+    root_unit = trained - c.layers * c.lm_layer  # embeddings, final norm, output head, projectors and head
     frozen_lm = c.lm_total - c.lm_trained if config.lm.trainability != LMTrainability.FULL else 0
     tokens = tokens_per_record or _tokens_per_record(config, c)
     micro = max(1, math.ceil(config.optim.batch_size / workers / config.runtime.length_groups))
@@ -142,26 +151,33 @@ def make_plan(config: TrainConfig, accelerator: Accelerator, tokens_per_record: 
     logits = micro_tokens * c.vocabulary * (act_bytes + 4 + 4)  # the logits, their fp32 upcast and its gradient
     longest = max(c.n_und + TEXT_TOKENS["understanding"], c.n_gen + TEXT_TOKENS["generation"]) + ANSWER_TOKENS
     kv_cache = 2 * c.layers * EVAL_BATCH * longest * c.heads_kv_width * act_bytes
+    bf16 = config.runtime.precision.value == "bf16"
     rows = [
         ("frozen weights", (frozen_lm + c.towers) * frozen_bytes + c.vq * 4,
          f"LM {_billions(frozen_lm)} + towers {_billions(c.towers)} in {frozen_dtype(config.runtime.precision)}"
          f"; VQ {_billions(c.vq)} fp32"),
-        ("trained weights", trained * 4, f"LM {_billions(c.lm_trained)} ({config.lm.trainability.value}) + projectors, "
-                                         f"head, cell embeddings {_billions(c.adapters)}; fp32"),
-        ("gradients", trained * 4, "fp32"),
-        ("optimizer states", trained * 8, "AdamW: 2 x fp32"),
-        ("autocast weight copies", trained * 2 if config.runtime.precision.value == "bf16" else 0,
-         "bf16 casts of fp32 trained weights, cached through a forward" if config.runtime.precision.value == "bf16" else "fp32: none"),
-        ("DDP gradient buckets", trained * 4 if workers > 1 else 0, "one fp32 copy" if workers > 1 else "one worker: none"),
+        ("trained weights", trained * 4 / shards, f"LM {_billions(c.lm_trained)} ({config.lm.trainability.value}) + projectors, "
+                                                  f"head, cell embeddings {_billions(c.adapters)}; fp32{share}"),
+        ("gradients", trained * 4 / shards, "fp32" + (f"; 1/{workers}" if sharded else "")),
+        ("optimizer states", trained * 8 / shards, "AdamW: 2 x fp32" + (f"; 1/{workers}" if sharded else "")),
+        ("autocast weight copies", trained * 2 if bf16 else 0,
+         ("bf16 casts of fp32 trained weights, kept from the forward for the backward" + (" (whole, not sharded)" if sharded else ""))
+         if bf16 else "fp32: none"),
+        ("DDP gradient buckets", trained * 4 if workers > 1 and not sharded else 0,
+         "FSDP: none" if sharded else "one fp32 copy" if workers > 1 else "one worker: none"),
+        ("FSDP gathered units", (root_unit + 2 * c.lm_layer) * 8 if sharded else 0,
+         "the root and two decoder layers whole, weights and gradients in fp32" if sharded else "not sharded: none"),
         ("image working set", config.runtime.image_memory_gb * GiB, "runtime.image_memory_gb"),
         ("activations", activations + logits,
          f"{micro} records x {tokens} tokens a length group" + (", checkpointed" if config.lm.activation_checkpointing else "")),
-        ("evaluation KV cache", kv_cache, f"{EVAL_BATCH} prompts x {longest} tokens; not alive with the activations"),
+        ("evaluation", kv_cache + (trained * 4 if sharded else 0),
+         f"KV cache of {EVAL_BATCH} prompts x {longest} tokens" + (f", and the whole fp32 model gathered ({_gib(trained * 4)})"
+                                                                  if sharded else "") + "; not alive with the activations"),
         ("overhead", OVERHEAD_GB * GiB, "CUDA context, NCCL, allocator slack"),
     ]
     rows_gb = tuple((name, value / GiB, detail) for name, value, detail in rows)
     by_name = {name: value for name, value, _ in rows_gb}
-    apart = ("activations", "gradients", "evaluation KV cache")  # never all alive at once: the peak takes the largest
+    apart = ("activations", "gradients", "evaluation")  # never all alive at once: the peak takes the largest
     peak = sum(v for name, v, _ in rows_gb if name not in apart) + max(by_name[name] for name in apart)
     steps = planned_steps(config)
     evaluations = len(evaluation_steps(config.eval, steps)) + 1
@@ -184,7 +200,11 @@ def fixes(config: TrainConfig, accelerator: Accelerator) -> list[tuple[str, floa
     """Changes that bring a plan that does not fit within the accelerator's memory: (what to set, peak GiB)."""
     tried = []
     if config.lm.trainability == LMTrainability.FULL:
-        tried.append(("lm.trainability=lora", _with(config, lm={"trainability": LMTrainability.LORA})))
+        lora = {"trainability": LMTrainability.LORA}
+        named = "lm.trainability=lora" + (" runtime.strategy=ddp" if config.runtime.strategy == Strategy.FSDP else "")
+        tried.append((named, _with(config, lm=lora, runtime={"strategy": Strategy.DDP})))
+        if config.runtime.num_workers > 1 and config.runtime.strategy != Strategy.FSDP:
+            tried.append(("runtime.strategy=fsdp", _with(config, runtime={"strategy": Strategy.FSDP})))
     if not config.lm.activation_checkpointing:
         tried.append(("lm.activation_checkpointing=true", _with(config, lm={"activation_checkpointing": True})))
     batch = config.optim.batch_size
@@ -320,6 +340,10 @@ def _tokens_per_record(config: TrainConfig, c: Counts) -> int:
 
 def _with(config: TrainConfig, **sections: dict) -> TrainConfig:
     return config.model_copy(update={name: getattr(config, name).model_copy(update=values) for name, values in sections.items()})
+
+
+def _gib(n_bytes: float) -> str:
+    return f"{n_bytes / GiB:.1f} GiB"
 
 
 def _billions(n: int) -> str:

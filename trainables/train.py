@@ -7,10 +7,11 @@ trials); `run_local` runs it in-process without Ray (`uvlm train --no-ray`).
 loop_config = {"train": TrainConfig, "out_dir": str, "mlflow": {"tracking_uri", "run_id"} | None,
                "fail_at_step": int | None (a rehearsed failure: `uvlm rehearse`)}.
 
-DDP: every worker builds the same global batch of the step and takes every
+Workers: every worker builds the same global batch of the step and takes every
 W-th record of it; losses are sums divided by the *global* answer/image token
-counts (times W, because DDP averages gradients), so W workers take exactly
-the step of one worker on the same global batch.
+counts (times W, because DDP and FSDP average gradients), so W workers take
+exactly the step of one worker on the same global batch. runtime.strategy
+chooses DDP (the model whole on every worker) or FSDP (trainables/sharding.py).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import torch
 import yaml
 
 from trainables.budget import total_steps
-from trainables.config import EvalConfig, TrainConfig
+from trainables.config import EvalConfig, Strategy, TrainConfig
 from trainables.data.records import Task
 from trainables.encoders import to_float_images
 from trainables.errors import UserError
@@ -43,6 +44,7 @@ from trainables.chunks import set_image_budget
 from trainables.model import UnifiedVLM, build_model
 from trainables.precision import autocast, trained_in_fp32
 from trainables.rundata import Order, RunData, global_counts, length_groups
+from trainables import sharding
 from trainables.sequences import Example, collate
 from trainables.spaces import needs_vq
 from trainables.tokenizer import PretrainedTokenizer, TextTokenizer
@@ -175,6 +177,9 @@ class Recipe:
         self.data = RunData(config, config.data.path)
         self.tok = self._setup_tokenizer()
         self.model = self._setup_model()
+        self.sharded = config.runtime.strategy == Strategy.FSDP and self.session.world_size > 1
+        if self.sharded:  # before the optimiser, which must hold the sharded parameters
+            sharding.shard(self.model)
         self.examples = self.data.examples(self.tok, self.model.encoder.num_tokens, self.model.space.num_tokens,
                                            self.model.lm.config.max_position_embeddings)
         self.steps = total_steps(config, len(self.examples))
@@ -260,7 +265,7 @@ class Recipe:
         return optimiser, torch.optim.lr_scheduler.LambdaLR(optimiser, schedule)
 
     def _setup_ddp(self) -> torch.nn.Module:
-        if self.session.world_size == 1:
+        if self.session.world_size == 1 or self.sharded:
             return self.model
         from torch.nn.parallel import DistributedDataParallel
 
@@ -272,9 +277,13 @@ class Recipe:
         folder = self.session.checkpoint()
         if folder is None:
             return
-        state = torch.load(folder / CHECKPOINT_FILE, weights_only=True, map_location=self.session.device)
-        self.model.load_state_dict(state["model"], strict=False)
-        self.optimiser.load_state_dict(state["optimiser"])
+        state = torch.load(folder / CHECKPOINT_FILE, weights_only=True,
+                           map_location="cpu" if self.sharded else self.session.device)
+        if self.sharded:
+            sharding.load_full_state(self.model, self.optimiser, state["model"], state["optimiser"])
+        else:
+            self.model.load_state_dict(state["model"], strict=False)
+            self.optimiser.load_state_dict(state["optimiser"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.samples, self.train_seconds = state["step"], state["samples"], state["train_seconds"]
         self.resumed_from = self.step
@@ -358,7 +367,8 @@ class Recipe:
         all), rank 0 with a checkpoint."""
         metrics = self.train_metrics()
         started = time.perf_counter()
-        with autocast(self.config.runtime.precision, self.session.device):
+        gathered = sharding.whole(self.model) if self.sharded else contextlib.nullcontext()
+        with gathered, autocast(self.config.runtime.precision, self.session.device):
             test_metrics, pictures = self.evaluator.run(self.model, limit, tasks, final)
         self.eval_seconds += time.perf_counter() - started
         if self.rank0:
@@ -377,17 +387,26 @@ class Recipe:
                 self.logger.metrics({k: v for k, v in metrics.items() if k not in TRAIN_CURVE}, self.step)
                 self.logger.curve(TRAIN_CURVE, [(step, means.tolist()) for step, means in self.curve])
                 self.curve.clear()
+        state = self._checkpoint_state()
         with tempfile.TemporaryDirectory(prefix="uvlm-ckpt-") as folder:
             if self.rank0:
-                self._save_checkpoint(Path(folder))
+                torch.save(state, Path(folder) / CHECKPOINT_FILE)
             self.session.report(metrics, Path(folder) if self.rank0 else None)
         return metrics, pictures
 
-    def _save_checkpoint(self, folder: Path) -> None:
+    def _checkpoint_state(self) -> dict[str, Any] | None:
+        """What rank 0 saves: what trains, the fitted buffers, the optimiser and the schedule. Every rank calls
+        it, because a sharded model gathers its state collectively; -> None on other ranks."""
+        if self.sharded:
+            model_state, optimiser_state = sharding.full_state(self.model, self.optimiser)
+        elif self.rank0:
+            model_state, optimiser_state = self.model.state_dict(), self.optimiser.state_dict()
+        if not self.rank0:
+            return None
         trainable = {name for name, p in self.model.named_parameters() if p.requires_grad}
-        state = {name: t for name, t in self.model.state_dict().items() if name in trainable or name.startswith(("gen_", "und_"))}
-        torch.save({"model": state, "optimiser": self.optimiser.state_dict(), "scheduler": self.scheduler.state_dict(),
-                    "step": self.step, "samples": self.samples, "train_seconds": self.train_seconds}, folder / CHECKPOINT_FILE)
+        kept = {name: t for name, t in model_state.items() if name in trainable or name.startswith(("gen_", "und_"))}
+        return {"model": kept, "optimiser": optimiser_state, "scheduler": self.scheduler.state_dict(),
+                "step": self.step, "samples": self.samples, "train_seconds": self.train_seconds}
 
     # -- report -------------------------------------------------------------------------------
     def report(self) -> dict[str, float]:

@@ -2,13 +2,15 @@
 
 Reads no weights: the LM, towers and VQ are counted on PyTorch's meta device from their
 checkpoints' config.json where the folders exist, else from the config's shape fields. Prints,
-per worker, the frozen weights, trained weights, gradients, optimizer states, DDP buckets, the
-image working set, activations at the batch size and the evaluation KV cache; then the peak,
+per worker, the frozen weights, trained weights, gradients, optimizer states, DDP buckets (or FSDP's
+gathered units), the image working set, activations at the batch size and the evaluation's KV cache
+(and under FSDP the model gathered whole); then the peak,
 tokens a step, steps, evaluations and an estimate of GPU-hours. A config that cannot fit the GPU
 is refused (exit 2) with the changes that would make it fit. Examples:
   uvlm plan paper-vicuna7b-siglip-llamagen                      # a shipped preset, on an H100 80GB
   uvlm plan paper-vicuna7b-siglip-llamagen --gpu a100-40gb
   uvlm plan my-run.yaml --set lm.trainability=full --set lm.activation_checkpointing=true
+  uvlm plan paper-vicuna7b-siglip-llamagen --set lm.trainability=full --set runtime.strategy=fsdp
 """
 
 from __future__ import annotations
@@ -65,6 +67,6 @@ def check(config, gpu: str, memory_gb: float | None = None) -> str:
         return shown
     print(shown, flush=True)
     found = fixes(config, accelerator)
-    named = "; ".join(f"{name} ({peak:.1f} GiB)" for name, peak in found) or "none of LoRA, activation checkpointing or a smaller batch"
+    named = "; ".join(f"{name} ({peak:.1f} GiB)" for name, peak in found) or "none of LoRA, sharding, activation checkpointing or a smaller batch"
     raise UserError(f"plan: the run needs {plan.peak_gb:.1f} GiB per worker, over the {accelerator.memory_gb:g} GiB of "
-                    f"{accelerator.name}; fixes that fit: {named}. A sharded full fine-tune (FSDP/ZeRO) is not in uvlm yet")
+                    f"{accelerator.name}; fixes that fit: {named}")

@@ -14,6 +14,7 @@ Then the same config, shrunk, through Ray Train with 2 workers (gloo on CPU; NCC
 It prints what it exercised. Takes about a minute on 2 CPU cores. Examples:
   uvlm rehearse paper-vicuna7b-siglip-llamagen
   uvlm rehearse paper-vicuna7b-siglip-same --set lm.trainability=frozen
+  uvlm rehearse paper-vicuna7b-siglip-llamagen --set lm.trainability=full --set runtime.strategy=fsdp
   uvlm rehearse my-run.yaml --real-paths --gpu        # on a GPU node, with the real checkpoints
 """
 
@@ -178,7 +179,8 @@ def report(config, exercised: list[str], metrics: dict[str, float], evaluated: l
              f"trained weights fp32, forward under {'bf16 autocast' if runtime.precision.value == 'bf16' else 'fp32'}",
              f"  LM          {config.lm.trainability.value}" + (f" r={config.lm.lora_rank}" if config.lm.trainability.value == "lora" else "")
              + ", new token rows trained",
-             f"  Ray Train   {runtime.num_workers} workers, {backend}; loss all-reduce and evaluation gather on each worker's device",
+             f"  Ray Train   {runtime.num_workers} workers, {backend}, {_strategy(runtime)}; loss all-reduce and evaluation gather "
+             "on each worker's device",
              f"  steps       {int(metrics.get(Metric.STEP, 0))} of batch {config.optim.batch_size}; failure at step {FAIL_AT}, "
              f"resumed from the checkpoint of step {metrics.get(Metric.RESUMED_FROM_STEP, float('nan')):.0f}",
              f"  evaluations at steps {', '.join(f'{s:.0f}' for s in evaluated)} (sharded over the workers; checkpoint at each)",
@@ -186,3 +188,9 @@ def report(config, exercised: list[str], metrics: dict[str, float], evaluated: l
              f"generation probe {metrics.get(overall(Metric.GEN_PROBE), float('nan')):.3f}; all finite: "
              f"{all(math.isfinite(v) for v in metrics.values() if isinstance(v, float))}"]
     return "\n".join(lines)
+
+
+def _strategy(runtime) -> str:
+    if runtime.strategy.value == "fsdp":
+        return "FSDP (weights, gradients and AdamW states sharded; gathered whole to evaluate; one full checkpoint)"
+    return "DDP"
