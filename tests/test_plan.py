@@ -101,7 +101,8 @@ def test_rehearse_refuses_a_config_that_cannot_fit_before_any_compute(tmp_path):
     assert done.returncode == 2 and not (tmp_path / "work" / "rehearsal").exists()
 
 
-@pytest.mark.parametrize("preset", ["paper-vicuna7b-siglip-llamagen"])
+@pytest.mark.parametrize("preset", ["paper-vicuna7b-siglip-llamagen",
+                                    pytest.param("paper-vicuna7b-siglip-same", marks=pytest.mark.slow)])  # CI runs both
 def test_rehearse_runs_a_paper_preset_on_stand_ins_through_ray_train(preset, tmp_path):
     """The issue's new user: float16 stand-ins, 2 gloo workers, 24 steps, evaluations, a failure and a resume."""
     done = run_uvlm("rehearse", preset, tmp_path=tmp_path, timeout=600)
