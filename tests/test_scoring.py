@@ -1,4 +1,4 @@
-"""Hand-computed cases for the scorers of trainables/scoring.py (STUDY.md, "Scoring")."""
+"""Hand-computed cases for the scorers of trainables/scoring.py (docs/STUDY.md, "Scoring")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The misalignment knob of STUDY.md: a fixed random affine map x -> A x + b, A = Q S.
+"""The misalignment knob of docs/STUDY.md ("The model"): a fixed random affine map x -> A x + b, A = Q S.
 
 Q is orthogonal (QR of a Gaussian matrix, signs fixed so the draw is unique),
 S is diagonal with entries uniform in [1-s, 1+s], b is uniform in [-s, s]^d.

@@ -137,8 +137,8 @@ class LMConfig(StrictModel):
     num_layers: int = Field(default=2, ge=1, le=limits.LAYERS[1])
     num_heads: int = Field(default=4, ge=1, le=limits.LAYERS[1])
     intermediate_size: int = Field(default=128, ge=1, le=limits.WIDTH[1])
-    """MLP width. The tiny default (= hidden_size) reads the images after 250-500 steps at 1,000 images, sooner
-    than 4x that (512), and costs 40% less a step (README, "Why these budgets")."""
+    """MLP width. The tiny default (= hidden_size) starts reading the images sooner than the usual 4x (512) and
+    costs less a step (docs/STUDY.md, "Why these budgets"; figures in docs/MEASUREMENTS.md)."""
     max_positions: int = Field(default=256, ge=1, le=limits.POSITIONS[1])
     trainability: LMTrainability = LMTrainability.FULL
     """full: every LM weight trains; lora: peft LoRA adapters only; frozen: nothing in the LM trains."""
@@ -172,14 +172,15 @@ class UnderstandingConfig(StrictModel):
 class GenerationConfig(StrictModel):
     space: GenerationSpaceName = GenerationSpaceName.VQ
     """patch | vq | siglip | clip | same. The default is the paper's discrete path (k-means codes, cross-entropy):
-    with patches and the cosine loss the generations were one average watch whatever the prompt (issue 13)."""
+    with patches and the cosine loss the generations were one average watch whatever the prompt
+    (docs/MEASUREMENTS.md, "Generation")."""
     image_size: int = Field(default=32, ge=1, le=limits.PIXELS[1])
     """The generation target is the image resized to this side."""
     patch_size: int = Field(default=8, ge=1, le=limits.PIXELS[1])
     """Pixels per generated token side (patch and vq spaces)."""
     codebook_size: int = Field(default=512, ge=limits.CODEBOOK[0], le=limits.CODEBOOK[1])
     """vq: number of k-means codes fitted on the training images (at most their distinct patches). 512 keeps the
-    weather icons apart (the probe reads weather from true codes at 1.0, against 0.85 with 256)."""
+    weather icons apart; 256 merge them (docs/MEASUREMENTS.md, "Generation")."""
     codebook_seed: int = Field(default=0, ge=limits.SEED[0], le=limits.SEED[1])
     """vq: seed of the k-means fit. Fixed across run seeds, like a pretrained tokenizer: every seed and arm then
     shares one codebook, one probe and one constant baseline (with the run's seed they moved with it)."""
@@ -191,9 +192,9 @@ class GenerationConfig(StrictModel):
     """cosine | mse | ce; None (not given) = ce for a discrete space, cosine for a continuous one."""
     alpha: float = Field(default=2.0, ge=0, le=limits.FACTOR[1])
     """Total loss = text CE + alpha * image loss. 2.0 (the paper: 0.2 with VQ codes): at 0.2 the codes' cross-entropy
-    is a small share of a mixed run's gradient and the generations follow the prompt less; in the default 3,000-step
-    run, 2.0 against 1.0 drew the asked weather a little more surely (probe 0.91 / 0.91 / 0.93 against 0.87 / 0.90 /
-    0.91 on seeds 0-2) at the same VQA (0.96-0.97). The study space files keep 1.0, the weight their designs were measured at."""
+    is a small share of a mixed run's gradient and the generations follow the prompt less; in the default run 2.0
+    drew the asked weather a little more surely than 1.0 at the same VQA (docs/MEASUREMENTS.md, "Generation").
+    The study space files keep 1.0, the weight their designs were measured at."""
     projector: ProjectorKind = ProjectorKind.LINEAR
     temperature: float = Field(default=0.0, ge=0, le=limits.FACTOR[1])
     """Discrete spaces: free-running codes are sampled from softmax(logits / temperature); 0 = argmax."""
@@ -203,8 +204,8 @@ class GenerationConfig(StrictModel):
     input_scale: float | None = Field(default=None, gt=0, le=limits.FACTOR[1])
     """Multiplies the generation projector's output, the image tokens the LM reads. None = auto: the LM's token
     embeddings' mean norm over the projected training tokens' mean norm, both at initialisation, so that image
-    tokens enter the LM at the scale of words. 1.0 = unscaled (before issue 13's fix): projected k-means codes
-    were ~20x a word, image positions then took 3,000-6,000 steps to read the prompt's weather."""
+    tokens enter the LM at the scale of words. 1.0 = unscaled: projected k-means codes are then ~20x a word, and
+    the tiny LM was far slower to read the prompt's weather at image positions (docs/MEASUREMENTS.md, "Generation")."""
 
     @model_validator(mode="before")
     @classmethod
@@ -245,8 +246,8 @@ class OptimConfig(StrictModel):
     projector_lr: float | None = Field(default=None, gt=0, le=limits.LEARNING_RATE[1])
     """Learning rate of projectors, head and image-cell embeddings; None = half of lr, the paper presets' ratio
     (1e-4 against 2e-4). At CPU scale (lr 2e-3) projectors at lr itself started reading images later and less
-    surely (understanding-only, 500 steps, seeds 0-3: VQA 0.78-0.87 against 0.83-0.89 at half), and drew
-    the weather icon less often in the later corners of the default run (seeds 1 and 2)."""
+    surely, and drew the weather icon less often in the later corners of the default run
+    (docs/MEASUREMENTS.md, "The reading threshold and the study budgets")."""
     weight_decay: float = Field(default=0.0, ge=0, le=limits.FACTOR[1])
     warmup_ratio: float = Field(default=0.03, ge=0, lt=1)
     batch_size: int = Field(default=32, ge=1, le=limits.BATCH[1])
@@ -261,8 +262,8 @@ class OptimConfig(StrictModel):
 class BudgetConfig(StrictModel):
     unit: BudgetUnit = BudgetUnit.STEPS
     value: float = Field(default=3000, gt=0, le=limits.STEPS[1])
-    """The default run's 3,000 steps (about 5 minutes on one thread): generation crosses its threshold
-    between 1,500 and 3,000 steps, and at 1,500 the generated icons were still mostly in the wrong corners."""
+    """The default run's 3,000 steps (about 5 minutes on one thread) take generation past its own threshold,
+    which it crosses between 1,500 and 3,000 steps (docs/STUDY.md, "Why these budgets")."""
 
 
 class EvalConfig(StrictModel):

@@ -1,4 +1,4 @@
-"""The unified vision-language model of STUDY.md ("The model"), LLaVA-style.
+"""The unified vision-language model of docs/STUDY.md ("The model"), LLaVA-style.
 
 One causal LM reads and writes images:
 
@@ -141,7 +141,8 @@ class UnifiedVLM(nn.Module):
         if self.input_scale is not None:
             self.gen_input_scale.fill_(self.input_scale)
         else:  # image tokens at the scale of words: raw code vectors projected are ~20x larger, and a small LM
-            # then reads image positions as their content alone, slow to fetch the prompt's words there (issue 13).
+            # then reads image positions as their content alone, slow to fetch the prompt's words there
+            # (docs/MEASUREMENTS.md, "Generation").
             # Measured on the space's own tokens, before any misalignment: every affine strength of a seed gets
             # the same factor, so the map stays the only difference between them (finding 2).
             words = self.lm.get_input_embeddings().weight.norm(dim=-1).mean()

@@ -18,7 +18,7 @@ out of range makes the answer unparsable (it is not skipped in favour of a later
   In captions the number must carry "%" or "percent", so that other numbers are not read as it.
 An unparsable answer scores 0.
 
-Per-attribute scores (STUDY.md, "Scoring"): weather and corners 1 if equal else 0;
+Per-attribute scores (docs/STUDY.md, "Scoring"): weather and corners 1 if equal else 0;
 battery 1 - |pred - true| / 100; time 1 - (e_h/6 + e_m/30 + e_s/30) / 3 with circular
 errors (hours mod 12, minutes and seconds mod 60), so each term is at most 1.
 """
@@ -139,7 +139,7 @@ def score_vqa_answer(attribute: str, predicted: str, face: WatchFace) -> float:
 def score_vqa(items: Iterable[VQAItem]) -> dict[str, float]:
     """Mean score per attribute, plus "overall" = the mean over all questions.
 
-    "overall" weights every question equally (not every attribute), as STUDY.md does.
+    "overall" weights every question equally (not every attribute), as docs/STUDY.md does.
     Attributes with no question are absent; with no question at all the dict is empty.
     Keys come in ATTRIBUTES order, then "overall".
     """
