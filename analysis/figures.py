@@ -20,7 +20,7 @@ import polars as pl  # noqa: E402
 from analysis import stats  # noqa: E402
 from analysis.findings import FINISHED, HIDDEN_METRIC, FindingReport, InsufficientData, Result, prepare  # noqa: E402
 from analysis.frames import factor_names  # noqa: E402
-from trainables.mlflow_layout import CORNERS, Metric, Tag, overall  # noqa: E402
+from trainables.mlflow_names import CORNERS, Metric, Tag, overall  # noqa: E402
 
 HISTORY_METRICS = (overall(Metric.VQA), overall(Metric.GEN_PROBE), Metric.TRAIN_LOSS)
 """The per-step metrics of the learning curves."""

@@ -35,7 +35,7 @@ import polars as pl
 from analysis import stats
 from analysis.frames import factor_names
 from trainables.errors import UserError
-from trainables.mlflow_layout import ATTRIBUTES, Metric, factor_tag, overall, per_attribute
+from trainables.mlflow_names import ATTRIBUTES, Metric, factor_tag, overall, per_attribute
 
 UNDERSTANDING_METRICS = (overall(Metric.VQA), *per_attribute(Metric.VQA), Metric.CAPTION)
 GENERATION_METRICS = (overall(Metric.GEN_PROBE), *per_attribute(Metric.GEN_PROBE), Metric.GEN_COSINE,
@@ -548,7 +548,7 @@ def all_findings(runs: pl.DataFrame, history: pl.DataFrame | None = None,
                  headlines: dict[str, Any] | None = None) -> dict[int, FindingReport | str]:
     """Each finding's report, or the sentence saying why the sweep cannot address it.
 
-    `headlines` (name -> search.space.Headline, as declared in the space file): when given, only those are
+    `headlines` (name -> trainables.headline_schema.Headline, as declared in the space file): when given, only those are
     headline results (analysis.headlines computes them, with `history` for auc and trend) and every default
     headline of the findings becomes exploratory. None: the findings' default headlines.
     """

@@ -43,9 +43,9 @@ from typing import Literal
 
 import polars as pl
 
-from search.tracking import check_store, sqlite_path
 from trainables.errors import UserError, nearest
-from trainables.mlflow_layout import Role, Tag, role_filter
+from trainables.mlflow_names import Role, Tag, role_filter
+from trainables.mlflow_store import check_store, sqlite_path
 from trainables.workspace import tracking_uri as resolve_uri
 
 Method = Literal["auto", "sql", "client"]

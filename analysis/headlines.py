@@ -1,4 +1,4 @@
-"""Declared headline results: a space file's `headlines:` (search.space.Headline) computed from the runs frame
+"""Declared headline results: a space file's `headlines:` (trainables.headline_schema.Headline) computed from the runs frame
 and the evaluations logged along each run.
 
 Each statistic reduces the sweep to paired per-seed numbers, then to a mean over seeds with the
@@ -40,8 +40,10 @@ import polars as pl
 from analysis import stats
 from analysis.findings import (DERIVED, FINISHED, InsufficientData, Result, _result, design_keys, paired, prepare,
                                shared_levels)
-from search.space import Direction, Headline, PerRun, Statistic
 from trainables.errors import UserError
+from trainables.headline_schema import Direction, Headline, PerRun, Statistic
+from trainables.mlflow_names import TRIAL_TABLE
+from trainables.selection import matches
 from trainables.yamlfile import load_yaml
 
 MAX_GRID = 10
@@ -80,10 +82,10 @@ def from_parent(sweep: str, tracking_uri: str | None = None) -> dict[str, Headli
     parent = sweep_parent(sweep, uri)["run_id"]
     client = MlflowClient(uri)
     logged = {artifact.path for artifact in client.list_artifacts(parent)}
-    if "trial_table.json" not in logged:
+    if TRIAL_TABLE not in logged:
         return None
     with tempfile.TemporaryDirectory() as folder:
-        table = json.loads(Path(client.download_artifacts(parent, "trial_table.json", folder)).read_text())
+        table = json.loads(Path(client.download_artifacts(parent, TRIAL_TABLE, folder)).read_text())
         if "headlines" in table:
             return parse(table["headlines"])
         space_file = table.get("space_file")
@@ -347,26 +349,13 @@ def _comparison(headline: Headline) -> str:
     return f"{base} at {key}={first} minus at {key}={second}{runs}"
 
 
-def _matches(values: list[Any], wanted: Any) -> list[bool]:
-    allowed = wanted if isinstance(wanted, list) else [wanted]
-
-    def same(value: Any, item: Any) -> bool:
-        if value is None or item is None:
-            return value is None and item is None
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and isinstance(item, (int, float)):
-            return math.isclose(float(value), float(item), abs_tol=1e-12)
-        return str(value).lower() == str(getattr(item, "value", item)).lower()
-
-    return [any(same(value, item) for item in allowed) for value in values]
-
-
 def _selected(frame: pl.DataFrame, selection: dict[str, Any]) -> pl.Series:
     mask = np.ones(frame.height, bool)
     for key, wanted in selection.items():
         column = f"params.{key}"
         if column not in frame.columns:
             raise InsufficientData(f"{key!r} was not logged by the runs of this sweep")
-        mask &= np.array(_matches(frame[column].to_list(), wanted), bool)
+        mask &= np.array([matches(value, wanted) for value in frame[column].to_list()], bool)
     return pl.Series(mask)
 
 

@@ -27,7 +27,7 @@ import polars as pl
 
 from analysis.frames import factor_names
 from trainables.config import TrainConfig
-from trainables.mlflow_layout import Metric, overall
+from trainables.mlflow_names import Metric, overall
 
 OBJECTIVES = {"understanding": (overall(Metric.VQA),), "mixed": (overall(Metric.VQA),),
               "generation": (overall(Metric.GEN_PROBE), Metric.GEN_COSINE)}

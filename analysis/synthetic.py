@@ -7,7 +7,7 @@ tagged `uvlm.role=sweep`, one nested trial run per (cell, seed) with
 `mlflow.parentRunId`, the `uvlm.*` tags, the flattened `TrainConfig` as
 parameters, per-evaluation metric histories through `log_batch`, final
 metrics at the last step, and `generated.png` artifacts on request. Tags, run names,
-run endings and metric names come from `trainables.mlflow_layout`, as in a
+run endings and metric names come from `trainables.mlflow_names` and `mlflow_io`, as in a
 real sweep; the loader in `analysis.frames` is its reader.
 
 The simulated metrics are additive, so every effect below is exact in
@@ -49,9 +49,11 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from trainables import mlflow_layout as layout
+from trainables import mlflow_io
 from trainables.config import load_config
-from trainables.mlflow_layout import ATTRIBUTES, CORNERS, Metric, Tag, overall
+from trainables.mlflow_names import (ATTRIBUTES, CORNERS, ENDING_TAGS, Metric, Tag, overall, sweep_tags, trial_run_name,
+                                     trial_tags)
+
 # Understanding level per attribute at the smallest data size; low enough that no effect is clipped at 1.
 LEVELS = {"time": 0.45, "weather": 0.7, "battery": 0.4, "weather_corner": 0.65, "battery_corner": 0.65}
 BASELINES = {"time": 0.5, "weather": 0.34, "battery": 0.52, "weather_corner": 0.25, "battery_corner": 0.25}
@@ -275,7 +277,7 @@ class Trial:
 
     trial_id: int
     name: str
-    """The run name (trainables.mlflow_layout.trial_run_name)."""
+    """The run name (trainables.mlflow_names.trial_run_name)."""
     tags: dict[str, str]
     params: dict[str, str]
     history: list[tuple[int, dict[str, float]]]
@@ -298,9 +300,9 @@ def trials(design: SyntheticSweep) -> Iterator[Trial]:
                 overrides[name] = float(math.exp(rng.uniform(math.log(low), math.log(high))) if log else rng.uniform(low, high))
             flat = load_config(None, overrides).flatten()
             levels = _levels(cell, flat)
-            tags = layout.trial_tags(parent_run_id="parent", sweep=design.name, study=design.study,
-                                     trial_id=f"{trial_id:05d}", slot=trial_id, sample=0, attempt=1,
-                                     arm=overrides["data.arm"], seed=seed, levels=levels)
+            tags = trial_tags(parent_run_id="parent", sweep=design.name, study=design.study,
+                              trial_id=f"{trial_id:05d}", slot=trial_id, sample=0, attempt=1,
+                              arm=overrides["data.arm"], seed=seed, levels=levels)
             tags = {key: str(value) for key, value in tags.items()}
             final = simulate(design, overrides, seed_effects[seed], rng)
             failed = bool(rng.uniform() < design.fail_fraction)
@@ -310,7 +312,7 @@ def trials(design: SyntheticSweep) -> Iterator[Trial]:
                 tags[Tag.ERROR] = "RuntimeError: loss is NaN at step 300"
             else:
                 tags[Tag.CHECKPOINT] = f"/synthetic/checkpoints/{trial_id:05d}"
-            yield Trial(trial_id, layout.trial_run_name(design.study, levels, seed), tags, {key: str(value) for key, value in flat.items()}, steps[:1] if failed else steps,
+            yield Trial(trial_id, trial_run_name(design.study, levels, seed), tags, {key: str(value) for key, value in flat.items()}, steps[:1] if failed else steps,
                         "FAILED" if failed else "FINISHED", overrides["data.arm"] != "understanding")
             trial_id += 1
 
@@ -349,9 +351,9 @@ def write_sweep(tracking_uri: str, design: SyntheticSweep, artifact_root: str | 
 
     client = MlflowClient(tracking_uri)
     root = artifact_root or (sqlite_artifact_root(tracking_uri) if tracking_uri.startswith("sqlite:") else None)
-    experiment_id = layout.experiment_id(client, design.name, root)
+    experiment_id = mlflow_io.experiment_id(client, design.name, root)
     every = list(trials(design))
-    parent_id = layout.start_run(client, experiment_id, design.name, layout.sweep_tags(
+    parent_id = mlflow_io.start_run(client, experiment_id, design.name, sweep_tags(
         sweep=design.name, study=design.study, git_commit="synthetic", space_digest="synthetic", trials=len(every),
         concurrency=1, sessions=1))
     for trial in every:
@@ -361,7 +363,7 @@ def write_sweep(tracking_uri: str, design: SyntheticSweep, artifact_root: str | 
     if design.headlines is not None:
         table["headlines"] = design.headlines
     client.log_dict(parent_id, table, "trial_table.json")
-    layout.finish(client, parent_id, "FINISHED", tags={Tag.SUMMARY: f"synthetic sweep {design.name!r}: {len(every)} trials"})
+    mlflow_io.finish(client, parent_id, "FINISHED", tags={Tag.SUMMARY: f"synthetic sweep {design.name!r}: {len(every)} trials"})
     return parent_id
 
 
@@ -380,17 +382,17 @@ def _levels(cell: dict[str, Any], flat: dict[str, Any]) -> list[tuple[str, str]]
 
 
 def _write_trial(client, experiment_id: str, parent_id: str, design: SyntheticSweep, trial: Trial) -> None:
-    ending = {key: trial.tags[key] for key in layout.ENDING_TAGS & trial.tags.keys()}
-    run_id = layout.start_run(client, experiment_id, trial.name,
-                              {**{k: v for k, v in trial.tags.items() if k not in ending}, Tag.PARENT: parent_id})
+    ending = {key: trial.tags[key] for key in ENDING_TAGS & trial.tags.keys()}
+    run_id = mlflow_io.start_run(client, experiment_id, trial.name,
+                                 {**{k: v for k, v in trial.tags.items() if k not in ending}, Tag.PARENT: parent_id})
     names = sorted({key for _, values in trial.history for key in values})
-    layout.log_curve(client, run_id, names, [(step, [values.get(name, float("nan")) for name in names])
-                                             for step, values in trial.history])
-    layout.log_params(client, run_id, trial.params)
+    mlflow_io.log_curve(client, run_id, names, [(step, [values.get(name, float("nan")) for name in names])
+                                                for step, values in trial.history])
+    mlflow_io.log_params(client, run_id, trial.params)
     if design.images and trial.status == "FINISHED" and trial.trains_generation:
         client.log_image(run_id, _png_array(watch_grid(trial.trial_id)), artifact_file="generated.png")
     error = ending.pop(Tag.ERROR, None)
-    layout.finish(client, run_id, trial.status, error, tags=ending)
+    mlflow_io.finish(client, run_id, trial.status, error, tags=ending)
 
 
 def _png_array(png: bytes) -> np.ndarray:

@@ -22,7 +22,7 @@ import polars as pl
 
 from analysis import stats
 from analysis.findings import FINISHED, FindingReport, InsufficientData, mutual_benefit
-from trainables.mlflow_layout import Tag
+from trainables.mlflow_names import Tag
 
 PHASE, STUDY, TRIAL = (f"tags.{tag}" for tag in (Tag.PHASE, Tag.OPTUNA_STUDY, Tag.OPTUNA_TRIAL))
 RATIO = "params.data.generation_ratio"

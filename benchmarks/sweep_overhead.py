@@ -115,7 +115,7 @@ class SweepTimes:
 def sweep_times(workdir: Path, sweep: str, wall: float | None) -> SweepTimes:
     from mlflow.tracking import MlflowClient
 
-    from trainables.mlflow_layout import Metric, Role, Tag
+    from trainables.mlflow_names import Metric, Role, Tag
 
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     experiment = client.get_experiment_by_name(sweep)

@@ -227,17 +227,17 @@ def smoke_space(path: Path, out: Path) -> Path:
 def _state(uri: str, name: str) -> str:
     """new (no sweep of this name), finished (its parent run ended FINISHED: every trial ran) or resumed."""
     from search import tracking
-    from trainables import mlflow_layout as layout
-    from trainables.mlflow_layout import Role
+    from trainables import mlflow_io
+    from trainables.mlflow_names import Role
 
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         return "new"
     client = tracking.connect(uri)
-    experiment = layout.experiment_id(client, name, create=False)
+    experiment = mlflow_io.experiment_id(client, name, create=False)
     if experiment is None:
         return "new"
-    parents = layout.runs(client, experiment, Role.SWEEP)
-    trials = layout.runs(client, experiment, Role.TRIAL)
+    parents = mlflow_io.runs(client, experiment, Role.SWEEP)
+    trials = mlflow_io.runs(client, experiment, Role.TRIAL)
     if not parents and not trials:
         return "new"
     return "finished" if parents and parents[-1].info.status == "FINISHED" else "resumed"

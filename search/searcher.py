@@ -34,7 +34,8 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
-from search.space import DistributionKind, Param, Phase, SamplerKind, Search, condition_holds
+from search.space import DistributionKind, Param, Phase, SamplerKind, Search
+from trainables.selection import holds
 
 PRUNED, FAILED = "pruned", "failed"
 SPACE_ATTR = "uvlm.space"  # study user attribute: the searched space it was created for (search.tuning checks it)
@@ -53,7 +54,7 @@ class DefineByRun:
         values = dict(self.values)
         searched = {}
         for key, param in self.params.items():
-            if condition_holds(param.when, values):
+            if holds(param.when, values):
                 values[key] = searched[key] = suggest(trial, key, param)
         return searched
 

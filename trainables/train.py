@@ -39,7 +39,7 @@ from trainables.encoders import to_float_images
 from trainables.errors import UserError
 from trainables.evaluate import Evaluator, Shard
 from trainables.freezing import apply_trainability
-from trainables.mlflow_layout import TRAIN_CURVE, Metric, Tag, overall
+from trainables.mlflow_names import TRAIN_CURVE, Metric, Tag, overall
 from trainables.chunks import set_image_budget
 from trainables.model import UnifiedVLM, build_model
 from trainables.precision import autocast, trained_in_fp32
@@ -204,7 +204,7 @@ class Recipe:
             self.fixed = self.evaluator.baselines() | self.evaluator.fit_probe(self.model)
             self.fixed |= self.evaluator.probe_baseline(self.model, self.sample_tokens)
             if self.mlflow:
-                from trainables.mlflow_layout import RunLogger
+                from trainables.mlflow_io import RunLogger
 
                 self.logger = RunLogger(self.mlflow["tracking_uri"], self.mlflow["run_id"])
                 self.logger.params(config.flatten())

@@ -133,7 +133,7 @@ def rehearse(config, folder: Path) -> tuple[dict[str, float], list[float]]:
     from trainables import workspace
     from trainables.data.prepare import ensure_dataset
     from trainables.launch import fit
-    from trainables.mlflow_layout import Metric
+    from trainables.mlflow_names import Metric
 
     uri = workspace.tracking_uri(None)
     ensure_dataset(config.data)
@@ -155,7 +155,7 @@ def rehearse(config, folder: Path) -> tuple[dict[str, float], list[float]]:
 
 
 def check(metrics: dict[str, float], evaluated: list[float]) -> list[str]:
-    from trainables.mlflow_layout import Metric
+    from trainables.mlflow_names import Metric
 
     problems = []
     if metrics.get(Metric.STEP) != STEPS:
@@ -171,7 +171,7 @@ def check(metrics: dict[str, float], evaluated: list[float]) -> list[str]:
 
 
 def report(config, exercised: list[str], metrics: dict[str, float], evaluated: list[float]) -> str:
-    from trainables.mlflow_layout import Metric, overall
+    from trainables.mlflow_names import Metric, overall
 
     runtime, backend = config.runtime, "nccl" if config.runtime.use_gpu else "gloo"
     lines = ["exercised:", *[f"  {line}" for line in exercised],
