@@ -18,9 +18,12 @@ import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
 from analysis import stats  # noqa: E402
-from analysis.findings import FINISHED, HIDDEN_METRIC, FindingReport, InsufficientData, Result, prepare  # noqa: E402
+from analysis.findings import HIDDEN_METRIC  # noqa: E402
 from analysis.frames import factor_names  # noqa: E402
-from trainables.mlflow_names import CORNERS, Metric, Tag, overall  # noqa: E402
+from analysis.headlines import run_areas  # noqa: E402
+from analysis.pairing import prepare  # noqa: E402
+from analysis.results import FindingReport, InsufficientData, Result  # noqa: E402
+from trainables.mlflow_names import CORNERS, FINISHED, Metric, Tag, overall  # noqa: E402
 
 HISTORY_METRICS = (overall(Metric.VQA), overall(Metric.GEN_PROBE), Metric.TRAIN_LOSS)
 """The per-step metrics of the learning curves."""
@@ -213,8 +216,6 @@ def _scores_by_strength(runs: pl.DataFrame | None, history: pl.DataFrame | None)
         raise Skip("The alignment curve is not drawn: no finished mixed run")
     panels = ["final evaluation"]
     if history is not None and not history.is_empty():
-        from analysis.headlines import run_areas
-
         try:  # the area the headline slope reads
             area = run_areas(prepare(runs).filter(pl.col("run_id").is_in(mixed["run_id"].to_list())), history, metric)
             mixed = mixed.join(area.rename({"value": "mean over the evaluations"}), on="run_id", how="left")

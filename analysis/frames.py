@@ -67,7 +67,7 @@ def load_runs(sweep: str, tracking_uri: str | None = None, *, method: Method = "
             runs, params, tags, metrics = _sql_runs(db, experiment_id)
     else:
         experiment_id, runs, params, tags, metrics = _client_runs(uri, sweep)
-    return _assemble(sweep, experiment_id, runs, params, tags, metrics)
+    return assemble(sweep, experiment_id, runs, params, tags, metrics)
 
 
 def load_history(sweep: str, tracking_uri: str | None = None, *, metrics: Sequence[str] | None = None,
@@ -270,7 +270,8 @@ def typed(column: pl.Series) -> pl.Series:
     return column
 
 
-def _assemble(sweep: str, experiment_id: str, runs, params, tags, metrics) -> pl.DataFrame:
+def assemble(sweep: str, experiment_id: str, runs, params, tags, metrics) -> pl.DataFrame:
+    """The runs frame from fetched rows: the one assembly step of both readers (and of analysis.synthetic.runs_frame)."""
     frame = _frame(runs, {"run_id": pl.String, "run_name": pl.String, "status": pl.String, "start_time": pl.Int64,
                           "end_time": pl.Int64, "artifact_uri": pl.String})
     params_wide = _wide(_long(params, pl.String), "params.")

@@ -33,12 +33,14 @@ import polars as pl
 from analysis import figures as figs
 from analysis import stats
 from analysis import tuning
-from analysis.findings import EXPLORATORY, FINISHED, OTHER_ATTRIBUTES, MIN_SEEDS_FOR_VERDICT, TARGET_HALF_WIDTH, FindingReport, Result
+from analysis.findings import OTHER_ATTRIBUTES
 from analysis.frames import factor_names, sweep_parent
-from analysis.headlines import power_frame, sweep_findings
 from analysis.importance import best_configs, objective_for, param_importance, searched_params
 from analysis.pooling import SweepRef, default_ref, pool_seeds, pool_sentence, pooled_findings, run_stores
-from trainables.mlflow_names import Metric, Tag, factor_tag, overall
+from analysis.power import power_frame
+from analysis.results import EXPLORATORY, MIN_SEEDS_FOR_VERDICT, TARGET_HALF_WIDTH, FindingReport, Result
+from analysis.sweep import sweep_findings
+from trainables.mlflow_names import FINISHED, Metric, Tag, factor_tag, overall
 from trainables.workspace import tracking_uri as resolve_uri
 from trainables.workspace import workdir
 

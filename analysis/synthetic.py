@@ -48,7 +48,9 @@ from typing import Any
 from collections.abc import Iterator
 
 import numpy as np
+import polars as pl
 
+from analysis.frames import assemble
 from trainables import mlflow_io
 from trainables.config import load_config
 from trainables.mlflow_names import (ATTRIBUTES, CORNERS, ENDING_TAGS, Metric, Tag, overall, sweep_tags, trial_run_name,
@@ -322,8 +324,6 @@ def runs_frame(design: SyntheticSweep):
 
     It goes through the loader's own assembly step, so columns and types are the loader's.
     """
-    from analysis.frames import _assemble
-
     runs, params, tags, metrics = [], [], [], []
     for trial in trials(design):
         run_id = f"run{trial.trial_id:05d}"
@@ -331,13 +331,11 @@ def runs_frame(design: SyntheticSweep):
         params += [(run_id, k, v) for k, v in trial.params.items()]
         tags += [(run_id, k, v) for k, v in {**trial.tags, "mlflow.runName": trial.name}.items()]
         metrics += [(run_id, k, v) for k, v in trial.history[-1][1].items()]
-    return _assemble(design.name, "0", runs, params, tags, metrics)
+    return assemble(design.name, "0", runs, params, tags, metrics)
 
 
 def history_frame(design: SyntheticSweep):
     """The frame `analysis.frames.load_history` would return for this sweep (same run ids as `runs_frame`)."""
-    import polars as pl
-
     rows = [(f"run{trial.trial_id:05d}", key, step, step, value) for trial in trials(design)
             for step, values in trial.history for key, value in values.items()]
     frame = pl.DataFrame(rows, schema={"run_id": pl.String, "metric": pl.String, "step": pl.Int64, "timestamp": pl.Int64,

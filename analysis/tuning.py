@@ -14,15 +14,18 @@ held-out re-runs when the sweep has them, so no winner's curse reaches a finding
 
 from __future__ import annotations
 
+import json
 import math
+import tempfile
 from typing import Any, Callable
 
 import numpy as np
 import polars as pl
 
 from analysis import stats
-from analysis.findings import FINISHED, FindingReport, InsufficientData, mutual_benefit
-from trainables.mlflow_names import Tag
+from analysis.findings import mutual_benefit
+from analysis.results import FindingReport, InsufficientData
+from trainables.mlflow_names import FINISHED, TRIAL_TABLE, Tag
 
 PHASE, STUDY, TRIAL = (f"tags.{tag}" for tag in (Tag.PHASE, Tag.OPTUNA_STUDY, Tag.OPTUNA_TRIAL))
 RATIO = "params.data.generation_ratio"
@@ -30,14 +33,11 @@ RATIO = "params.data.generation_ratio"
 
 def objective_of(parent_run_id: str, uri: str) -> tuple[str | None, str]:
     """The sweep's objective (metric, mode) from its parent run's trial table (written by `uvlm sweep`)."""
-    import json
-    import tempfile
-
     from mlflow import MlflowClient
 
     with tempfile.TemporaryDirectory() as folder:
         try:
-            path = MlflowClient(uri).download_artifacts(parent_run_id, "trial_table.json", folder)
+            path = MlflowClient(uri).download_artifacts(parent_run_id, TRIAL_TABLE, folder)
         except Exception:  # noqa: BLE001 - an older sweep without the table: no tuning section
             return None, "max"
         with open(path) as file:
