@@ -124,7 +124,7 @@ def attribute_bars(report: FindingReport | str):
         values = list(side_results.values())
         y, yerr = _with_errors(values)
         axis.bar(x, y, width, yerr=yerr, capsize=3, color=SIDE_COLOURS[side],
-                 label=f"{values[0].comparison} ({'test/vqa, caption' if side == 'understanding' else 'test/gen'})")
+                 label=f"{values[0].comparison} ({f'{Metric.VQA}, caption' if side == 'understanding' else Metric.GEN})")
     _zero(axis)
     axis.set_xticks(range(len(labels)), labels, rotation=20)
     axis.set(xlabel="attribute / metric", ylabel=DIFF, title="Benefit of mixed training per attribute (95% CI over seeds)")
@@ -336,7 +336,7 @@ def learning_curves(history: pl.DataFrame, runs: pl.DataFrame):
             axis.plot(curve["step"], curve["mean"], marker=".", color=ARM_COLOURS.get(arm), label=f"{arm} (mean)")
             axis.fill_between(curve["step"].to_numpy(), curve["low"].to_numpy(), curve["high"].to_numpy(),
                               color=ARM_COLOURS.get(arm), alpha=0.15)
-        unit = "loss (nats per token)" if metric.startswith("train/") else SCORE
+        unit = "loss (nats per token)" if metric.startswith(f"{Metric.TRAIN}/") else SCORE
         axis.set(xlabel="training step", ylabel=f"{metric}: {unit}", title=f"{metric} per arm (band: min–max over runs)")
         axis.legend(fontsize=8)
     figure.tight_layout()

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Literal
 
 import polars as pl
@@ -298,12 +298,3 @@ def assemble(sweep: str, experiment_id: str, runs, params, tags, metrics) -> pl.
     )
     rest = [c for prefix in ("params.", "tags.", "metrics.") for c in frame.columns if c.startswith(prefix)]
     return frame.select(*FIXED_COLUMNS, *rest).sort("trial_id", "run_id", nulls_last=True)
-
-
-def metric_columns(runs: pl.DataFrame, prefix: str = "") -> list[str]:
-    """Metric names (without 'metrics.') present in the frame that start with prefix."""
-    return [c.removeprefix("metrics.") for c in runs.columns if c.startswith(f"metrics.{prefix}")]
-
-
-def present(names: Iterable[str], runs: pl.DataFrame) -> list[str]:
-    return [n for n in names if n in runs.columns]

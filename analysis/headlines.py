@@ -36,7 +36,7 @@ from analysis.pairing import DERIVED, design_keys, mean_difference, paired, prep
 from analysis.results import TARGET_HALF_WIDTH, InsufficientData, Result, make_result
 from trainables.errors import UserError
 from trainables.headline_schema import Direction, Headline, PerRun, Statistic
-from trainables.mlflow_names import FINISHED
+from trainables.mlflow_names import FINISHED, Metric
 from trainables.selection import matches
 
 MAX_GRID = 10
@@ -214,7 +214,7 @@ def benefit_curve(frame: pl.DataFrame, history: pl.DataFrame, metric: str, keys:
 def _control_records(frame: pl.DataFrame, history: pl.DataFrame) -> float | None:
     """Records the control runs have seen at the end (median of train/samples at their last evaluation)."""
     control = frame.filter(pl.col(CONTROL) & (pl.col("status") == FINISHED))["run_id"].to_list()
-    samples = history.filter((pl.col("metric") == "train/samples") & pl.col("run_id").is_in(control))
+    samples = history.filter((pl.col("metric") == Metric.TRAIN_SAMPLES) & pl.col("run_id").is_in(control))
     if samples.is_empty():
         return None
     return float(samples.sort("step").group_by("run_id").agg(pl.col("value").last())["value"].median())

@@ -53,9 +53,11 @@ import polars as pl
 from analysis.frames import assemble
 from trainables import mlflow_io
 from trainables.config import load_config
-from trainables.mlflow_names import (ATTRIBUTES, CORNERS, ENDING_TAGS, Metric, Tag, overall, sweep_tags, trial_run_name,
-                                     trial_tags)
+from trainables.mlflow_names import (ATTRIBUTES, CORNERS, ENDING_TAGS, FAILED, FINISHED, GENERATED_IMAGE, TRIAL_TABLE, Metric,
+                                     Tag, overall, sweep_tags, trial_run_name, trial_tags)
 
+SPACE_FILE = "space.yaml"
+"""The stand-in space file logged beside the trial table (its factors only)."""
 # Understanding level per attribute at the smallest data size; low enough that no effect is clipped at 1.
 LEVELS = {"time": 0.45, "weather": 0.7, "battery": 0.4, "weather_corner": 0.65, "battery_corner": 0.65}
 BASELINES = {"time": 0.5, "weather": 0.34, "battery": 0.52, "weather_corner": 0.25, "battery_corner": 0.25}
@@ -233,9 +235,9 @@ def history(final: dict[str, float], steps: tuple[int, ...], rng: np.random.Gene
         shift = trend * math.log(step / steps[-1])
 
         def along(key: str, value: float) -> float:
-            if key.startswith(("baseline/", Metric.PROBE_TRUE)) or last:
+            if key.startswith((f"{Metric.BASELINE}/", Metric.PROBE_TRUE)) or last:
                 return value
-            moved = value * scale + (shift if key.startswith(("test/vqa/", "test/caption/", "test/gen/")) else 0.0)
+            moved = value * scale + (shift if key.startswith((f"{Metric.VQA}/", Metric.CAPTION, f"{Metric.GEN}/")) else 0.0)
             return moved + (rng.normal(0.0, eval_noise) if eval_noise else 0.0)
 
         values = {key: along(key, value) for key, value in final.items()}
@@ -315,7 +317,7 @@ def trials(design: SyntheticSweep) -> Iterator[Trial]:
             else:
                 tags[Tag.CHECKPOINT] = f"/synthetic/checkpoints/{trial_id:05d}"
             yield Trial(trial_id, trial_run_name(design.study, levels, seed), tags, {key: str(value) for key, value in flat.items()}, steps[:1] if failed else steps,
-                        "FAILED" if failed else "FINISHED", overrides["data.arm"] != "understanding")
+                        FAILED if failed else FINISHED, overrides["data.arm"] != "understanding")
             trial_id += 1
 
 
@@ -356,12 +358,12 @@ def write_sweep(tracking_uri: str, design: SyntheticSweep, artifact_root: str | 
         concurrency=1, sessions=1))
     for trial in every:
         _write_trial(client, experiment_id, parent_id, design, trial)
-    client.log_text(parent_id, "\n".join(f"{k}: {v}" for k, v in factors(design).items()) + "\n", "space.yaml")
-    table = {"study": design.study, "space_file": "space.yaml", "seeds": list(design.seeds)}
+    client.log_text(parent_id, "\n".join(f"{k}: {v}" for k, v in factors(design).items()) + "\n", SPACE_FILE)
+    table = {"study": design.study, "space_file": SPACE_FILE, "seeds": list(design.seeds)}
     if design.headlines is not None:
         table["headlines"] = design.headlines
-    client.log_dict(parent_id, table, "trial_table.json")
-    mlflow_io.finish(client, parent_id, "FINISHED", tags={Tag.SUMMARY: f"synthetic sweep {design.name!r}: {len(every)} trials"})
+    client.log_dict(parent_id, table, TRIAL_TABLE)
+    mlflow_io.finish(client, parent_id, FINISHED, tags={Tag.SUMMARY: f"synthetic sweep {design.name!r}: {len(every)} trials"})
     return parent_id
 
 
@@ -387,8 +389,8 @@ def _write_trial(client, experiment_id: str, parent_id: str, design: SyntheticSw
     mlflow_io.log_curve(client, run_id, names, [(step, [values.get(name, float("nan")) for name in names])
                                                 for step, values in trial.history])
     mlflow_io.log_params(client, run_id, trial.params)
-    if design.images and trial.status == "FINISHED" and trial.trains_generation:
-        client.log_image(run_id, _png_array(watch_grid(trial.trial_id)), artifact_file="generated.png")
+    if design.images and trial.status == FINISHED and trial.trains_generation:
+        client.log_image(run_id, _png_array(watch_grid(trial.trial_id)), artifact_file=GENERATED_IMAGE)
     error = ending.pop(Tag.ERROR, None)
     mlflow_io.finish(client, run_id, trial.status, error, tags=ending)
 

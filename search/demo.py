@@ -228,7 +228,7 @@ def _state(uri: str, name: str) -> str:
     """new (no sweep of this name), finished (its parent run ended FINISHED: every trial ran) or resumed."""
     from search import tracking
     from trainables import mlflow_io
-    from trainables.mlflow_names import Role
+    from trainables.mlflow_names import FINISHED, Role
 
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         return "new"
@@ -240,7 +240,7 @@ def _state(uri: str, name: str) -> str:
     trials = mlflow_io.runs(client, experiment, Role.TRIAL)
     if not parents and not trials:
         return "new"
-    return "finished" if parents and parents[-1].info.status == "FINISHED" else "resumed"
+    return "finished" if parents and parents[-1].info.status == FINISHED else "resumed"
 
 
 # ----------------------------------------------------------------------------- reports
@@ -257,11 +257,11 @@ def _report(name: str, uri: str, out: Path):
 
 def headline_rows(runs: list[StudyRun]) -> list[dict[str, Any]]:
     """Each study's own finding: its headline results (estimate, interval, seeds, verdict), or why none."""
-    from analysis.report import VERDICT_MARK
+    from analysis.report import TUNING_FILE, VERDICT_MARK
 
     rows = []
     for run in runs:
-        path = run.report.out / "tuning.json"
+        path = run.report.out / TUNING_FILE
         tuned = json.loads(path.read_text()) if path.is_file() else {}
         if tuned.get("best_ratio"):  # the ratio study has one arm: its finding is the best ratio
             rows += _tuning_rows(run, tuned)

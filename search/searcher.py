@@ -35,11 +35,12 @@ from typing import Any
 from ray.tune.search import Searcher
 
 from search.space import DistributionKind, Param, Phase, SamplerKind, Search
+from trainables.mlflow_names import Metric
 from trainables.selection import holds
 
 PRUNED, FAILED = "pruned", "failed"
 SPACE_ATTR = "uvlm.space"  # study user attribute: the searched space it was created for (search.tuning checks it)
-COMPLETED_KEY = "time/fit_seconds"
+COMPLETED_KEY = Metric.FIT_SECONDS
 """Reported by `search.trial.run_trial` only when the body returned: a result without it was stopped early."""
 
 

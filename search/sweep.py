@@ -27,7 +27,8 @@ from search.space import NAME_PATTERN, Plan
 from search.trial import DEFAULT_BODY, TrialContext, resolve_body, run_trial
 from trainables import mlflow_io, workspace
 from trainables.errors import UserError
-from trainables.mlflow_names import Role, Tag, sweep_tags
+from trainables.mlflow_names import (FAILED, FINISHED, KILLED, TRIAL_TABLE, TRIALS_FILE, VERSIONS_FILE, Metric, Role, Tag,
+                                     sweep_tags)
 
 
 @dataclass
@@ -103,7 +104,7 @@ def run_sweep(plan: Plan, options: SweepOptions) -> Summary:
     from ray.tune import Tuner
 
     if options.resume and not Tuner.can_restore(str(experiment_dir)):
-        if parent is not None and parent.info.status == "FINISHED":
+        if parent is not None and parent.info.status == FINISHED:
             summary = summarize(client, experiment, name, len(plan.slots), time.monotonic() - started)
             print(f"uvlm: {summary.line()} (already finished; nothing to resume)", file=sys.stderr)
             return summary
@@ -281,9 +282,9 @@ def _open_parent(client, experiment: str, name: str, plan: Plan, parent, concurr
         return parent.info.run_id
     run_id = mlflow_io.start_run(client, experiment, name, tags)
     client.log_artifact(run_id, str(plan.path))
-    client.log_dict(run_id, trial_table(plan), "trial_table.json")
+    client.log_dict(run_id, trial_table(plan), TRIAL_TABLE)
     client.log_dict(run_id, {**tracking.versions(), "git_commit": tags[Tag.GIT_COMMIT],
-                             "cluster": cluster}, "versions.json")
+                             "cluster": cluster}, VERSIONS_FILE)
     mlflow_io.log_params(client, run_id, {"space.trials": len(plan.slots), "space.cells": len(plan.cells),
                                          "space.seeds": len(plan.space.seeds), "space.samples": plan.space.search.samples})
     return run_id
@@ -303,9 +304,9 @@ def trial_table(plan: Plan) -> dict[str, Any]:
 
 
 def _close_parent(client, experiment: str, parent_id: str, summary: Summary) -> None:
-    client.log_dict(parent_id, trials_record(client, experiment), "trials.json")
-    mlflow_io.log_metrics(client, parent_id, {f"trials/{key.replace(' ', '_')}": value for key, value in summary.counts.items()})
-    mlflow_io.finish(client, parent_id, "FINISHED" if summary.complete else "KILLED", tags={Tag.SUMMARY: summary.line()})
+    client.log_dict(parent_id, trials_record(client, experiment), TRIALS_FILE)
+    mlflow_io.log_metrics(client, parent_id, {f"{Metric.TRIALS}/{key.replace(' ', '_')}": value for key, value in summary.counts.items()})
+    mlflow_io.finish(client, parent_id, FINISHED if summary.complete else KILLED, tags={Tag.SUMMARY: summary.line()})
 
 
 def trials_record(client, experiment: str) -> list[dict[str, Any]]:
@@ -322,9 +323,9 @@ def summarize(client, experiment: str, name: str, total: int, wall: float) -> Su
     failures = []
     for run in _one_run_per_slot(mlflow_io.runs(client, experiment, Role.TRIAL)):
         status, tags = run.info.status, run.data.tags
-        if status == "FINISHED":
+        if status == FINISHED:
             counts["finished"] += 1
-        elif status == "FAILED":
+        elif status == FAILED:
             counts["failed"] += 1
             failures.append(f"{run.info.run_name}: {tags.get(Tag.ERROR, 'no error recorded')}")
         elif mlflow_io.is_pruned(run):
@@ -343,7 +344,7 @@ def _one_run_per_slot(runs: list) -> list:
     trial id: the old run stays KILLED beside the new one. A slot counts once, by its most
     conclusive run (finished, then failed, then pruned, then stopped).
     """
-    rank = {"FINISHED": 0, "FAILED": 1}
+    rank = {FINISHED: 0, FAILED: 1}
     best: dict[str, Any] = {}
     loose = []
     for run in runs:

@@ -25,7 +25,7 @@ from search import tracking
 from search.space import Slot
 from trainables import mlflow_io, mlflow_names
 from trainables.config import TrainConfig
-from trainables.mlflow_names import Metric, Tag
+from trainables.mlflow_names import FAILED, FINISHED, RUN_FILES, Metric, Tag
 from trainables.errors import UserError
 from trainables.launch import fit
 
@@ -81,9 +81,9 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     train_config = slot.config.with_overrides(config.get("searched") or {})
     client = tracking.client(context.tracking_uri)
     existing = mlflow_io.trial_run(client, context.experiment_id, trial_id)
-    if existing is not None and existing.info.status in ("FINISHED", "FAILED"):
+    if existing is not None and existing.info.status in (FINISHED, FAILED):
         # Ended before the driver was killed, after Tune's last snapshot: MLflow knows, so don't run it again.
-        if existing.info.status == "FAILED":
+        if existing.info.status == FAILED:
             raise RuntimeError(f"failed before the sweep was resumed: {existing.data.tags.get(Tag.ERROR, '')}")
         tune.report(dict(existing.data.metrics))
         return
@@ -113,12 +113,12 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     except Exception as error:
         if not client.get_run(run_id).data.params:
             mlflow_io.log_params(client, run_id, train_config.flatten())
-        mlflow_io.finish(client, run_id, "FAILED", error)
+        mlflow_io.finish(client, run_id, FAILED, error)
         raise
     metrics = {**metrics, Metric.FIT_SECONDS: time.monotonic() - began}  # the body's wall time, for the overhead benchmark
     checkpoint_dirs = [Path(context.train_storage) / trial_id, *Path(context.experiment_dir).glob(f"*_{trial_id}_*")]
     _complete_run(client, run_id, out_dir, checkpoint_dirs, metrics)
-    mlflow_io.finish(client, run_id, "FINISHED")
+    mlflow_io.finish(client, run_id, FINISHED)
     tune.report({key: value for key, value in metrics.items() if isinstance(value, (int, float))})
 
 
@@ -164,7 +164,7 @@ def _complete_run(client, run_id: str, out_dir: Path, checkpoint_dirs: list[Path
     if missing:
         mlflow_io.log_metrics(client, run_id, missing, step=int(metrics.get(Metric.STEP, 0) or 0))
     logged = {artifact.path for artifact in client.list_artifacts(run_id)}
-    for name in ("config.yaml", "metrics.json", "generated.png", "affine.pt"):
+    for name in RUN_FILES:
         if (out_dir / name).is_file() and name not in logged:
             client.log_artifact(run_id, str(out_dir / name))
     checkpoints = sorted(path for folder in checkpoint_dirs for path in folder.glob("checkpoint_*") if path.is_dir())

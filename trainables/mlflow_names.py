@@ -6,7 +6,8 @@ with them:
     tag keys and values      Tag.*, Role, the tag sets a sweep's parent run and its trial runs carry
     run statuses             FINISHED, FAILED, KILLED, RUNNING (MLflow's)
     run names                trial_run_name: <study>/<factor>=<level>/.../seed=<n>[/sample=<k>]
-    artifact file names      TRIAL_TABLE, ERROR_FILE, GENERATED_IMAGE, REPORT_FOLDER
+    artifact file names      TRIAL_TABLE, VERSIONS_FILE, TRIALS_FILE, REPORT_FOLDER (a sweep's parent run),
+                             RUN_FILES, ERROR_FILE (a training or trial run)
     metric names             Metric.*, per_attribute(group), per_corner(group), metric_names()
     attribute, corner names  ATTRIBUTES, CORNERS (defined once, in trainables.data.records)
 """
@@ -124,12 +125,20 @@ EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 asked for in the address: search.commands.ui.RUNS_VIEW)."""
 TRIAL_TABLE = "trial_table.json"
 """The sweep parent run's plan: study, space file, seeds, objective, declared headlines, one row per slot."""
-ERROR_FILE = "error.txt"
-"""A failed run's traceback."""
-GENERATED_IMAGE = "generated.png"
-"""A grid of a run's generated images."""
+VERSIONS_FILE = "versions.json"
+"""The sweep parent run's package versions, git commit and cluster."""
+TRIALS_FILE = "trials.json"
+"""The sweep parent run's record of how each trial ended, written when the sweep ends."""
 REPORT_FOLDER = "report"
 """Where `uvlm report` logs its files on the sweep's parent run."""
+CONFIG_FILE, METRICS_FILE, GENERATED_IMAGE, AFFINE_FILE = "config.yaml", "metrics.json", "generated.png", "affine.pt"
+"""A training run's folder: its config, final metrics, a grid of generated images, the affine map (alignment)."""
+RUN_FILES = (CONFIG_FILE, GENERATED_IMAGE, METRICS_FILE, AFFINE_FILE)
+"""The files of a training run's folder logged as its artifacts (those it has)."""
+ERROR_FILE = "error.txt"
+"""A failed run's traceback."""
+FLAG = "true"
+"""The value of a flag tag (uvlm.pruned)."""
 
 
 # ---- run names ------------------------------------------------------------------------------------
@@ -160,6 +169,11 @@ class Metric:
     """Metric names (flat, '/'-separated). Groups with one metric per attribute end in 'overall' too."""
 
     STEP = "step"
+    # prefixes of groups
+    TRAIN = "train"  # training curves and counts
+    GEN = "test/gen"  # every generation metric
+    BASELINE = "baseline"  # every constant-answer baseline
+    TRIALS = "trials"  # the sweep parent run's counts of trials by how they ended: trials/<state>
     TRAIN_LOSS = "train/loss"
     TRAIN_TEXT_LOSS = "train/text_loss"
     TRAIN_IMAGE_LOSS = "train/image_loss"
@@ -224,7 +238,7 @@ def prefixed(metrics: dict[str, float], group: str) -> dict[str, float]:
 def scored_task(metric: str) -> Task | None:
     """The test task whose evaluation logs `metric` (None for training, timing and fixed metrics)."""
     for prefix, task in ((Metric.VQA + "/", Task.VQA), (Metric.VQA_HIDDEN + "/", Task.VQA), (Metric.CAPTION, Task.CAPTION),
-                         ("test/gen/", Task.GENERATION)):
+                         (Metric.GEN + "/", Task.GENERATION)):
         if metric.startswith(prefix):
             return task
     return None

@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{'--out' if args.out else 'run folder'} {str(out_dir)!r} already holds files; "
                         f"choose another {'--out' if args.out else '--name'}")
     from trainables.data.prepare import ensure_dataset
+    from trainables.mlflow_names import FAILED, FINISHED, GENERATED_IMAGE, KILLED, METRICS_FILE
     from trainables.mlflow_store import check_store
 
     uri = workspace.tracking_uri(args.tracking_uri)
@@ -56,11 +57,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         metrics = train(config, out_dir, name, mlflow_run, in_process=args.no_ray)
     except BaseException as error:
-        end_mlflow_run(mlflow_run, "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED", error)
+        end_mlflow_run(mlflow_run, KILLED if isinstance(error, KeyboardInterrupt) else FAILED, error)
         raise
-    end_mlflow_run(mlflow_run, "FINISHED")
+    end_mlflow_run(mlflow_run, FINISHED)
     print(summary(metrics))
-    print(f"uvlm: wrote {out_dir}/metrics.json" + (" and generated.png" if (out_dir / "generated.png").exists() else ""))
+    print(f"uvlm: wrote {out_dir}/{METRICS_FILE}" + (f" and {GENERATED_IMAGE}" if (out_dir / GENERATED_IMAGE).exists() else ""))
     return 0
 
 
