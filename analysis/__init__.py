@@ -8,9 +8,11 @@
 Heavy modules (matplotlib, mlflow, optuna) are imported by the functions that need them.
 """
 
-from analysis.findings import FindingReport, InsufficientData, Result, alignment, all_findings, mutual_benefit, transfer
+from analysis.findings import alignment, mutual_benefit, transfer
 from analysis.frames import list_sweeps, load_history, load_runs
 from analysis.importance import best_configs, param_importance, searched_params
+from analysis.results import FindingReport, InsufficientData, Result
+from analysis.sweep import all_findings
 
 
 def build_report(*args, **kwargs):

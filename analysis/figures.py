@@ -18,9 +18,12 @@ import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
 from analysis import stats  # noqa: E402
-from analysis.findings import FINISHED, HIDDEN_METRIC, FindingReport, InsufficientData, Result, prepare  # noqa: E402
+from analysis.findings import HIDDEN_METRIC  # noqa: E402
 from analysis.frames import factor_names  # noqa: E402
-from trainables.mlflow_layout import CORNERS, Metric, Tag, overall  # noqa: E402
+from analysis.headlines import run_areas  # noqa: E402
+from analysis.pairing import prepare  # noqa: E402
+from analysis.results import FindingReport, InsufficientData, Result  # noqa: E402
+from trainables.mlflow_names import CORNERS, FINISHED, Metric, Tag, overall  # noqa: E402
 
 HISTORY_METRICS = (overall(Metric.VQA), overall(Metric.GEN_PROBE), Metric.TRAIN_LOSS)
 """The per-step metrics of the learning curves."""
@@ -121,7 +124,7 @@ def attribute_bars(report: FindingReport | str):
         values = list(side_results.values())
         y, yerr = _with_errors(values)
         axis.bar(x, y, width, yerr=yerr, capsize=3, color=SIDE_COLOURS[side],
-                 label=f"{values[0].comparison} ({'test/vqa, caption' if side == 'understanding' else 'test/gen'})")
+                 label=f"{values[0].comparison} ({f'{Metric.VQA}, caption' if side == 'understanding' else Metric.GEN})")
     _zero(axis)
     axis.set_xticks(range(len(labels)), labels, rotation=20)
     axis.set(xlabel="attribute / metric", ylabel=DIFF, title="Benefit of mixed training per attribute (95% CI over seeds)")
@@ -213,8 +216,6 @@ def _scores_by_strength(runs: pl.DataFrame | None, history: pl.DataFrame | None)
         raise Skip("The alignment curve is not drawn: no finished mixed run")
     panels = ["final evaluation"]
     if history is not None and not history.is_empty():
-        from analysis.headlines import run_areas
-
         try:  # the area the headline slope reads
             area = run_areas(prepare(runs).filter(pl.col("run_id").is_in(mixed["run_id"].to_list())), history, metric)
             mixed = mixed.join(area.rename({"value": "mean over the evaluations"}), on="run_id", how="left")
@@ -335,7 +336,7 @@ def learning_curves(history: pl.DataFrame, runs: pl.DataFrame):
             axis.plot(curve["step"], curve["mean"], marker=".", color=ARM_COLOURS.get(arm), label=f"{arm} (mean)")
             axis.fill_between(curve["step"].to_numpy(), curve["low"].to_numpy(), curve["high"].to_numpy(),
                               color=ARM_COLOURS.get(arm), alpha=0.15)
-        unit = "loss (nats per token)" if metric.startswith("train/") else SCORE
+        unit = "loss (nats per token)" if metric.startswith(f"{Metric.TRAIN}/") else SCORE
         axis.set(xlabel="training step", ylabel=f"{metric}: {unit}", title=f"{metric} per arm (band: min–max over runs)")
         axis.legend(fontsize=8)
     figure.tight_layout()

@@ -38,14 +38,14 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Literal
 
 import polars as pl
 
-from search.tracking import check_store, sqlite_path
 from trainables.errors import UserError, nearest
-from trainables.mlflow_layout import Role, Tag, role_filter
+from trainables.mlflow_names import Role, Tag, role_filter
+from trainables.mlflow_store import check_store, sqlite_path
 from trainables.workspace import tracking_uri as resolve_uri
 
 Method = Literal["auto", "sql", "client"]
@@ -67,7 +67,7 @@ def load_runs(sweep: str, tracking_uri: str | None = None, *, method: Method = "
             runs, params, tags, metrics = _sql_runs(db, experiment_id)
     else:
         experiment_id, runs, params, tags, metrics = _client_runs(uri, sweep)
-    return _assemble(sweep, experiment_id, runs, params, tags, metrics)
+    return assemble(sweep, experiment_id, runs, params, tags, metrics)
 
 
 def load_history(sweep: str, tracking_uri: str | None = None, *, metrics: Sequence[str] | None = None,
@@ -270,7 +270,8 @@ def typed(column: pl.Series) -> pl.Series:
     return column
 
 
-def _assemble(sweep: str, experiment_id: str, runs, params, tags, metrics) -> pl.DataFrame:
+def assemble(sweep: str, experiment_id: str, runs, params, tags, metrics) -> pl.DataFrame:
+    """The runs frame from fetched rows: the one assembly step of both readers (and of analysis.synthetic.runs_frame)."""
     frame = _frame(runs, {"run_id": pl.String, "run_name": pl.String, "status": pl.String, "start_time": pl.Int64,
                           "end_time": pl.Int64, "artifact_uri": pl.String})
     params_wide = _wide(_long(params, pl.String), "params.")
@@ -297,12 +298,3 @@ def _assemble(sweep: str, experiment_id: str, runs, params, tags, metrics) -> pl
     )
     rest = [c for prefix in ("params.", "tags.", "metrics.") for c in frame.columns if c.startswith(prefix)]
     return frame.select(*FIXED_COLUMNS, *rest).sort("trial_id", "run_id", nulls_last=True)
-
-
-def metric_columns(runs: pl.DataFrame, prefix: str = "") -> list[str]:
-    """Metric names (without 'metrics.') present in the frame that start with prefix."""
-    return [c.removeprefix("metrics.") for c in runs.columns if c.startswith(f"metrics.{prefix}")]
-
-
-def present(names: Iterable[str], runs: pl.DataFrame) -> list[str]:
-    return [n for n in names if n in runs.columns]

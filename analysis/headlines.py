@@ -1,5 +1,5 @@
-"""Declared headline results: a space file's `headlines:` (search.space.Headline) computed from the runs frame
-and the evaluations logged along each run.
+"""Declared headline results: a space file's `headlines:` (trainables.headline_schema.Headline) computed from the
+runs frame and the evaluations logged along each run.
 
 Each statistic reduces the sweep to paired per-seed numbers, then to a mean over seeds with the
 interval of analysis.stats.bootstrap_mean (so every headline's interval narrows as seeds are added,
@@ -19,30 +19,25 @@ A slope or did reduces each run to its final evaluation (`per_run: end`) or to i
 curve (`per_run: auc`); the report's statistic-choice table gives both, with the half-width and seeds each needs.
 A slope may leave out the control: a seed's control is the same at every x, so it does not change the slope.
 
-Where the declarations come from: `from_parent(sweep)` reads the sweep parent run's trial_table.json
-(key `headlines`, written from search.space.Plan.headlines_record), or, for sweeps logged before that
-key existed, the `headlines:` section of the space file logged beside it.
+Where the declarations come from: analysis.sweep.from_parent reads them off a sweep's parent run.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 
 from analysis import stats
-from analysis.findings import (DERIVED, FINISHED, InsufficientData, Result, _result, design_keys, paired, prepare,
-                               shared_levels)
-from search.space import Direction, Headline, PerRun, Statistic
+from analysis.pairing import DERIVED, design_keys, mean_difference, paired, prepare, shared_levels
+from analysis.results import TARGET_HALF_WIDTH, InsufficientData, Result, make_result
 from trainables.errors import UserError
-from trainables.yamlfile import load_yaml
+from trainables.headline_schema import Direction, Headline, PerRun, Statistic
+from trainables.mlflow_names import FINISHED, Metric
+from trainables.selection import matches
 
 MAX_GRID = 10
 """Fractions of the budget on the common grid (the paper's 10%, 20%, ..., 100%) at most."""
@@ -68,32 +63,6 @@ def parse(record: dict[str, Any] | None) -> dict[str, Headline] | None:
         raise UserError(f"the sweep's headline declarations are not valid: {str(error).splitlines()[0]}") from None
 
 
-def from_parent(sweep: str, tracking_uri: str | None = None) -> dict[str, Headline] | None:
-    """The declared headlines of `sweep`, read from its parent run's artifacts (module docstring); None if none."""
-    from mlflow import MlflowClient
-
-    from analysis.frames import sweep_parent
-    from trainables.workspace import tracking_uri as resolve_uri
-
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    uri = resolve_uri(tracking_uri)
-    parent = sweep_parent(sweep, uri)["run_id"]
-    client = MlflowClient(uri)
-    logged = {artifact.path for artifact in client.list_artifacts(parent)}
-    if "trial_table.json" not in logged:
-        return None
-    with tempfile.TemporaryDirectory() as folder:
-        table = json.loads(Path(client.download_artifacts(parent, "trial_table.json", folder)).read_text())
-        if "headlines" in table:
-            return parse(table["headlines"])
-        space_file = table.get("space_file")
-        if space_file not in logged:
-            return None
-        text = Path(client.download_artifacts(parent, space_file, folder)).read_text()
-        tree = load_yaml(text, f"the space file {space_file!r} logged on sweep {sweep!r}") or {}
-    return parse(tree.get("headlines"))
-
-
 def declared_results(runs: pl.DataFrame, history: pl.DataFrame | None,
                      headlines: dict[str, Headline]) -> dict[int, list[Declared]]:
     """Each declared headline computed (or a result without an estimate that says why), grouped by finding."""
@@ -104,7 +73,7 @@ def declared_results(runs: pl.DataFrame, history: pl.DataFrame | None,
             declared = compute(prepared, history, name, headline)
         except InsufficientData as error:
             empty = stats.Estimate(math.nan, math.nan, math.nan, 0, 0, math.nan)
-            declared = Declared(_result(headline.finding, name, headline.metric, _comparison(headline), empty,
+            declared = Declared(make_result(headline.finding, name, headline.metric, _comparison(headline), empty,
                                         "not computed", _sign(headline), {}, headline=True, note=str(error),
                                         statistic=headline.statistic.value))
         out.setdefault(headline.finding, []).append(declared)
@@ -112,7 +81,7 @@ def declared_results(runs: pl.DataFrame, history: pl.DataFrame | None,
 
 
 def compute(prepared: pl.DataFrame, history: pl.DataFrame | None, name: str, headline: Headline) -> Declared:
-    """One declared headline on a prepared runs frame (analysis.findings.prepare)."""
+    """One declared headline on a prepared runs frame (analysis.pairing.prepare)."""
     statistic = headline.statistic
     frame = _mark(prepared, headline.treatment, headline.control)
     keys = design_keys(prepared)
@@ -148,9 +117,9 @@ def compute(prepared: pl.DataFrame, history: pl.DataFrame | None, name: str, hea
         choice = [{"headline": name, "metric": metric, "statistic": _choice_label(statistic, reduction),
                    "estimate": e.estimate, "sd_paired": e.seed_sd, "half_width": (e.ci_high - e.ci_low) / 2,
                    "seeds": e.n_seeds, "chosen": reduction == chosen,
-                   "seeds_for_target": stats.seeds_for_half_width(e.seed_sd, _target())}
+                   "seeds_for_target": stats.seeds_for_half_width(e.seed_sd, TARGET_HALF_WIDTH)}
                   for reduction, e in estimates.items()]
-    result = _result(headline.finding, name, metric, _comparison(headline), estimate, test, _sign(headline), {},
+    result = make_result(headline.finding, name, metric, _comparison(headline), estimate, test, _sign(headline), {},
                      headline=True, note=headline.description, statistic=label)
     return Declared(result, curve, choice)
 
@@ -158,7 +127,7 @@ def compute(prepared: pl.DataFrame, history: pl.DataFrame | None, name: str, hea
 def _estimate(frame: pl.DataFrame, column: str, headline: Headline, keys: list[str]) -> stats.Estimate:
     """The headline's estimate with each run reduced to `column` (its end metric or its area under the curve)."""
     if headline.statistic in (Statistic.END, Statistic.AUC):
-        return _mean(paired(frame, column, {TREATMENT: True}, {CONTROL: True}, keys))
+        return mean_difference(paired(frame, column, {TREATMENT: True}, {CONTROL: True}, keys))
     if headline.statistic == Statistic.DID:
         return _did(frame, column, headline, keys)
     x = f"params.{headline.against}"
@@ -190,51 +159,6 @@ def _choice_label(statistic: Statistic, reduction: PerRun) -> str:
     if statistic in (Statistic.END, Statistic.AUC):
         return reduction.value
     return statistic.value if reduction == PerRun.END else f"{statistic.value} ({reduction.value})"
-
-
-HISTORY_METRICS = ["test/vqa/overall", "test/gen/probe/overall", "train/loss", "train/samples"]
-"""Evaluations read for the report's learning curves, besides each declared headline's metric."""
-
-
-def sweep_findings(sweep: str, tracking_uri: str | None = None):
-    """(runs, history, declared headlines or None, all_findings) of a sweep in the MLflow store."""
-    from analysis.findings import all_findings
-    from analysis.tuning import finding_runs
-
-    runs, history, headlines = load_sweep(sweep, tracking_uri)
-    return runs, history, headlines, all_findings(finding_runs(runs), history, headlines)  # a tuned sweep: held-out runs
-
-
-def load_sweep(sweep: str, tracking_uri: str | None = None) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Headline] | None]:
-    """(runs, the history the findings read, declared headlines or None) of a sweep in the MLflow store."""
-    from analysis.frames import load_history, load_runs
-
-    runs = load_runs(sweep, tracking_uri)
-    if runs.is_empty():
-        raise UserError(f"sweep {sweep!r} has no trial runs yet (uvlm.role=trial); nothing to report")
-    headlines = from_parent(sweep, tracking_uri)
-    wanted = sorted({*HISTORY_METRICS, *(h.metric for h in (headlines or {}).values())})
-    return runs, load_history(sweep, tracking_uri, metrics=wanted), headlines
-
-
-def power_frame(results: list[Result], half_width: float | None = None, verdicts: bool = False) -> pl.DataFrame:
-    """Power of each result: seeds run, SD of the per-seed effect, ±, the effect detectable at 80% power and the
-    seeds a 95% half-width of `half_width` (default TARGET_HALF_WIDTH) needs; `verdicts` adds the 95% interval
-    and the verdict (where no results table stands beside it)."""
-    target = _target() if half_width is None else half_width
-
-    def text(value: float | None, digits: int = 4) -> str:
-        return "-" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
-
-    def interval(r: Result) -> dict[str, str]:
-        return {"95% CI": f"[{text(r.ci_low)}, {text(r.ci_high)}]", "verdict": r.verdict} if verdicts else {}
-
-    rows = [{"finding": r.finding, "result": r.name, "statistic": r.statistic, "estimate": text(r.estimate),
-             "seeds": r.n_seeds, "SD of the per-seed effect": text(r.sd_paired), "±": text(r.half_width), **interval(r),
-             "detectable at 80% power": text(r.mde_80),
-             f"seeds for ±{target:g}": str(n) if (n := stats.seeds_for_half_width(r.sd_paired, target)) else "-"}
-            for r in results]
-    return pl.DataFrame(rows) if rows else pl.DataFrame()
 
 
 # ----------------------------------------------------------------------------- curves along each run
@@ -290,7 +214,7 @@ def benefit_curve(frame: pl.DataFrame, history: pl.DataFrame, metric: str, keys:
 def _control_records(frame: pl.DataFrame, history: pl.DataFrame) -> float | None:
     """Records the control runs have seen at the end (median of train/samples at their last evaluation)."""
     control = frame.filter(pl.col(CONTROL) & (pl.col("status") == FINISHED))["run_id"].to_list()
-    samples = history.filter((pl.col("metric") == "train/samples") & pl.col("run_id").is_in(control))
+    samples = history.filter((pl.col("metric") == Metric.TRAIN_SAMPLES) & pl.col("run_id").is_in(control))
     if samples.is_empty():
         return None
     return float(samples.sort("step").group_by("run_id").agg(pl.col("value").last())["value"].median())
@@ -314,12 +238,6 @@ _TESTS = {
 _PER_RUN_STATISTICS = (Statistic.SLOPE, Statistic.DID)
 _PER_RUN_TEXT = {PerRun.END: "", PerRun.AUC: "; each run contributes the mean of its evaluations on a common grid of "
                                              "budget fractions (area under its learning curve)"}
-
-
-def _target() -> float:
-    from analysis.findings import TARGET_HALF_WIDTH
-
-    return TARGET_HALF_WIDTH
 
 
 def _sign(headline: Headline) -> int:
@@ -347,36 +265,19 @@ def _comparison(headline: Headline) -> str:
     return f"{base} at {key}={first} minus at {key}={second}{runs}"
 
 
-def _matches(values: list[Any], wanted: Any) -> list[bool]:
-    allowed = wanted if isinstance(wanted, list) else [wanted]
-
-    def same(value: Any, item: Any) -> bool:
-        if value is None or item is None:
-            return value is None and item is None
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and isinstance(item, (int, float)):
-            return math.isclose(float(value), float(item), abs_tol=1e-12)
-        return str(value).lower() == str(getattr(item, "value", item)).lower()
-
-    return [any(same(value, item) for item in allowed) for value in values]
-
-
 def _selected(frame: pl.DataFrame, selection: dict[str, Any]) -> pl.Series:
     mask = np.ones(frame.height, bool)
     for key, wanted in selection.items():
         column = f"params.{key}"
         if column not in frame.columns:
             raise InsufficientData(f"{key!r} was not logged by the runs of this sweep")
-        mask &= np.array(_matches(frame[column].to_list(), wanted), bool)
+        mask &= np.array([matches(value, wanted) for value in frame[column].to_list()], bool)
     return pl.Series(mask)
 
 
 def _mark(prepared: pl.DataFrame, treatment: dict[str, Any], control: dict[str, Any] | None) -> pl.DataFrame:
     controls = _selected(prepared, control) if control is not None else pl.Series([False] * prepared.height)
     return prepared.with_columns(_selected(prepared, treatment).alias(TREATMENT), controls.alias(CONTROL))
-
-
-def _mean(pairs: pl.DataFrame) -> stats.Estimate:
-    return stats.bootstrap_mean(pairs["difference"].to_numpy(), pairs["seed"].to_numpy())
 
 
 def _did(frame: pl.DataFrame, metric: str, headline: Headline, keys: list[str]) -> stats.Estimate:

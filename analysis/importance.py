@@ -27,11 +27,10 @@ import polars as pl
 
 from analysis.frames import factor_names
 from trainables.config import TrainConfig
-from trainables.mlflow_layout import Metric, overall
+from trainables.mlflow_names import FINISHED, Metric, overall
 
 OBJECTIVES = {"understanding": (overall(Metric.VQA),), "mixed": (overall(Metric.VQA),),
               "generation": (overall(Metric.GEN_PROBE), Metric.GEN_COSINE)}
-FINISHED = "FINISHED"
 
 
 @dataclass
@@ -65,7 +64,7 @@ def _determined_by(frame: pl.DataFrame, column: str, by: list[str]) -> bool:
 
 
 def objective_for(arm: str, runs: pl.DataFrame) -> str | None:
-    return next((m for m in OBJECTIVES.get(arm, ("test/vqa/overall",)) if f"metrics.{m}" in runs.columns), None)
+    return next((m for m in OBJECTIVES.get(arm, (overall(Metric.VQA),)) if f"metrics.{m}" in runs.columns), None)
 
 
 def param_importance(runs: pl.DataFrame, evaluator: str = "ped_anova") -> list[ArmImportance]:

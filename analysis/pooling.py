@@ -18,8 +18,10 @@ from pathlib import Path
 
 import polars as pl
 
-from analysis.findings import FINISHED
+from analysis.sweep import all_findings, load_sweep
+from analysis.tuning import finding_runs
 from trainables.errors import UserError
+from trainables.mlflow_names import FINISHED
 from trainables.workspace import tracking_uri as resolve_uri
 
 SOURCE = "pool_source"
@@ -58,10 +60,6 @@ def parse_ref(text: str, default_sweep: str) -> SweepRef:
 
 def pooled_findings(refs: list[SweepRef]):
     """(runs, history, declared headlines or None, all_findings) of the sweeps in `refs` read as one sweep."""
-    from analysis.findings import all_findings
-    from analysis.headlines import load_sweep
-    from analysis.tuning import finding_runs
-
     parts = [(ref, *load_sweep(ref.sweep, ref.tracking_uri)) for ref in refs]
     first, _, _, headlines = parts[0]
     for ref, _, _, other in parts[1:]:

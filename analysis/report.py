@@ -33,15 +33,19 @@ import polars as pl
 from analysis import figures as figs
 from analysis import stats
 from analysis import tuning
-from analysis.findings import EXPLORATORY, FINISHED, OTHER_ATTRIBUTES, MIN_SEEDS_FOR_VERDICT, TARGET_HALF_WIDTH, FindingReport, Result
+from analysis.findings import OTHER_ATTRIBUTES
 from analysis.frames import factor_names, sweep_parent
-from analysis.headlines import power_frame, sweep_findings
 from analysis.importance import best_configs, objective_for, param_importance, searched_params
 from analysis.pooling import SweepRef, default_ref, pool_seeds, pool_sentence, pooled_findings, run_stores
-from trainables.mlflow_layout import Metric, Tag, factor_tag, overall
+from analysis.power import power_frame
+from analysis.results import EXPLORATORY, MIN_SEEDS_FOR_VERDICT, TARGET_HALF_WIDTH, FindingReport, Result
+from analysis.sweep import sweep_findings
+from trainables.mlflow_names import FINISHED, GENERATED_IMAGE, REPORT_FOLDER, Metric, Tag, factor_tag, overall
 from trainables.workspace import tracking_uri as resolve_uri
 from trainables.workspace import workdir
 
+FINDINGS_FILE, TUNING_FILE = "findings.json", "tuning.json"
+"""Beside report.md and report.html: every result, and the tuning section's numbers (searched sweeps only)."""
 BUDGET_RULES = {"steps": "equal optimiser steps in every arm", "samples": "equal training records seen in every arm",
                 "epochs": "passes over each run's own records: every run sees each record it shares with another "
                           "run as often, and a run with more records (a mixed arm, or added generation records) "
@@ -147,16 +151,16 @@ def build_report(sweep: str, tracking_uri: str | None = None, out_dir: str | Pat
     _write_tables(out, runs, findings, results, importance, best)
     for name, data in figures.items():
         (out / "figures" / f"{name}.png").write_bytes(data)
-    (out / "findings.json").write_text(json.dumps(_json(sweep, parent, runs, findings, importance, best, headlines, pooled),
+    (out / FINDINGS_FILE).write_text(json.dumps(_json(sweep, parent, runs, findings, importance, best, headlines, pooled),
                                                   indent=2, default=_plain))
     if tuned:
-        (out / "tuning.json").write_text(json.dumps(tuned, indent=2, default=_plain))
+        (out / TUNING_FILE).write_text(json.dumps(tuned, indent=2, default=_plain))
     (out / "report.md").write_text(render_markdown(document))
     (out / "report.html").write_text(render_html(document, f"Sweep report: {sweep}"))
     if log_artifacts:
         from mlflow import MlflowClient
 
-        MlflowClient(uri).log_artifacts(parent["run_id"], str(out), artifact_path="report")
+        MlflowClient(uri).log_artifacts(parent["run_id"], str(out), artifact_path=REPORT_FOLDER)
     return Built(out, findings)
 
 
@@ -335,9 +339,9 @@ def _best_images(best: pl.DataFrame, stores: dict[str, str]) -> dict[str, tuple[
             if row["arm"] == "understanding":
                 continue
             client = MlflowClient(stores[row["run_id"]])
-            if "generated.png" not in {a.path for a in client.list_artifacts(row["run_id"])}:
+            if GENERATED_IMAGE not in {a.path for a in client.list_artifacts(row["run_id"])}:
                 continue
-            path = client.download_artifacts(row["run_id"], "generated.png", folder)
+            path = client.download_artifacts(row["run_id"], GENERATED_IMAGE, folder)
             caption = f"trial {row['trial_id']}, seed {row['seed']}, {row['objective']} = {row['value']:.3f}"
             images[f"best {row['arm']} run"] = (caption, np.asarray(Image.open(path).convert("RGB")))
     return images

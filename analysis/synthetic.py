@@ -7,7 +7,7 @@ tagged `uvlm.role=sweep`, one nested trial run per (cell, seed) with
 `mlflow.parentRunId`, the `uvlm.*` tags, the flattened `TrainConfig` as
 parameters, per-evaluation metric histories through `log_batch`, final
 metrics at the last step, and `generated.png` artifacts on request. Tags, run names,
-run endings and metric names come from `trainables.mlflow_layout`, as in a
+run endings and metric names come from `trainables.mlflow_names` and `mlflow_io`, as in a
 real sweep; the loader in `analysis.frames` is its reader.
 
 The simulated metrics are additive, so every effect below is exact in
@@ -48,10 +48,16 @@ from typing import Any
 from collections.abc import Iterator
 
 import numpy as np
+import polars as pl
 
-from trainables import mlflow_layout as layout
+from analysis.frames import assemble
+from trainables import mlflow_io
 from trainables.config import load_config
-from trainables.mlflow_layout import ATTRIBUTES, CORNERS, Metric, Tag, overall
+from trainables.mlflow_names import (ATTRIBUTES, CORNERS, ENDING_TAGS, FAILED, FINISHED, GENERATED_IMAGE, TRIAL_TABLE, Metric,
+                                     Tag, overall, sweep_tags, trial_run_name, trial_tags)
+
+SPACE_FILE = "space.yaml"
+"""The stand-in space file logged beside the trial table (its factors only)."""
 # Understanding level per attribute at the smallest data size; low enough that no effect is clipped at 1.
 LEVELS = {"time": 0.45, "weather": 0.7, "battery": 0.4, "weather_corner": 0.65, "battery_corner": 0.65}
 BASELINES = {"time": 0.5, "weather": 0.34, "battery": 0.52, "weather_corner": 0.25, "battery_corner": 0.25}
@@ -229,9 +235,9 @@ def history(final: dict[str, float], steps: tuple[int, ...], rng: np.random.Gene
         shift = trend * math.log(step / steps[-1])
 
         def along(key: str, value: float) -> float:
-            if key.startswith(("baseline/", Metric.PROBE_TRUE)) or last:
+            if key.startswith((f"{Metric.BASELINE}/", Metric.PROBE_TRUE)) or last:
                 return value
-            moved = value * scale + (shift if key.startswith(("test/vqa/", "test/caption/", "test/gen/")) else 0.0)
+            moved = value * scale + (shift if key.startswith((f"{Metric.VQA}/", Metric.CAPTION, f"{Metric.GEN}/")) else 0.0)
             return moved + (rng.normal(0.0, eval_noise) if eval_noise else 0.0)
 
         values = {key: along(key, value) for key, value in final.items()}
@@ -275,7 +281,7 @@ class Trial:
 
     trial_id: int
     name: str
-    """The run name (trainables.mlflow_layout.trial_run_name)."""
+    """The run name (trainables.mlflow_names.trial_run_name)."""
     tags: dict[str, str]
     params: dict[str, str]
     history: list[tuple[int, dict[str, float]]]
@@ -298,9 +304,9 @@ def trials(design: SyntheticSweep) -> Iterator[Trial]:
                 overrides[name] = float(math.exp(rng.uniform(math.log(low), math.log(high))) if log else rng.uniform(low, high))
             flat = load_config(None, overrides).flatten()
             levels = _levels(cell, flat)
-            tags = layout.trial_tags(parent_run_id="parent", sweep=design.name, study=design.study,
-                                     trial_id=f"{trial_id:05d}", slot=trial_id, sample=0, attempt=1,
-                                     arm=overrides["data.arm"], seed=seed, levels=levels)
+            tags = trial_tags(parent_run_id="parent", sweep=design.name, study=design.study,
+                              trial_id=f"{trial_id:05d}", slot=trial_id, sample=0, attempt=1,
+                              arm=overrides["data.arm"], seed=seed, levels=levels)
             tags = {key: str(value) for key, value in tags.items()}
             final = simulate(design, overrides, seed_effects[seed], rng)
             failed = bool(rng.uniform() < design.fail_fraction)
@@ -310,8 +316,8 @@ def trials(design: SyntheticSweep) -> Iterator[Trial]:
                 tags[Tag.ERROR] = "RuntimeError: loss is NaN at step 300"
             else:
                 tags[Tag.CHECKPOINT] = f"/synthetic/checkpoints/{trial_id:05d}"
-            yield Trial(trial_id, layout.trial_run_name(design.study, levels, seed), tags, {key: str(value) for key, value in flat.items()}, steps[:1] if failed else steps,
-                        "FAILED" if failed else "FINISHED", overrides["data.arm"] != "understanding")
+            yield Trial(trial_id, trial_run_name(design.study, levels, seed), tags, {key: str(value) for key, value in flat.items()}, steps[:1] if failed else steps,
+                        FAILED if failed else FINISHED, overrides["data.arm"] != "understanding")
             trial_id += 1
 
 
@@ -320,8 +326,6 @@ def runs_frame(design: SyntheticSweep):
 
     It goes through the loader's own assembly step, so columns and types are the loader's.
     """
-    from analysis.frames import _assemble
-
     runs, params, tags, metrics = [], [], [], []
     for trial in trials(design):
         run_id = f"run{trial.trial_id:05d}"
@@ -329,13 +333,11 @@ def runs_frame(design: SyntheticSweep):
         params += [(run_id, k, v) for k, v in trial.params.items()]
         tags += [(run_id, k, v) for k, v in {**trial.tags, "mlflow.runName": trial.name}.items()]
         metrics += [(run_id, k, v) for k, v in trial.history[-1][1].items()]
-    return _assemble(design.name, "0", runs, params, tags, metrics)
+    return assemble(design.name, "0", runs, params, tags, metrics)
 
 
 def history_frame(design: SyntheticSweep):
     """The frame `analysis.frames.load_history` would return for this sweep (same run ids as `runs_frame`)."""
-    import polars as pl
-
     rows = [(f"run{trial.trial_id:05d}", key, step, step, value) for trial in trials(design)
             for step, values in trial.history for key, value in values.items()]
     frame = pl.DataFrame(rows, schema={"run_id": pl.String, "metric": pl.String, "step": pl.Int64, "timestamp": pl.Int64,
@@ -349,19 +351,19 @@ def write_sweep(tracking_uri: str, design: SyntheticSweep, artifact_root: str | 
 
     client = MlflowClient(tracking_uri)
     root = artifact_root or (sqlite_artifact_root(tracking_uri) if tracking_uri.startswith("sqlite:") else None)
-    experiment_id = layout.experiment_id(client, design.name, root)
+    experiment_id = mlflow_io.experiment_id(client, design.name, root)
     every = list(trials(design))
-    parent_id = layout.start_run(client, experiment_id, design.name, layout.sweep_tags(
+    parent_id = mlflow_io.start_run(client, experiment_id, design.name, sweep_tags(
         sweep=design.name, study=design.study, git_commit="synthetic", space_digest="synthetic", trials=len(every),
         concurrency=1, sessions=1))
     for trial in every:
         _write_trial(client, experiment_id, parent_id, design, trial)
-    client.log_text(parent_id, "\n".join(f"{k}: {v}" for k, v in factors(design).items()) + "\n", "space.yaml")
-    table = {"study": design.study, "space_file": "space.yaml", "seeds": list(design.seeds)}
+    client.log_text(parent_id, "\n".join(f"{k}: {v}" for k, v in factors(design).items()) + "\n", SPACE_FILE)
+    table = {"study": design.study, "space_file": SPACE_FILE, "seeds": list(design.seeds)}
     if design.headlines is not None:
         table["headlines"] = design.headlines
-    client.log_dict(parent_id, table, "trial_table.json")
-    layout.finish(client, parent_id, "FINISHED", tags={Tag.SUMMARY: f"synthetic sweep {design.name!r}: {len(every)} trials"})
+    client.log_dict(parent_id, table, TRIAL_TABLE)
+    mlflow_io.finish(client, parent_id, FINISHED, tags={Tag.SUMMARY: f"synthetic sweep {design.name!r}: {len(every)} trials"})
     return parent_id
 
 
@@ -380,17 +382,17 @@ def _levels(cell: dict[str, Any], flat: dict[str, Any]) -> list[tuple[str, str]]
 
 
 def _write_trial(client, experiment_id: str, parent_id: str, design: SyntheticSweep, trial: Trial) -> None:
-    ending = {key: trial.tags[key] for key in layout.ENDING_TAGS & trial.tags.keys()}
-    run_id = layout.start_run(client, experiment_id, trial.name,
-                              {**{k: v for k, v in trial.tags.items() if k not in ending}, Tag.PARENT: parent_id})
+    ending = {key: trial.tags[key] for key in ENDING_TAGS & trial.tags.keys()}
+    run_id = mlflow_io.start_run(client, experiment_id, trial.name,
+                                 {**{k: v for k, v in trial.tags.items() if k not in ending}, Tag.PARENT: parent_id})
     names = sorted({key for _, values in trial.history for key in values})
-    layout.log_curve(client, run_id, names, [(step, [values.get(name, float("nan")) for name in names])
-                                             for step, values in trial.history])
-    layout.log_params(client, run_id, trial.params)
-    if design.images and trial.status == "FINISHED" and trial.trains_generation:
-        client.log_image(run_id, _png_array(watch_grid(trial.trial_id)), artifact_file="generated.png")
+    mlflow_io.log_curve(client, run_id, names, [(step, [values.get(name, float("nan")) for name in names])
+                                                for step, values in trial.history])
+    mlflow_io.log_params(client, run_id, trial.params)
+    if design.images and trial.status == FINISHED and trial.trains_generation:
+        client.log_image(run_id, _png_array(watch_grid(trial.trial_id)), artifact_file=GENERATED_IMAGE)
     error = ending.pop(Tag.ERROR, None)
-    layout.finish(client, run_id, trial.status, error, tags=ending)
+    mlflow_io.finish(client, run_id, trial.status, error, tags=ending)
 
 
 def _png_array(png: bytes) -> np.ndarray:

@@ -14,30 +14,32 @@ held-out re-runs when the sweep has them, so no winner's curse reaches a finding
 
 from __future__ import annotations
 
+import json
 import math
+import tempfile
 from typing import Any, Callable
 
 import numpy as np
 import polars as pl
 
 from analysis import stats
-from analysis.findings import FINISHED, FindingReport, InsufficientData, mutual_benefit
-from trainables.mlflow_layout import Tag
+from analysis.findings import mutual_benefit
+from analysis.importance import searched_params
+from analysis.results import FindingReport, InsufficientData
+from trainables.mlflow_names import FAILED, FINISHED, FLAG, TRIAL_TABLE, Tag
 
-PHASE, STUDY, TRIAL = (f"tags.{tag}" for tag in (Tag.PHASE, Tag.OPTUNA_STUDY, Tag.OPTUNA_TRIAL))
-RATIO = "params.data.generation_ratio"
+PHASE, STUDY, TRIAL, PRUNED = (f"tags.{tag}" for tag in (Tag.PHASE, Tag.OPTUNA_STUDY, Tag.OPTUNA_TRIAL, Tag.PRUNED))
+RATIO_KEY = "data.generation_ratio"
+RATIO = f"params.{RATIO_KEY}"
 
 
 def objective_of(parent_run_id: str, uri: str) -> tuple[str | None, str]:
     """The sweep's objective (metric, mode) from its parent run's trial table (written by `uvlm sweep`)."""
-    import json
-    import tempfile
-
     from mlflow import MlflowClient
 
     with tempfile.TemporaryDirectory() as folder:
         try:
-            path = MlflowClient(uri).download_artifacts(parent_run_id, "trial_table.json", folder)
+            path = MlflowClient(uri).download_artifacts(parent_run_id, TRIAL_TABLE, folder)
         except Exception:  # noqa: BLE001 - an older sweep without the table: no tuning section
             return None, "max"
         with open(path) as file:
@@ -66,8 +68,8 @@ def configurations(runs: pl.DataFrame, metric: str) -> pl.DataFrame:
     mean objective over its seeds, their spread, and its state (complete | pruned | failed)."""
     column = f"metrics.{metric}"
     tuning = runs.filter(pl.col(STUDY).is_not_null() & (pl.col(PHASE).fill_null("tune") == "tune"))
-    searched = [c for c in searched_columns(runs) if c in tuning.columns]
-    pruned = pl.col("tags.uvlm.pruned").fill_null("") == "true" if "tags.uvlm.pruned" in tuning.columns else pl.lit(False)
+    searched = [c for c in (f"params.{name}" for name in searched_params(runs)) if c in tuning.columns]
+    pruned = pl.col(PRUNED).fill_null("") == FLAG if PRUNED in tuning.columns else pl.lit(False)
     tuning = tuning.with_columns(pruned.alias("pruned"), pl.col(TRIAL).cast(pl.Int64).alias("trial"),
                                  (pl.col(column) if column in tuning.columns else pl.lit(None, pl.Float64)).alias("value"))
     frame = (tuning.group_by(["cell", "trial"], maintain_order=True)
@@ -77,7 +79,7 @@ def configurations(runs: pl.DataFrame, metric: str) -> pl.DataFrame:
                   pl.col("value").filter(pl.col("status") == FINISHED).max().alias("max"),
                   pl.col("seed").count().alias("seeds"),
                   pl.col("pruned").any().alias("any_pruned"),
-                  (pl.col("status") == "FAILED").any().alias("any_failed"))
+                  (pl.col("status") == FAILED).any().alias("any_failed"))
              .with_columns(pl.when(pl.col("any_failed")).then(pl.lit("failed"))
                            .when(pl.col("any_pruned")).then(pl.lit("pruned"))
                            .otherwise(pl.lit("complete")).alias("state"))
@@ -86,25 +88,13 @@ def configurations(runs: pl.DataFrame, metric: str) -> pl.DataFrame:
     return frame.rename({c: c.removeprefix("params.") for c in searched})
 
 
-def searched_columns(runs: pl.DataFrame) -> list[str]:
-    """Parameters that differ between configurations of one cell: the searched ones."""
-    tuning = runs.filter(pl.col(STUDY).is_not_null()) if STUDY in runs.columns else runs.head(0)
-    skip = {"params.seed"}
-    found = []
-    for column in tuning.columns:
-        if column.startswith("params.") and column not in skip:
-            if tuning.group_by("cell").agg(pl.col(column).n_unique().alias("n"))["n"].max() > 1:
-                found.append(column)
-    return found
-
-
 def best_ratio(runs: pl.DataFrame, metric: str, mode: str = "max", resamples: int = 2000) -> dict[str, Any] | None:
     """The configuration with the best mean objective, its ratio, and a 95% percentile interval of the best
     ratio from resampling seeds (each resample re-averages every configuration over the drawn seeds)."""
     column = f"metrics.{metric}"
     tuning = runs.filter((pl.col(PHASE).fill_null("tune") == "tune") & (pl.col("status") == FINISHED)
                          & pl.col(TRIAL).is_not_null())
-    if RATIO not in searched_columns(runs) or column not in tuning.columns or tuning.is_empty():
+    if RATIO_KEY not in searched_params(runs) or column not in tuning.columns or tuning.is_empty():
         return None
     varied = tuning.group_by("cell", maintain_order=True).agg(pl.col(RATIO).n_unique().alias("n")).filter(pl.col("n") > 1)
     if varied.is_empty():
@@ -177,7 +167,7 @@ def section(document, runs: pl.DataFrame, metric: str | None, mode: str, draw: C
                    "Tuning history: one row per Optuna trial (configuration), mean and range over its seeds")
     draw("tuning_history", "Each cell's tuning history: the objective of each configuration (mean, seeds' range) "
                            "and the best so far", lambda: _history_figure(configs, mode))
-    pruned = tuning.filter(pl.col("tags.uvlm.pruned").fill_null("") == "true") if "tags.uvlm.pruned" in tuning.columns else tuning.head(0)
+    pruned = tuning.filter(pl.col(PRUNED).fill_null("") == FLAG) if PRUNED in tuning.columns else tuning.head(0)
     if pruned.is_empty():
         document.p("Pruned trials: none (ASHA stopped no tuning trial; held-out re-runs are never pruned).")
     else:
@@ -253,8 +243,8 @@ def _history_figure(configs: pl.DataFrame, mode: str):
 def _ratio_figure(configs: pl.DataFrame, ratio: dict[str, Any]):
     import matplotlib.pyplot as plt
 
-    rows = configs.filter((pl.col("state") == "complete") & (pl.col("cell") == ratio["cell"])).sort("data.generation_ratio")
-    x = rows["data.generation_ratio"].cast(pl.Float64).to_numpy()
+    rows = configs.filter((pl.col("state") == "complete") & (pl.col("cell") == ratio["cell"])).sort(RATIO_KEY)
+    x = rows[RATIO_KEY].cast(pl.Float64).to_numpy()
     mean, low, high = (rows[c].to_numpy().astype(float) for c in ("mean", "min", "max"))
     figure, axis = plt.subplots(figsize=(7, 4))
     axis.errorbar(x, mean, yerr=[mean - low, high - mean], fmt="o", capsize=3, label="configuration (seeds' range)")

@@ -126,6 +126,7 @@ def measure(folder: Path, paths: dict, shape: dict, device, args, checkpointing:
     from trainables.config import config_path, load_config
     from trainables.data.prepare import ensure_dataset
     from trainables.launch import loop_config
+    from trainables.mlflow_names import Metric, overall
     from trainables.plan import make_plan
     from trainables.train import LocalSession, Recipe
 
@@ -167,9 +168,9 @@ def measure(folder: Path, paths: dict, shape: dict, device, args, checkpointing:
         "mfu": flops / step / (args.peak_tflops * 1e12) if device.type == "cuda" else float("nan"),
         "peak_memory_gib": peak, "plan_peak_gib": plan.peak_gb - plan.rows[-1][1],  # the plan without its framework overhead
         "plan_rows_gib": {name: round(value, 3) for name, value, _ in plan.rows},
-        "eval_seconds": metrics["time/eval_seconds"], "setup_seconds": metrics["time/setup_seconds"], "wall_seconds": wall,
+        "eval_seconds": metrics[Metric.EVAL_SECONDS], "setup_seconds": metrics[Metric.SETUP_SECONDS], "wall_seconds": wall,
         "checkpoint_mb": checkpoint_mb, "checkpoint_seconds": checkpoint_seconds,
-        "final_loss": metrics["train/loss"], "vqa_overall": metrics.get("test/vqa/overall"),
+        "final_loss": metrics[Metric.TRAIN_LOSS], "vqa_overall": metrics.get(overall(Metric.VQA)),
     }
 
 

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from analysis.frames import list_sweeps, load_history, load_runs
     from analysis.synthetic import write_sweep
-    from trainables.mlflow_layout import Metric, Role, overall, role_filter
+    from trainables.mlflow_names import Metric, Role, overall, role_filter
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     store = Path(args.store).resolve()

@@ -115,13 +115,13 @@ class SweepTimes:
 def sweep_times(workdir: Path, sweep: str, wall: float | None) -> SweepTimes:
     from mlflow.tracking import MlflowClient
 
-    from trainables.mlflow_layout import Metric, Role, Tag
+    from trainables.mlflow_names import FINISHED, Metric, Role, Tag
 
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     experiment = client.get_experiment_by_name(sweep)
     runs = client.search_runs([experiment.experiment_id], max_results=5000)
     parent = next(run for run in runs if run.data.tags.get(Tag.ROLE) == Role.SWEEP)
-    trials = [run for run in runs if run.data.tags.get(Tag.ROLE) == Role.TRIAL and run.info.status == "FINISHED"]
+    trials = [run for run in runs if run.data.tags.get(Tag.ROLE) == Role.TRIAL and run.info.status == FINISHED]
     if wall is None:
         wall = (parent.info.end_time - parent.info.start_time) / 1000
     train = [run.data.metrics[Metric.TRAIN_SECONDS] for run in trials]

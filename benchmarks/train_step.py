@@ -77,6 +77,7 @@ def ray_run(overrides: list[str], steps: int) -> dict[str, float]:
 
     from trainables.config import load_config
     from trainables.launch import fit
+    from trainables.mlflow_names import Metric
 
     config = load_config(None, overrides + [f"budget.value={steps}", f"eval.every_steps={steps + 1}"])
     temp = tempfile.mkdtemp(prefix="uvr", dir="/tmp")
@@ -89,9 +90,9 @@ def ray_run(overrides: list[str], steps: int) -> dict[str, float]:
             wall = time.perf_counter() - started
     finally:
         ray.shutdown()
-    inside = metrics["time/setup_seconds"] + metrics["time/train_seconds"] + metrics["time/eval_seconds"]
-    return {"ray_step_seconds": metrics["time/step_seconds_median"], "fit_wall_seconds": wall,
-            "startup_seconds": wall - inside, "setup_seconds": metrics["time/setup_seconds"]}
+    inside = metrics[Metric.SETUP_SECONDS] + metrics[Metric.TRAIN_SECONDS] + metrics[Metric.EVAL_SECONDS]
+    return {"ray_step_seconds": metrics[Metric.STEP_SECONDS_MEDIAN], "fit_wall_seconds": wall,
+            "startup_seconds": wall - inside, "setup_seconds": metrics[Metric.SETUP_SECONDS]}
 
 
 def parallel(overrides: list[str], steps: int) -> dict[str, float]:

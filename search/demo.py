@@ -227,20 +227,20 @@ def smoke_space(path: Path, out: Path) -> Path:
 def _state(uri: str, name: str) -> str:
     """new (no sweep of this name), finished (its parent run ended FINISHED: every trial ran) or resumed."""
     from search import tracking
-    from trainables import mlflow_layout as layout
-    from trainables.mlflow_layout import Role
+    from trainables import mlflow_io
+    from trainables.mlflow_names import FINISHED, Role
 
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         return "new"
     client = tracking.connect(uri)
-    experiment = layout.experiment_id(client, name, create=False)
+    experiment = mlflow_io.experiment_id(client, name, create=False)
     if experiment is None:
         return "new"
-    parents = layout.runs(client, experiment, Role.SWEEP)
-    trials = layout.runs(client, experiment, Role.TRIAL)
+    parents = mlflow_io.runs(client, experiment, Role.SWEEP)
+    trials = mlflow_io.runs(client, experiment, Role.TRIAL)
     if not parents and not trials:
         return "new"
-    return "finished" if parents and parents[-1].info.status == "FINISHED" else "resumed"
+    return "finished" if parents and parents[-1].info.status == FINISHED else "resumed"
 
 
 # ----------------------------------------------------------------------------- reports
@@ -257,11 +257,11 @@ def _report(name: str, uri: str, out: Path):
 
 def headline_rows(runs: list[StudyRun]) -> list[dict[str, Any]]:
     """Each study's own finding: its headline results (estimate, interval, seeds, verdict), or why none."""
-    from analysis.report import VERDICT_MARK
+    from analysis.report import TUNING_FILE, VERDICT_MARK
 
     rows = []
     for run in runs:
-        path = run.report.out / "tuning.json"
+        path = run.report.out / TUNING_FILE
         tuned = json.loads(path.read_text()) if path.is_file() else {}
         if tuned.get("best_ratio"):  # the ratio study has one arm: its finding is the best ratio
             rows += _tuning_rows(run, tuned)

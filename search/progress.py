@@ -20,8 +20,8 @@ from typing import Any
 from ray.tune import Callback
 
 from search import tracking
-from trainables import mlflow_layout as layout
-from trainables.mlflow_layout import Role, Tag
+from trainables import mlflow_io
+from trainables.mlflow_names import FAILED, FINISHED, RUNNING, Role, Tag
 
 
 class SweepCallback(Callback):
@@ -45,8 +45,8 @@ class SweepCallback(Callback):
         from tqdm import tqdm
 
         self._client = tracking.client(self.tracking_uri)
-        done = sum(run.info.status in ("FINISHED", "FAILED") or layout.is_pruned(run)
-                   for run in layout.runs(self._client, self.experiment_id, Role.TRIAL))  # interrupted ones rerun
+        done = sum(run.info.status in (FINISHED, FAILED) or mlflow_io.is_pruned(run)
+                   for run in mlflow_io.runs(self._client, self.experiment_id, Role.TRIAL))  # interrupted ones rerun
         self._bar = tqdm(total=self.total, initial=done, desc=f"sweep {self.sweep}", unit="trial", file=sys.stderr,
                          dynamic_ncols=True, leave=True)
 
@@ -56,12 +56,12 @@ class SweepCallback(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         run = self._run(trial)
-        if run is not None and run.info.status == "RUNNING":
+        if run is not None and run.info.status == RUNNING:
             # Tune stopped it: the driver was killed before it could end its run.
             if self.early_stopping:
-                layout.pruned(self._client, run.info.run_id)
+                mlflow_io.pruned(self._client, run.info.run_id)
             else:
-                layout.interrupted(self._client, run.info.run_id, "stopped by the sweep (time budget)")
+                mlflow_io.interrupted(self._client, run.info.run_id, "stopped by the sweep (time budget)")
             step = (trial.last_result or {}).get("step")
             self._say(trial, "pruned" if self.early_stopping else "stopped", f"at step {step}" if step is not None else "")
         else:
@@ -70,11 +70,11 @@ class SweepCallback(Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
         run = self._run(trial)
-        if run is not None and run.info.status == "RUNNING":
-            layout.finish(self._client, run.info.run_id, "FAILED", _error_text(trial))
+        if run is not None and run.info.status == RUNNING:
+            mlflow_io.finish(self._client, run.info.run_id, FAILED, _error_text(trial))
             run = self._run(trial)
         error = run.data.tags.get(Tag.ERROR) if run is not None else _error_text(trial)
-        self._say(trial, "FAILED", error or "")
+        self._say(trial, FAILED, error or "")
         self._advance()
 
     def on_experiment_end(self, trials: list, **info) -> None:
@@ -82,7 +82,7 @@ class SweepCallback(Callback):
             self._bar.close()
 
     def _run(self, trial):
-        return layout.trial_run(self._client, self.experiment_id, trial.trial_id)
+        return mlflow_io.trial_run(self._client, self.experiment_id, trial.trial_id)
 
     def _advance(self) -> None:
         if self._bar is not None:

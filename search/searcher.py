@@ -34,11 +34,13 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
-from search.space import DistributionKind, Param, Phase, SamplerKind, Search, condition_holds
+from search.space import DistributionKind, Param, Phase, SamplerKind, Search
+from trainables.mlflow_names import Metric
+from trainables.selection import holds
 
 PRUNED, FAILED = "pruned", "failed"
 SPACE_ATTR = "uvlm.space"  # study user attribute: the searched space it was created for (search.tuning checks it)
-COMPLETED_KEY = "time/fit_seconds"
+COMPLETED_KEY = Metric.FIT_SECONDS
 """Reported by `search.trial.run_trial` only when the body returned: a result without it was stopped early."""
 
 
@@ -53,7 +55,7 @@ class DefineByRun:
         values = dict(self.values)
         searched = {}
         for key, param in self.params.items():
-            if condition_holds(param.when, values):
+            if holds(param.when, values):
                 values[key] = searched[key] = suggest(trial, key, param)
         return searched
 

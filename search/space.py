@@ -40,13 +40,15 @@ from itertools import product
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from trainables import limits
 from trainables.budget import planned_steps
 from trainables.config import TrainConfig, load_config, set_dotted
 from trainables.errors import UserError, nearest, unknown_choice
-from trainables.mlflow_layout import scored_task
+from trainables.headline_schema import Direction, Headline, PerRun, SpaceModel, Statistic
+from trainables.mlflow_names import cell_key, metric_names, scored_task
+from trainables.selection import holds
 from trainables.yamlfile import load_yaml, read_text, read_yaml
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
@@ -55,12 +57,6 @@ RESOURCE_KEYS = ("runtime.num_workers", "runtime.threads_per_worker", "runtime.u
 # Config fields holding filesystem paths: made absolute at the boundary, because Ray runs trials
 # in other working directories (and on other nodes).
 PATH_SUFFIXES = ("path", "_dir")
-
-
-class SpaceModel(BaseModel):
-    """A space-file section: unknown keys are errors."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class DistributionKind(str, enum.Enum):
@@ -78,28 +74,6 @@ class Mode(str, enum.Enum):
 class SamplerKind(str, enum.Enum):
     TPE = "tpe"
     RANDOM = "random"
-
-
-class Direction(str, enum.Enum):
-    POSITIVE = "positive"  # the paper expects the statistic above zero
-    NEGATIVE = "negative"
-
-
-class Statistic(str, enum.Enum):
-    """How a headline turns runs into one number per seed (analysis/headlines.py computes each)."""
-
-    END = "end"  # treatment - control on the final evaluation
-    AUC = "auc"  # treatment - control on the mean over evaluation points (area under the learning curve)
-    TREND = "trend"  # slope of (treatment - control) against ln(records seen), from the evaluations along each run
-    SLOPE = "slope"  # slope of (treatment - control) against the values of `against` (e.g. affine strength)
-    DID = "did"  # (treatment - control) at the first level of `across` minus at the second
-
-
-class PerRun(str, enum.Enum):
-    """What one run contributes to a slope or difference in differences."""
-
-    END = "end"  # its final evaluation
-    AUC = "auc"  # the mean of its evaluations on a common grid of budget fractions
 
 
 class Param(SpaceModel):
@@ -244,52 +218,6 @@ class EarlyStopping(SpaceModel):
     reduction_factor: float = Field(default=3.0, gt=1, le=limits.FACTOR[1])
 
 
-class Headline(SpaceModel):
-    """A declared headline result: the effect the study exists to estimate, with the paper's direction."""
-
-    finding: int = Field(ge=1, le=3)
-    """The finding of STUDY.md (1 mixing, 2 alignment, 3 transfer) the result belongs to."""
-    metric: str
-    """A metric name of the trainable (docs/ARCHITECTURE.md), e.g. test/vqa/overall."""
-    treatment: dict[str, Any] = Field(min_length=1)
-    """Dotted TrainConfig keys -> value (or list of values) selecting the treatment runs, e.g. {data.arm: mixed}."""
-    control: dict[str, Any] | None = Field(default=None, min_length=1)
-    """The same for the control runs; each treatment run is paired with the control of its seed (and cell).
-    Optional for statistic: slope only: a seed's control is the same at every value of `against`, so it shifts the
-    seed's benefit without changing its slope (declared, it is subtracted and the report shows the benefit levels)."""
-    expected: Direction = Direction.POSITIVE
-    """The paper's direction of the statistic."""
-    statistic: Statistic = Statistic.END
-    """end | auc | trend | slope | did (see Statistic)."""
-    per_run: PerRun = PerRun.END
-    """slope and did: what each run contributes, its final evaluation (end) or the mean of its evaluations along
-    the budget (auc, the area under its learning curve). For a plain difference, `statistic: end` or `auc` says it."""
-    against: str | None = None
-    """slope only: the dotted key whose values are the x axis, e.g. alignment.affine_strength."""
-    across: dict[str, list[Any]] | None = None
-    """did only: one dotted key and two values; the result is the effect at the first minus at the second."""
-    description: str = ""
-
-    @model_validator(mode="after")
-    def _fits_statistic(self) -> Headline:
-        if self.control is None and self.statistic != Statistic.SLOPE:
-            raise ValueError("`control` is required (only statistic: slope may leave it out)")
-        if self.per_run != PerRun.END and self.statistic not in (Statistic.SLOPE, Statistic.DID):
-            raise ValueError("`per_run` is for statistic: slope or did; for a plain difference on the area under the "
-                             "learning curve write statistic: auc")
-        if (self.statistic == Statistic.SLOPE) != (self.against is not None):
-            raise ValueError("`against` (the x axis) is required by statistic: slope and taken by no other statistic")
-        if (self.statistic == Statistic.DID) != (self.across is not None):
-            raise ValueError("`across` ({key: [first, second]}) is required by statistic: did and taken by no other")
-        if self.across is not None and (len(self.across) != 1 or len(next(iter(self.across.values()))) != 2):
-            raise ValueError("`across` names one key with two values: the effect at the first minus at the second")
-        return self
-
-    def keys(self) -> list[str]:
-        """Every dotted config key the declaration names."""
-        return [*self.treatment, *(self.control or {}), *([self.against] if self.against else []), *(self.across or {})]
-
-
 class SpaceFile(SpaceModel):
     study: str = Field(pattern=NAME_PATTERN)
     """The study's name, e.g. mixing (MLflow tag uvlm.study)."""
@@ -355,8 +283,6 @@ class Cell:
     @property
     def key(self) -> str:
         """'data.arm=mixed;data.train_images=500' (MLflow tag uvlm.cell); '' for a study without factors."""
-        from trainables.mlflow_layout import cell_key
-
         return cell_key(self.levels)
 
 
@@ -496,9 +422,7 @@ def resolve_paths(overrides: dict[str, Any], config: TrainConfig, root: Path) ->
 
 
 def known_metrics() -> list[str]:
-    """The trainable's metric names (trainables.mlflow_layout)."""
-    from trainables.mlflow_layout import metric_names
-
+    """The trainable's metric names (trainables.mlflow_names)."""
     return metric_names()
 
 
@@ -649,11 +573,11 @@ def _check_configs(plan: Plan) -> None:
     name = plan.path.name
     configs = {slot.cell.index: slot.config for slot in plan.first_of_each_cell()}
     for key, param in plan.space.search.params.items():
-        if param.when and not any(condition_holds(param.when, config.flatten()) for config in configs.values()):
+        if param.when and not any(holds(param.when, config.flatten()) for config in configs.values()):
             raise UserError(f"space file {name}: search.params.{key}.when {param.when} holds in no cell, so "
                             f"{key!r} would never be searched")
         for slot in plan.first_of_each_cell():
-            if not condition_holds(param.when, configs[slot.cell.index].flatten()):
+            if not holds(param.when, configs[slot.cell.index].flatten()):
                 continue
             for value in param.endpoints():
                 try:
@@ -688,12 +612,12 @@ def _check_headlines(plan: Plan, flat: dict[int, dict[str, Any]]) -> None:
         for side in ("treatment", "control") if headline.control is not None else ("treatment",):
             for level in across:
                 selection = {**getattr(headline, side), **level}
-                matched = [index for index, values in flat.items() if condition_holds(selection, values)]
+                matched = [index for index, values in flat.items() if holds(selection, values)]
                 if not matched:
                     raise UserError(f"space file {plan.path.name}: headlines.{name}.{side} "
                                     f"{_selection_text(selection)} matches no cell of the study")
                 if side == "treatment" and headline.against is not None:
-                    xs = {json.dumps(_plain(flat[index].get(headline.against))) for index in matched}
+                    xs = {json.dumps(flat[index].get(headline.against)) for index in matched}
                     if len(xs) < 2:
                         raise UserError(f"space file {plan.path.name}: headlines.{name}: the treatment cells have one "
                                         f"value of {headline.against!r}; a slope needs at least two")
@@ -706,8 +630,8 @@ def _check_scored_along(plan: Plan, configs: dict[int, TrainConfig], flat: dict[
     for key, headline in space.headlines.items():
         if headline.statistic in (Statistic.TREND, Statistic.AUC) or headline.per_run == PerRun.AUC:
             cells = [index for index, values in flat.items()
-                     if condition_holds(headline.treatment, values)
-                     or (headline.control is not None and condition_holds(headline.control, values))]
+                     if holds(headline.treatment, values)
+                     or (headline.control is not None and holds(headline.control, values))]
             needed.append((f"headlines.{key}.metric", headline.metric, cells))
     if space.early_stopping.enabled and space.objective is not None:
         needed.append(("objective.metric", space.objective.metric, list(configs)))
@@ -724,15 +648,3 @@ def _check_scored_along(plan: Plan, configs: dict[int, TrainConfig], flat: dict[
 def _selection_text(selection: dict[str, Any]) -> str:
     return "{" + ", ".join(f"{key}: {format_value(value)}" for key, value in selection.items()) + "}"
 
-
-def condition_holds(when: dict[str, Any], values: dict[str, Any]) -> bool:
-    """`when` {key: value or [values]} against a flat config: every key must match."""
-    for key, wanted in when.items():
-        allowed = wanted if isinstance(wanted, list) else [wanted]
-        if _plain(values.get(key)) not in [_plain(item) for item in allowed]:
-            return False
-    return True
-
-
-def _plain(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=lambda item: getattr(item, "value", str(item))))

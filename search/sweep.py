@@ -25,10 +25,10 @@ from search import cluster as ray_cluster
 from search import tracking
 from search.space import NAME_PATTERN, Plan
 from search.trial import DEFAULT_BODY, TrialContext, resolve_body, run_trial
-from trainables import mlflow_layout as layout
-from trainables import workspace
+from trainables import mlflow_io, workspace
 from trainables.errors import UserError
-from trainables.mlflow_layout import Role, Tag
+from trainables.mlflow_names import (FAILED, FINISHED, KILLED, TRIAL_TABLE, TRIALS_FILE, VERSIONS_FILE, Metric, Role, Tag,
+                                     sweep_tags)
 
 
 @dataclass
@@ -96,15 +96,15 @@ def run_sweep(plan: Plan, options: SweepOptions) -> Summary:
     check_optuna(plan, name, folder)
 
     client = tracking.connect(uri)
-    experiment = layout.experiment_id(client, name, create=False)
+    experiment = mlflow_io.experiment_id(client, name, create=False)
     parent = _parent_run(client, experiment) if experiment else None
-    trial_runs = layout.runs(client, experiment, Role.TRIAL) if experiment else []
+    trial_runs = mlflow_io.runs(client, experiment, Role.TRIAL) if experiment else []
     _check_identity(plan, name, options.resume, experiment_dir, parent, trial_runs)
 
     from ray.tune import Tuner
 
     if options.resume and not Tuner.can_restore(str(experiment_dir)):
-        if parent is not None and parent.info.status == "FINISHED":
+        if parent is not None and parent.info.status == FINISHED:
             summary = summarize(client, experiment, name, len(plan.slots), time.monotonic() - started)
             print(f"uvlm: {summary.line()} (already finished; nothing to resume)", file=sys.stderr)
             return summary
@@ -121,10 +121,10 @@ def run_sweep(plan: Plan, options: SweepOptions) -> Summary:
     try:
         concurrency = concurrency_for(plan, cluster, options.max_concurrent)
         prepare_data(plan)
-        experiment = layout.experiment_id(client, name, _artifact_location(options.tracking_uri, folder))
+        experiment = mlflow_io.experiment_id(client, name, _artifact_location(options.tracking_uri, folder))
         parent_id = _open_parent(client, experiment, name, plan, parent, concurrency, cluster)
         if options.resume:
-            layout.close_stale(client, experiment, "the sweep driver stopped before the trial ended")
+            mlflow_io.close_stale(client, experiment, "the sweep driver stopped before the trial ended")
         else:
             _drop_stale_studies(name, folder)
         context = TrialContext(
@@ -139,7 +139,7 @@ def run_sweep(plan: Plan, options: SweepOptions) -> Summary:
     finally:
         ray_cluster.stop()
         if parent_id is not None:  # whatever happened, no run of this sweep stays RUNNING
-            layout.close_stale(client, experiment, "the sweep stopped before the trial ended")
+            mlflow_io.close_stale(client, experiment, "the sweep stopped before the trial ended")
             summary = summarize(client, experiment, name, len(plan.slots), time.monotonic() - started)
             _close_parent(client, experiment, parent_id, summary)
     print(f"uvlm: {summary.line()}", file=sys.stderr)
@@ -249,7 +249,7 @@ def concurrency_for(plan: Plan, cluster: dict[str, float], requested: int | None
 # ---- MLflow parent run ---------------------------------------------------------------------------
 
 def _parent_run(client, experiment: str):
-    parents = layout.runs(client, experiment, Role.SWEEP)
+    parents = mlflow_io.runs(client, experiment, Role.SWEEP)
     return parents[-1] if parents else None
 
 
@@ -275,17 +275,17 @@ def _artifact_location(explicit_uri: str | None, folder: Path) -> str | None:
 
 def _open_parent(client, experiment: str, name: str, plan: Plan, parent, concurrency: int, cluster) -> str:
     sessions = int(parent.data.tags.get(Tag.SESSIONS, "1")) + 1 if parent is not None else 1
-    tags = layout.sweep_tags(sweep=name, study=plan.study, git_commit=tracking.git_commit(), space_digest=plan.digest,
-                             trials=len(plan.slots), concurrency=concurrency, sessions=sessions)
+    tags = sweep_tags(sweep=name, study=plan.study, git_commit=tracking.git_commit(), space_digest=plan.digest,
+                      trials=len(plan.slots), concurrency=concurrency, sessions=sessions)
     if parent is not None:
-        layout.reopen(client, parent.info.run_id, tags)
+        mlflow_io.reopen(client, parent.info.run_id, tags)
         return parent.info.run_id
-    run_id = layout.start_run(client, experiment, name, tags)
+    run_id = mlflow_io.start_run(client, experiment, name, tags)
     client.log_artifact(run_id, str(plan.path))
-    client.log_dict(run_id, trial_table(plan), "trial_table.json")
+    client.log_dict(run_id, trial_table(plan), TRIAL_TABLE)
     client.log_dict(run_id, {**tracking.versions(), "git_commit": tags[Tag.GIT_COMMIT],
-                             "cluster": cluster}, "versions.json")
-    layout.log_params(client, run_id, {"space.trials": len(plan.slots), "space.cells": len(plan.cells),
+                             "cluster": cluster}, VERSIONS_FILE)
+    mlflow_io.log_params(client, run_id, {"space.trials": len(plan.slots), "space.cells": len(plan.cells),
                                          "space.seeds": len(plan.space.seeds), "space.samples": plan.space.search.samples})
     return run_id
 
@@ -304,9 +304,9 @@ def trial_table(plan: Plan) -> dict[str, Any]:
 
 
 def _close_parent(client, experiment: str, parent_id: str, summary: Summary) -> None:
-    client.log_dict(parent_id, trials_record(client, experiment), "trials.json")
-    layout.log_metrics(client, parent_id, {f"trials/{key.replace(' ', '_')}": value for key, value in summary.counts.items()})
-    layout.finish(client, parent_id, "FINISHED" if summary.complete else "KILLED", tags={Tag.SUMMARY: summary.line()})
+    client.log_dict(parent_id, trials_record(client, experiment), TRIALS_FILE)
+    mlflow_io.log_metrics(client, parent_id, {f"{Metric.TRIALS}/{key.replace(' ', '_')}": value for key, value in summary.counts.items()})
+    mlflow_io.finish(client, parent_id, FINISHED if summary.complete else KILLED, tags={Tag.SUMMARY: summary.line()})
 
 
 def trials_record(client, experiment: str) -> list[dict[str, Any]]:
@@ -314,21 +314,21 @@ def trials_record(client, experiment: str) -> list[dict[str, Any]]:
         {"trial_id": run.data.tags.get(Tag.TRIAL_ID), "slot": run.data.tags.get(Tag.SLOT), "run_id": run.info.run_id,
          "run_name": run.info.run_name, "status": run.info.status, "cell": run.data.tags.get(Tag.CELL),
          "seed": run.data.tags.get(Tag.SEED), "error": run.data.tags.get(Tag.ERROR)}
-        for run in layout.runs(client, experiment, Role.TRIAL)
+        for run in mlflow_io.runs(client, experiment, Role.TRIAL)
     ]
 
 
 def summarize(client, experiment: str, name: str, total: int, wall: float) -> Summary:
     counts = {"finished": 0, "failed": 0, "pruned": 0, "stopped": 0}
     failures = []
-    for run in _one_run_per_slot(layout.runs(client, experiment, Role.TRIAL)):
+    for run in _one_run_per_slot(mlflow_io.runs(client, experiment, Role.TRIAL)):
         status, tags = run.info.status, run.data.tags
-        if status == "FINISHED":
+        if status == FINISHED:
             counts["finished"] += 1
-        elif status == "FAILED":
+        elif status == FAILED:
             counts["failed"] += 1
             failures.append(f"{run.info.run_name}: {tags.get(Tag.ERROR, 'no error recorded')}")
-        elif layout.is_pruned(run):
+        elif mlflow_io.is_pruned(run):
             counts["pruned"] += 1
         else:
             counts["stopped"] += 1
@@ -344,7 +344,7 @@ def _one_run_per_slot(runs: list) -> list:
     trial id: the old run stays KILLED beside the new one. A slot counts once, by its most
     conclusive run (finished, then failed, then pruned, then stopped).
     """
-    rank = {"FINISHED": 0, "FAILED": 1}
+    rank = {FINISHED: 0, FAILED: 1}
     best: dict[str, Any] = {}
     loose = []
     for run in runs:
@@ -352,7 +352,7 @@ def _one_run_per_slot(runs: list) -> list:
         if slot is None:
             loose.append(run)
             continue
-        key = (rank.get(run.info.status, 2 if layout.is_pruned(run) else 3), -(run.info.start_time or 0))
+        key = (rank.get(run.info.status, 2 if mlflow_io.is_pruned(run) else 3), -(run.info.start_time or 0))
         if slot not in best or key < best[slot][0]:
             best[slot] = (key, run)
     return [run for _, run in best.values()] + loose

@@ -23,8 +23,9 @@ from typing import Any, Callable
 
 from search import tracking
 from search.space import Slot
+from trainables import mlflow_io, mlflow_names
 from trainables.config import TrainConfig
-from trainables import mlflow_layout as layout
+from trainables.mlflow_names import FAILED, FINISHED, RUN_FILES, Metric, Tag
 from trainables.errors import UserError
 from trainables.launch import fit
 
@@ -79,21 +80,21 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     slot = context.slots[config["slot"]]
     train_config = slot.config.with_overrides(config.get("searched") or {})
     client = tracking.client(context.tracking_uri)
-    existing = layout.trial_run(client, context.experiment_id, trial_id)
-    if existing is not None and existing.info.status in ("FINISHED", "FAILED"):
+    existing = mlflow_io.trial_run(client, context.experiment_id, trial_id)
+    if existing is not None and existing.info.status in (FINISHED, FAILED):
         # Ended before the driver was killed, after Tune's last snapshot: MLflow knows, so don't run it again.
-        if existing.info.status == "FAILED":
-            raise RuntimeError(f"failed before the sweep was resumed: {existing.data.tags.get(layout.Tag.ERROR, '')}")
+        if existing.info.status == FAILED:
+            raise RuntimeError(f"failed before the sweep was resumed: {existing.data.tags.get(Tag.ERROR, '')}")
         tune.report(dict(existing.data.metrics))
         return
     if existing is None:
         tags = trial_tags(context, slot, trial_id, train_config, attempt=1, optuna_trial=config.get("optuna"))
-        earlier = len(layout.slot_runs(client, context.experiment_id, slot.index))
-        run_id = layout.start_run(client, context.experiment_id, trial_run_name(context, slot, earlier), tags)
+        earlier = len(mlflow_io.slot_runs(client, context.experiment_id, slot.index))
+        run_id = mlflow_io.start_run(client, context.experiment_id, trial_run_name(context, slot, earlier), tags)
     else:
         run_id = existing.info.run_id
-        attempt = int(existing.data.tags.get(layout.Tag.ATTEMPT, "1")) + 1
-        layout.reopen(client, run_id, trial_tags(context, slot, trial_id, train_config, attempt=attempt,
+        attempt = int(existing.data.tags.get(Tag.ATTEMPT, "1")) + 1
+        mlflow_io.reopen(client, run_id, trial_tags(context, slot, trial_id, train_config, attempt=attempt,
                                                   optuna_trial=config.get("optuna")))
     link_optuna_trial(config.get("optuna"), slot, run_id)
     out_dir = Path(context.out_root) / trial_id
@@ -111,27 +112,27 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
             raise FloatingPointError(f"non-finite final metrics: {', '.join(bad)}")
     except Exception as error:
         if not client.get_run(run_id).data.params:
-            layout.log_params(client, run_id, train_config.flatten())
-        layout.finish(client, run_id, "FAILED", error)
+            mlflow_io.log_params(client, run_id, train_config.flatten())
+        mlflow_io.finish(client, run_id, FAILED, error)
         raise
-    metrics = {**metrics, layout.Metric.FIT_SECONDS: time.monotonic() - began}  # the body's wall time, for the overhead benchmark
+    metrics = {**metrics, Metric.FIT_SECONDS: time.monotonic() - began}  # the body's wall time, for the overhead benchmark
     checkpoint_dirs = [Path(context.train_storage) / trial_id, *Path(context.experiment_dir).glob(f"*_{trial_id}_*")]
     _complete_run(client, run_id, out_dir, checkpoint_dirs, metrics)
-    layout.finish(client, run_id, "FINISHED")
+    mlflow_io.finish(client, run_id, FINISHED)
     tune.report({key: value for key, value in metrics.items() if isinstance(value, (int, float))})
 
 
 def trial_tags(context: TrialContext, slot: Slot, trial_id: str, config: TrainConfig, attempt: int,
                optuna_trial: dict[str, Any] | None = None) -> dict[str, Any]:
-    return layout.trial_tags(parent_run_id=context.parent_run_id, sweep=context.sweep, study=context.study,
-                             trial_id=trial_id, slot=slot.index, sample=slot.sample, attempt=attempt,
-                             arm=config.data.arm.value, seed=config.seed, levels=slot.cell.levels,
-                             phase=slot.phase.value, optuna_trial=optuna_trial)
+    return mlflow_names.trial_tags(parent_run_id=context.parent_run_id, sweep=context.sweep, study=context.study,
+                                   trial_id=trial_id, slot=slot.index, sample=slot.sample, attempt=attempt,
+                                   arm=config.data.arm.value, seed=config.seed, levels=slot.cell.levels,
+                                   phase=slot.phase.value, optuna_trial=optuna_trial)
 
 
 def trial_run_name(context: TrialContext, slot: Slot, earlier_runs: int = 0) -> str:
-    return layout.trial_run_name(context.study, slot.cell.levels, slot.seed,
-                                 sample=slot.sample if context.samples > 1 else None, rerun=earlier_runs)
+    return mlflow_names.trial_run_name(context.study, slot.cell.levels, slot.seed,
+                                       sample=slot.sample if context.samples > 1 else None, rerun=earlier_runs)
 
 
 def link_optuna_trial(optuna_trial: dict[str, Any] | None, slot: Slot, run_id: str) -> None:
@@ -161,14 +162,14 @@ def _complete_run(client, run_id: str, out_dir: Path, checkpoint_dirs: list[Path
     run = client.get_run(run_id)
     missing = {key: value for key, value in metrics.items() if key not in run.data.metrics}
     if missing:
-        layout.log_metrics(client, run_id, missing, step=int(metrics.get(layout.Metric.STEP, 0) or 0))
+        mlflow_io.log_metrics(client, run_id, missing, step=int(metrics.get(Metric.STEP, 0) or 0))
     logged = {artifact.path for artifact in client.list_artifacts(run_id)}
-    for name in ("config.yaml", "metrics.json", "generated.png", "affine.pt"):
+    for name in RUN_FILES:
         if (out_dir / name).is_file() and name not in logged:
             client.log_artifact(run_id, str(out_dir / name))
     checkpoints = sorted(path for folder in checkpoint_dirs for path in folder.glob("checkpoint_*") if path.is_dir())
-    if checkpoints and layout.Tag.CHECKPOINT not in run.data.tags:
-        layout.set_tags(client, run_id, {layout.Tag.CHECKPOINT: str(checkpoints[-1])})
+    if checkpoints and Tag.CHECKPOINT not in run.data.tags:
+        mlflow_io.set_tags(client, run_id, {Tag.CHECKPOINT: str(checkpoints[-1])})
 
 
 def resolve_body(body: str | Callable) -> Callable:

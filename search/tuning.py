@@ -161,6 +161,3 @@ class PairedASHA(FIFOScheduler):
         with open(checkpoint_path, "rb") as file:
             self.__dict__.update(pickle.load(file))
 
-
-def _phase(trial) -> str:
-    return (trial.config or {}).get("phase", Phase.TUNE.value)

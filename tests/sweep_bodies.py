@@ -21,12 +21,12 @@ def quick(config, out_dir, *, run_name, storage_path, mlflow_run=None, callbacks
     from ray import tune
 
     from search import tracking
-    from trainables import mlflow_layout as layout
+    from trainables import mlflow_io
 
     pause = float(os.environ.get("UVLM_TEST_TRIAL_SECONDS", "0"))
     client = tracking.client(mlflow_run["tracking_uri"]) if mlflow_run else None
     if client:
-        layout.log_params(client, mlflow_run["run_id"], config.flatten())
+        mlflow_io.log_params(client, mlflow_run["run_id"], config.flatten())
     arm_bonus = {"understanding": 0.1, "generation": 0.0, "mixed": 0.15}[config.data.arm.value]
     metrics = {}
     for evaluation in range(1, EVALUATIONS + 1):
@@ -35,7 +35,7 @@ def quick(config, out_dir, *, run_name, storage_path, mlflow_run=None, callbacks
         metrics = {"step": step, "train/loss": 1.0 / evaluation,
                    "test/vqa/overall": round(0.5 + arm_bonus - math.log10(config.optim.lr) * 0.01 + 0.01 * config.seed + 0.02 * evaluation, 6)}
         if client:
-            layout.log_metrics(client, mlflow_run["run_id"], metrics, step=step)
+            mlflow_io.log_metrics(client, mlflow_run["run_id"], metrics, step=step)
         tune.report(metrics)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(metrics))
@@ -67,14 +67,14 @@ def chatty(config, out_dir, *, run_name, storage_path, mlflow_run=None, callback
     from ray import tune
 
     from search import tracking
-    from trainables import mlflow_layout as layout
+    from trainables import mlflow_io
 
     client = tracking.client(mlflow_run["tracking_uri"])
-    layout.log_params(client, mlflow_run["run_id"], config.flatten())
+    mlflow_io.log_params(client, mlflow_run["run_id"], config.flatten())
     metrics = {}
     for step in range(1, CHATTY_STEPS + 1):
         metrics = {f"test/m{index:02d}": step * 0.01 + index for index in range(CHATTY_METRICS)}
-        layout.log_metrics(client, mlflow_run["run_id"], metrics, step=step)
+        mlflow_io.log_metrics(client, mlflow_run["run_id"], metrics, step=step)
     tune.report({"step": CHATTY_STEPS, **metrics})
     return {"step": CHATTY_STEPS, **metrics}
 
@@ -104,7 +104,7 @@ def spread(config, out_dir, *, run_name, storage_path, mlflow_run=None, callback
     from ray.train.torch import TorchTrainer
 
     from search import tracking
-    from trainables import mlflow_layout as layout
+    from trainables import mlflow_io
 
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -125,7 +125,7 @@ def spread(config, out_dir, *, run_name, storage_path, mlflow_run=None, callback
     nodes = sorted({path.read_text() for path in out_dir.glob("worker-*.node")})
     if mlflow_run:
         client = tracking.client(mlflow_run["tracking_uri"])
-        layout.set_tags(client, mlflow_run["run_id"], {"test.worker_nodes": ",".join(nodes)})
+        mlflow_io.set_tags(client, mlflow_run["run_id"], {"test.worker_nodes": ",".join(nodes)})
     return {"step": 1, "test/vqa/overall": 0.5, "test/nodes": len(nodes)}
 
 
@@ -136,11 +136,11 @@ def graded(config, out_dir, *, run_name, storage_path, mlflow_run=None, callback
     from ray import tune
 
     from search import tracking
-    from trainables import mlflow_layout as layout
+    from trainables import mlflow_io
 
     client = tracking.client(mlflow_run["tracking_uri"]) if mlflow_run else None
     if client:
-        layout.log_params(client, mlflow_run["run_id"], config.flatten())
+        mlflow_io.log_params(client, mlflow_run["run_id"], config.flatten())
     quality = (0.6 - 0.1 * abs(math.log10(config.optim.lr / 3e-3)) - 0.1 * abs(config.data.generation_ratio - 0.5)
                + 0.01 * config.seed - (0.5 if config.seed >= 5 else 0.0))
     metrics = {}
@@ -148,6 +148,6 @@ def graded(config, out_dir, *, run_name, storage_path, mlflow_run=None, callback
         time.sleep(0.2)
         metrics = {"step": step, "test/vqa/overall": round(quality + 0.001 * step, 6)}
         if client:
-            layout.log_metrics(client, mlflow_run["run_id"], metrics, step=step)
+            mlflow_io.log_metrics(client, mlflow_run["run_id"], metrics, step=step)
         tune.report(metrics)
     return metrics

@@ -13,7 +13,10 @@ import polars as pl
 import pytest
 
 from analysis import stats
-from analysis.findings import InsufficientData, alignment, all_findings, mutual_benefit, paired, prepare, transfer
+from analysis.findings import alignment, mutual_benefit, transfer
+from analysis.pairing import paired, prepare
+from analysis.results import InsufficientData
+from analysis.sweep import all_findings
 from analysis.importance import best_configs, param_importance, searched_params
 from analysis.synthetic import Effects, SyntheticSweep, runs_frame
 

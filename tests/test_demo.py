@@ -79,10 +79,10 @@ def fake_fit(config, out_dir, *, run_name, storage_path, mlflow_run=None, callba
     from ray import tune
 
     from search import tracking
-    from trainables import mlflow_layout as layout
+    from trainables import mlflow_io
 
     client = tracking.client(mlflow_run["tracking_uri"])
-    layout.log_params(client, mlflow_run["run_id"], config.flatten())
+    mlflow_io.log_params(client, mlflow_run["run_id"], config.flatten())
     arm = config.data.arm.value
     noise = 0.003 * config.seed
     und = 0.6 + (0.05 - 0.04 * config.alignment.affine_strength if arm == "mixed" else 0.0) + noise
@@ -93,7 +93,7 @@ def fake_fit(config, out_dir, *, run_name, storage_path, mlflow_run=None, callba
         transfer = 0.1 if (arm == "mixed" and not config.data.hide_control) else 0.0
         lm_trains = config.lm.trainability.value != "frozen"
         metrics["test/vqa_hidden/overall"] = 0.4 + transfer * (1.0 if lm_trains else 0.1) + noise
-    layout.log_metrics(client, mlflow_run["run_id"], metrics, step=metrics["step"])
+    mlflow_io.log_metrics(client, mlflow_run["run_id"], metrics, step=metrics["step"])
     tune.report(metrics)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(metrics))

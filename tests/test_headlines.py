@@ -14,8 +14,8 @@ import yaml
 from scipy import stats as scipy_stats
 
 from analysis import stats
-from analysis.findings import all_findings
 from analysis.headlines import parse
+from analysis.sweep import all_findings
 from analysis.synthetic import Effects, SyntheticSweep, history_frame, runs_frame
 from search.space import load_space
 from trainables.errors import UserError

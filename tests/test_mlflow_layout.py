@@ -1,4 +1,5 @@
-"""trainables.mlflow_layout owns the MLflow layout: names, and the synthetic sweep writer follows it.
+"""trainables.mlflow_names owns the MLflow layout's names (mlflow_io writes with them); the synthetic sweep writer
+follows it.
 
 A real sweep's runs are checked against the same declarations in
 tests/test_sweep_run.py (test_sweep_logs_parent_and_nested_runs_in_the_contract_layout).
@@ -14,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from analysis.synthetic import SyntheticSweep, write_sweep
 from search.space import known_metrics
 from trainables.data.records import ATTRIBUTES
-from trainables.mlflow_layout import (
+from trainables.mlflow_names import (
     ENDING_TAGS, SWEEP_TAGS, TRIAL_TAGS, Metric, Tag, factor_tag, metric_names, role_filter, trial_run_name,
 )
 

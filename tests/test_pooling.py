@@ -8,8 +8,8 @@ import logging
 
 import pytest
 
-from analysis.headlines import sweep_findings
 from analysis.pooling import SweepRef, parse_ref, pooled_findings
+from analysis.sweep import sweep_findings
 from analysis.synthetic import Effects, SyntheticSweep, write_sweep
 from search.cli import main
 from trainables.errors import UserError

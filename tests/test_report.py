@@ -291,7 +291,7 @@ def test_declarations_are_read_from_the_logged_space_file_when_the_trial_table_l
     """Sweeps logged before trial_table.json had a `headlines` key: the space file logged beside it is read."""
     from mlflow import MlflowClient
 
-    from analysis.headlines import from_parent
+    from analysis.sweep import from_parent
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)

@@ -7,9 +7,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from search.space import condition_holds, format_value, load_space
+from search.space import format_value, load_space
 from trainables.budget import planned_steps
+from trainables.config import Arm
 from trainables.errors import UserError
+from trainables.selection import holds, matches
 
 SPACES = sorted((Path(__file__).resolve().parents[1] / "spaces").glob("*.yaml"))
 
@@ -99,9 +101,21 @@ def test_cell_keys_format_values_like_yaml():
 
 def test_conditions_match_plain_values():
     values = {"data.arm": "mixed", "data.train_images": 500}
-    assert condition_holds({"data.arm": ["mixed", "generation"]}, values)
-    assert condition_holds({"data.train_images": 500}, values)
-    assert not condition_holds({"data.arm": "understanding"}, values)
+    assert holds({"data.arm": ["mixed", "generation"]}, values)
+    assert holds({"data.train_images": 500}, values)
+    assert not holds({"data.arm": "understanding"}, values)
+
+
+def test_a_selection_answers_alike_for_a_cells_config_and_a_runs_logged_params():
+    """Space files are checked against configs (JSON values), findings select logged runs (parsed text): one rule."""
+    config = {"data.arm": "mixed", "alignment.affine_strength": 0.3, "data.hide_control": False, "lm.pretrained_path": None}
+    logged = {"data.arm": "mixed", "alignment.affine_strength": 0.30000000000000004, "data.hide_control": False,
+              "lm.pretrained_path": None}
+    for selection in ({"data.arm": "Mixed"}, {"data.arm": Arm.MIXED}, {"alignment.affine_strength": [0.3, 0.9]},
+                      {"data.hide_control": "false"}, {"lm.pretrained_path": None}, {"data.arm": "understanding"}):
+        assert holds(selection, config) == holds(selection, logged), selection
+    assert holds({"data.arm": Arm.MIXED, "data.hide_control": False}, config)
+    assert not matches(None, "null") and not matches(1, True)
 
 
 def test_relative_paths_become_absolute(tmp_path, monkeypatch):

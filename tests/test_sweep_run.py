@@ -22,7 +22,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from search.cluster import temp_dir as ray_temp_dir
-from trainables.mlflow_layout import ENDING_TAGS, OPTUNA_TAGS, SWEEP_TAGS, TRIAL_TAGS, Tag, factor_tag
+from trainables.mlflow_names import ENDING_TAGS, OPTUNA_TAGS, SWEEP_TAGS, TRIAL_TAGS, Tag, factor_tag
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_DATA = {"data.path": "data/tiny", "data.generate_train_images": 20, "data.generate_test_images": 10,

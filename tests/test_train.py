@@ -13,7 +13,7 @@ from trainables.config import load_config
 from trainables.data.prepare import ensure_dataset, planned_records
 from trainables.data.records import ATTRIBUTES, Task
 from trainables.launch import loop_config
-from trainables.mlflow_layout import TRAIN_TAGS
+from trainables.mlflow_names import TRAIN_TAGS
 from trainables.rundata import Order, RunData, length_groups
 from trainables.tokenizer import WordTokenizer
 from trainables.train import NonFiniteLoss, run_local

@@ -131,13 +131,13 @@ def test_ui_leaves_nothing_behind_when_stopped(tmp_path, signum):
 def test_sweep_experiments_open_on_the_training_runs_view(tmp_path):
     """MLflow 3's UI opens an experiment without a kind on GenAI tabs; ours are tagged as model training (Runs tab)."""
     from search import tracking
-    from trainables import mlflow_layout as layout
+    from trainables import mlflow_io
 
     client = tracking.connect(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    created = layout.experiment_id(client, "mixing", str(tmp_path / "artifacts"))
+    created = mlflow_io.experiment_id(client, "mixing", str(tmp_path / "artifacts"))
     assert client.get_experiment(created).tags["mlflow.experimentKind"] == "custom_model_development"
     older = client.create_experiment("made-by-hand")  # e.g. by an older uvlm
-    assert layout.experiment_id(client, "made-by-hand") == older
+    assert mlflow_io.experiment_id(client, "made-by-hand") == older
     assert client.get_experiment(older).tags["mlflow.experimentKind"] == "custom_model_development"
 
 

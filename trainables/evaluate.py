@@ -32,7 +32,7 @@ from trainables import scoring
 from trainables.data.records import Task, WatchFace, is_hidden
 from trainables.encoders import to_float_images
 from trainables.icons import IconReader, score_icons
-from trainables.mlflow_layout import Metric, prefixed
+from trainables.mlflow_names import Metric, prefixed
 from trainables.model import Generated
 from trainables.probe import fit_probe
 from trainables.rundata import RunData

@@ -39,7 +39,8 @@ from trainables.encoders import to_float_images
 from trainables.errors import UserError
 from trainables.evaluate import Evaluator, Shard
 from trainables.freezing import apply_trainability
-from trainables.mlflow_layout import TRAIN_CURVE, Metric, Tag, overall
+from trainables.mlflow_names import (AFFINE_FILE, CONFIG_FILE, GENERATED_IMAGE, METRICS_FILE, RUN_FILES, TRAIN_CURVE, Metric,
+                                     Tag, overall)
 from trainables.chunks import set_image_budget
 from trainables.model import UnifiedVLM, build_model
 from trainables.precision import autocast, trained_in_fp32
@@ -204,7 +205,7 @@ class Recipe:
             self.fixed = self.evaluator.baselines() | self.evaluator.fit_probe(self.model)
             self.fixed |= self.evaluator.probe_baseline(self.model, self.sample_tokens)
             if self.mlflow:
-                from trainables.mlflow_layout import RunLogger
+                from trainables.mlflow_io import RunLogger
 
                 self.logger = RunLogger(self.mlflow["tracking_uri"], self.mlflow["run_id"])
                 self.logger.params(config.flatten())
@@ -289,9 +290,9 @@ class Recipe:
         self.resumed_from = self.step
 
     def _write_run_files(self) -> None:
-        (self.out_dir / "config.yaml").write_text(yaml.safe_dump(self.config.model_dump(mode="json"), sort_keys=False))
+        (self.out_dir / CONFIG_FILE).write_text(yaml.safe_dump(self.config.model_dump(mode="json"), sort_keys=False))
         if not self.model.affine_u.identity or not self.model.affine_g.identity:
-            (self.model.affine_u if not self.model.affine_u.identity else self.model.affine_g).save(self.out_dir / "affine.pt")
+            (self.model.affine_u if not self.model.affine_u.identity else self.model.affine_g).save(self.out_dir / AFFINE_FILE)
         self.tok.save(self.out_dir / "tokenizer")
 
     # -- train --------------------------------------------------------------------------------
@@ -414,12 +415,12 @@ class Recipe:
         final, pictures = self.evaluate(limit=None, final=True)
         if not self.rank0:
             return final
-        (self.out_dir / "metrics.json").write_text(json.dumps(final, indent=2, sort_keys=True))
+        (self.out_dir / METRICS_FILE).write_text(json.dumps(final, indent=2, sort_keys=True))
         if pictures is not None:
             save_grid(pictures, self.evaluator.data.test.images, [p.example.image_index for p in self.evaluator.generations],
-                      self.config.eval.grid_images, self.out_dir / "generated.png")
+                      self.config.eval.grid_images, self.out_dir / GENERATED_IMAGE)
         if self.logger:
-            self.logger.artifacts([self.out_dir / name for name in ("config.yaml", "generated.png", "metrics.json", "affine.pt")])
+            self.logger.artifacts([self.out_dir / name for name in RUN_FILES])
         return final
 
 

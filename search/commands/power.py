@@ -35,14 +35,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from search.tracking import check_store
+    from trainables.mlflow_store import check_store
     from trainables import workspace
 
     check_store(workspace.tracking_uri(args.tracking_uri))  # before the analysis stack is imported
     import polars as pl
 
-    from analysis.findings import FindingReport
-    from analysis.headlines import power_frame, sweep_findings
+    from analysis.power import power_frame
+    from analysis.results import FindingReport
+    from analysis.sweep import sweep_findings
     from trainables.errors import UserError
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)

@@ -133,7 +133,7 @@ def rehearse(config, folder: Path) -> tuple[dict[str, float], list[float]]:
     from trainables import workspace
     from trainables.data.prepare import ensure_dataset
     from trainables.launch import fit
-    from trainables.mlflow_layout import Metric
+    from trainables.mlflow_names import FAILED, FINISHED, Metric
 
     uri = workspace.tracking_uri(None)
     ensure_dataset(config.data)
@@ -145,17 +145,17 @@ def rehearse(config, folder: Path) -> tuple[dict[str, float], list[float]]:
         metrics = fit(config, folder / "runs" / name, run_name=name, storage_path=folder / "ray-results",
                       mlflow_run=mlflow_run, fail_at_step=FAIL_AT)
     except BaseException as error:
-        end_mlflow_run(mlflow_run, "FAILED", error)
+        end_mlflow_run(mlflow_run, FAILED, error)
         raise
     finally:
         cluster.stop()
-    end_mlflow_run(mlflow_run, "FINISHED")
+    end_mlflow_run(mlflow_run, FINISHED)
     history = MlflowClient(uri).get_metric_history(mlflow_run["run_id"], Metric.STEP)
     return metrics, sorted({m.value for m in history})
 
 
 def check(metrics: dict[str, float], evaluated: list[float]) -> list[str]:
-    from trainables.mlflow_layout import Metric
+    from trainables.mlflow_names import Metric
 
     problems = []
     if metrics.get(Metric.STEP) != STEPS:
@@ -171,7 +171,7 @@ def check(metrics: dict[str, float], evaluated: list[float]) -> list[str]:
 
 
 def report(config, exercised: list[str], metrics: dict[str, float], evaluated: list[float]) -> str:
-    from trainables.mlflow_layout import Metric, overall
+    from trainables.mlflow_names import Metric, overall
 
     runtime, backend = config.runtime, "nccl" if config.runtime.use_gpu else "gloo"
     lines = ["exercised:", *[f"  {line}" for line in exercised],

@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from search.tracking import check_store
+    from trainables.mlflow_store import check_store
     from trainables import workspace
 
     check_store(workspace.tracking_uri(args.tracking_uri))  # before the analysis stack is imported

@@ -92,8 +92,8 @@ def run_sweep(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(dry_run(plan, options), flush=True)
         return 0
-    from search.tracking import check_store
     from trainables import workspace
+    from trainables.mlflow_store import check_store
 
     check_store(workspace.tracking_uri(options.tracking_uri, options.workdir), create=True)  # before Ray and torch load
     if options.storage and "://" not in options.storage:  # a local Ray results folder (not s3:// and the like)

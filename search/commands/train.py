@@ -46,21 +46,22 @@ def run(args: argparse.Namespace) -> int:
     if out_dir.is_dir() and any(out_dir.iterdir()):  # another run's metrics and checkpoints would be overwritten
         raise UserError(f"{'--out' if args.out else 'run folder'} {str(out_dir)!r} already holds files; "
                         f"choose another {'--out' if args.out else '--name'}")
-    from search import tracking
     from trainables.data.prepare import ensure_dataset
+    from trainables.mlflow_names import FAILED, FINISHED, GENERATED_IMAGE, KILLED, METRICS_FILE
+    from trainables.mlflow_store import check_store
 
     uri = workspace.tracking_uri(args.tracking_uri)
-    tracking.check_store(uri, create=True)  # before the dataset is generated and the model built
+    check_store(uri, create=True)  # before the dataset is generated and the model built
     ensure_dataset(config.data)
     mlflow_run = start_mlflow_run(uri, name, config)
     try:
         metrics = train(config, out_dir, name, mlflow_run, in_process=args.no_ray)
     except BaseException as error:
-        end_mlflow_run(mlflow_run, "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED", error)
+        end_mlflow_run(mlflow_run, KILLED if isinstance(error, KeyboardInterrupt) else FAILED, error)
         raise
-    end_mlflow_run(mlflow_run, "FINISHED")
+    end_mlflow_run(mlflow_run, FINISHED)
     print(summary(metrics))
-    print(f"uvlm: wrote {out_dir}/metrics.json" + (" and generated.png" if (out_dir / "generated.png").exists() else ""))
+    print(f"uvlm: wrote {out_dir}/{METRICS_FILE}" + (f" and {GENERATED_IMAGE}" if (out_dir / GENERATED_IMAGE).exists() else ""))
     return 0
 
 
@@ -90,28 +91,29 @@ def train(config, out_dir: Path, name: str, mlflow_run: dict[str, str], in_proce
 def start_mlflow_run(uri: str, name: str, config, experiment: str = EXPERIMENT) -> dict[str, str]:
     """Create the run in the driver (workers only log into it)."""
     from search import tracking
-    from trainables import mlflow_layout as layout
+    from trainables import mlflow_io
+    from trainables.mlflow_names import train_tags
     from trainables import workspace
 
     client = tracking.connect(uri)
-    experiment_id = layout.experiment_id(client, experiment, workspace.artifact_root() if uri.startswith("sqlite:") else None)
-    run_id = layout.start_run(client, experiment_id, name, layout.train_tags(arm=config.data.arm.value, seed=config.seed))
+    experiment_id = mlflow_io.experiment_id(client, experiment, workspace.artifact_root() if uri.startswith("sqlite:") else None)
+    run_id = mlflow_io.start_run(client, experiment_id, name, train_tags(arm=config.data.arm.value, seed=config.seed))
     return {"tracking_uri": uri, "run_id": run_id}
 
 
 def end_mlflow_run(mlflow_run: dict[str, str], status: str, error: BaseException | None = None) -> None:
     from mlflow.tracking import MlflowClient
 
-    from trainables import mlflow_layout as layout
+    from trainables import mlflow_io
 
     client = MlflowClient(mlflow_run["tracking_uri"])
-    layout.finish(client, mlflow_run["run_id"], status, str(error) or type(error).__name__ if error is not None else None)
+    mlflow_io.finish(client, mlflow_run["run_id"], status, str(error) or type(error).__name__ if error is not None else None)
 
 
 def summary(metrics: dict[str, float]) -> str:
     """Per-attribute test scores beside the constant baselines (and the probe's reading of true tokens), then the
     other final metrics."""
-    from trainables.mlflow_layout import ATTRIBUTES, CORNERS, Metric
+    from trainables.mlflow_names import ATTRIBUTES, CORNERS, Metric
 
     lines = [f"{'VQA':<16}{'model':>8}{'baseline':>10}"]
     for key in (*ATTRIBUTES, "overall"):
