@@ -1,4 +1,4 @@
-"""The study's three findings (shared/STUDY.md) as functions of a runs frame (`analysis.frames.load_runs`).
+"""The study's three findings (docs/STUDY.md) as functions of a runs frame (`analysis.frames.load_runs`).
 
 Each function returns a `FindingReport`: typed `Result`s (estimate, 95% interval,
 n, test, p-value, verdict), the paired-difference tables they were computed

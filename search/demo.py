@@ -1,4 +1,4 @@
-"""`uvlm demo`: the main job. The three studies of STUDY.md at CPU scale, one command, resumable.
+"""`uvlm demo`: the main job. The three studies of docs/STUDY.md at CPU scale, one command, resumable.
 
     validate the three space files -> sweep each (skip finished, resume interrupted) -> report each
     -> a combined report (reports/index.html, reports/report.md) -> print the findings and where to look
@@ -29,10 +29,10 @@ from trainables.errors import UserError
 from trainables.yamlfile import read_yaml
 
 STUDIES = (("mixing", 1), ("alignment", 2), ("transfer", 3))
-"""Each study's space file stem and the finding (1-3 of STUDY.md) it is designed to address."""
+"""Each study's space file stem and the finding (1-3 of docs/STUDY.md) it is designed to address."""
 OPTUNA_STUDIES = (("ratio", 1), ("tuning", 1))
 """Studies where Optuna searches (the mixing ratio; fair per-arm tuning re-run on held-out seeds). They do not fit
-the demo beside the three (already 31 minutes) (about 8 and 13 minutes on 2 cores): `uvlm demo --study ratio|tuning` runs
+the demo beside the three (about 26 minutes on 2 cores; these take about 8 and 13 more): `uvlm demo --study ratio|tuning` runs
 them; `--smoke` runs them at toy size with the three, so CI checks their whole path."""
 ALL_STUDIES = dict(STUDIES + OPTUNA_STUDIES)
 SPACES = Path(__file__).resolve().parents[1] / "spaces"

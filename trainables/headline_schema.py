@@ -45,7 +45,7 @@ class Headline(SpaceModel):
     """A declared headline result: the effect the study exists to estimate, with the paper's direction."""
 
     finding: int = Field(ge=1, le=3)
-    """The finding of STUDY.md (1 mixing, 2 alignment, 3 transfer) the result belongs to."""
+    """The finding of docs/STUDY.md (1 mixing, 2 alignment, 3 transfer) the result belongs to."""
     metric: str
     """A metric name of the trainable (docs/ARCHITECTURE.md), e.g. test/vqa/overall."""
     treatment: dict[str, Any] = Field(min_length=1)

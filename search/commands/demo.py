@@ -8,14 +8,14 @@ DEMO_HELP = """\
 Run the three studies of the platform (spaces/mixing.yaml, alignment.yaml,
 transfer.yaml) as sweeps named after them, at CPU scale with 8 seeds per
 cell: generate the smart-watch data, train, report each study and write a
-combined report (<working folder>/reports/index.html). About half an hour on a
+combined report (<working folder>/reports/index.html). About 26 minutes on a
 2-core CPU (64 trials, two at a time). Interrupted? Run it again: finished
 sweeps are skipped and an interrupted one resumes without redoing finished
 trials.
 The Optuna studies run on request: `--study ratio` (the mixing ratio searched
 by Optuna, about 8 minutes) and `--study tuning` (each arm tuned with the same
 Optuna budget, its best re-run on held-out seeds and compared with the untuned
-finding, about 13 minutes); they do not fit the 30 minutes beside the three.
+finding, about 13 minutes); they do not fit the half-hour budget beside the three.
 Examples:
   uvlm demo
   uvlm demo --study tuning           # fair per-arm tuning, reported against the untuned finding
