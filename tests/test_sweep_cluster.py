@@ -25,6 +25,7 @@ def cluster(monkeypatch):
     nodes.shutdown()  # stops exactly the processes this cluster started
 
 
+@pytest.mark.slow  # too slow for the default run; .ci/run runs it
 def test_trials_spread_over_nodes_and_a_two_worker_run_spans_two(cluster, tmp_path):
     single = space_file(tmp_path, "spread", seeds=3, resources={"workers": 1, "cpus_per_worker": 1})
     result = uvlm(tmp_path, "sweep", str(single), "--address", cluster.address, "--trainable", "sweep_bodies:spread")

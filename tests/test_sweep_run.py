@@ -18,6 +18,7 @@ from pathlib import Path
 
 import optuna
 import psutil
+import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
@@ -192,6 +193,7 @@ def test_eight_trials_log_concurrently_to_the_embedded_store(tmp_path):
             assert count == CHATTY_STEPS * CHATTY_METRICS, run.info.run_name
 
 
+@pytest.mark.slow  # too slow for the default run; .ci/run runs it
 def test_kill_9_of_the_driver_then_resume_finishes_every_trial_exactly_once(tmp_path):
     tree = dict(factors={"data.arm": ["understanding", "generation", "mixed"]}, seeds=2,
                 objective={"metric": "test/vqa/overall", "mode": "max"},

@@ -17,6 +17,7 @@ from test_sweep_run import runs_of, space_file, uvlm
 OBJECTIVE = "test/vqa/overall"
 
 
+@pytest.mark.slow  # too slow for the default run; .ci/run runs it
 def test_configurations_are_scored_on_paired_seeds_then_held_out_bests_rerun_unpruned(tmp_path):
     space = space_file(
         tmp_path, "tuned", factors={"data.arm": ["understanding", "mixed"]}, seeds=[0, 1],
