@@ -214,9 +214,9 @@ def transfer(runs: pl.DataFrame) -> FindingReport:
     freezings = set(hidden.filter(pl.col("status") == FINISHED)["freezing"].to_list())
     main = {"freezing": "none"} if "none" in freezings and len(freezings) > 1 else {}
     hidden, own = _hidden_attribute_columns(hidden)
-    metrics = [HIDDEN_METRIC, *(f"test/vqa_hidden/{a}" for a in own),
+    metrics = [HIDDEN_METRIC, *(f"{Metric.VQA_HIDDEN}/{a}" for a in own),
                *([OTHER_ATTRIBUTES] if f"metrics.{OTHER_ATTRIBUTES}" in hidden.columns else []),
-               *(f"test/vqa_hidden/{a}" for a in ATTRIBUTES if a not in own and f"metrics.test/vqa_hidden/{a}" in hidden.columns)]
+               *(f"{Metric.VQA_HIDDEN}/{a}" for a in ATTRIBUTES if a not in own and f"metrics.{Metric.VQA_HIDDEN}/{a}" in hidden.columns)]
     _hidden_levels(report, hidden, own)
     comparisons = [("transfer over control", {"arm": "mixed", "hide_control": False}, {"arm": "mixed", "hide_control": True},
                     "mixed − mixed control (hidden images lose their generation records too)"),
@@ -247,7 +247,7 @@ def _hidden_attribute_columns(hidden: pl.DataFrame) -> tuple[pl.DataFrame, list[
     rules = " ".join(str(v) for v in hidden["params.data.hide_from_understanding"].drop_nulls().unique().to_list()) \
         if "params.data.hide_from_understanding" in hidden.columns else ""
     own = [a for a in ATTRIBUTES if re.search(rf"\b{a}\s*=", rules)]
-    others = [f"metrics.test/vqa_hidden/{a}" for a in ATTRIBUTES if a not in own and f"metrics.test/vqa_hidden/{a}" in hidden.columns]
+    others = [f"metrics.{Metric.VQA_HIDDEN}/{a}" for a in ATTRIBUTES if a not in own and f"metrics.{Metric.VQA_HIDDEN}/{a}" in hidden.columns]
     if others:
         hidden = hidden.with_columns(pl.mean_horizontal(others).alias(f"metrics.{OTHER_ATTRIBUTES}"))
     return hidden, own
@@ -257,7 +257,7 @@ def _hidden_levels(report: FindingReport, hidden: pl.DataFrame, own: list[str]) 
     """Accuracy on the hidden value itself, per condition: a level, not a difference (chance is about 1/3)."""
     done = hidden.filter(pl.col("status") == FINISHED)
     for attribute in own:
-        column = f"metrics.test/vqa_hidden/{attribute}"
+        column = f"metrics.{Metric.VQA_HIDDEN}/{attribute}"
         if column not in done.columns:
             continue
         for (arm, control, freezing), group in sorted(done.group_by("arm", "hide_control", "freezing"),
@@ -268,7 +268,7 @@ def _hidden_levels(report: FindingReport, hidden: pl.DataFrame, own: list[str]) 
             condition = "control" if control else "hidden"
             # a level's p value (against zero) means nothing: nan keeps it out of the Holm family
             estimate = replace(stats.bootstrap_mean(group[column].to_numpy(), group["seed"].to_numpy()), p_value=math.nan)
-            report.results.append(make_result(3, f"accuracy on the hidden value ({attribute})", f"test/vqa_hidden/{attribute}",
+            report.results.append(make_result(3, f"accuracy on the hidden value ({attribute})", f"{Metric.VQA_HIDDEN}/{attribute}",
                                               f"{arm}, {condition}: share of hidden test images whose {attribute} is "
                                               "answered with the hidden value (a level, not a difference)", estimate,
                                               "mean over runs; interval over seeds", +1,
