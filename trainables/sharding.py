@@ -42,12 +42,6 @@ def shard(model: nn.Module) -> nn.Module:
     return model
 
 
-def is_sharded(model: nn.Module) -> bool:
-    from torch.distributed.fsdp import FSDPModule
-
-    return isinstance(model, FSDPModule)
-
-
 @contextlib.contextmanager
 def whole(model: nn.Module) -> Iterator[None]:
     """Every unit gathered for the block (one all-gather each, on every worker at once), then sharded again.

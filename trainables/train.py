@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import yaml
 
+from trainables import sharding
 from trainables.budget import total_steps
 from trainables.config import EvalConfig, Strategy, TrainConfig
 from trainables.data.records import Task
@@ -45,7 +46,6 @@ from trainables.chunks import set_image_budget
 from trainables.model import UnifiedVLM, build_model
 from trainables.precision import autocast, trained_in_fp32
 from trainables.rundata import Order, RunData, global_counts, length_groups
-from trainables import sharding
 from trainables.sequences import Example, collate
 from trainables.spaces import needs_vq
 from trainables.tokenizer import PretrainedTokenizer, TextTokenizer
