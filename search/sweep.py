@@ -219,8 +219,10 @@ def build_searcher(plan: Plan, name: str, folder: Path):
 
 
 def prepare_data(plan: Plan) -> None:
-    """Generate or check each distinct dataset once, in the driver, before trials start."""
+    """Generate or check each distinct dataset, and pretrain each distinct text-pretrained LM, once, in the driver,
+    before trials start."""
     from trainables.data.prepare import ensure_dataset
+    from trainables.pretrain import ensure_text_lm, text_lm_folder
 
     seen = set()
     for slot in plan.slots:
@@ -228,6 +230,9 @@ def prepare_data(plan: Plan) -> None:
         if data.path not in seen:
             seen.add(data.path)
             ensure_dataset(data)
+        if slot.config.lm.pretraining.steps and text_lm_folder(slot.config) not in seen:
+            seen.add(text_lm_folder(slot.config))
+            ensure_text_lm(slot.config)
 
 
 def concurrency_for(plan: Plan, cluster: dict[str, float], requested: int | None) -> int:

@@ -128,11 +128,28 @@ class DataConfig(StrictModel):
         return self
 
 
+class TextPretraining(StrictModel):
+    """The tiny LM pretrained on the study's language alone before any run (trainables/pretrain.py): conversations
+    about random watch faces, no image, so that it knows every answer word ("raining" too) as the paper's pretrained
+    LMs know their language. Made once per recipe and LM shape, shared by every seed and arm."""
+
+    steps: int = Field(default=0, ge=0, le=limits.STEPS[1])
+    """Optimiser steps; 0 = no pretraining (a random LM, or the checkpoint at lm.pretrained_path)."""
+    conversations: int = Field(default=20000, ge=1, le=limits.IMAGES[1])
+    """Random watch faces whose questions, answers, captions and prompts make the corpus."""
+    batch_size: int = Field(default=64, ge=1, le=limits.BATCH[1])
+    lr: float = Field(default=3e-3, gt=0, le=1)
+    seed: int = Field(default=0, ge=limits.SEED[0], le=limits.SEED[1])
+    """Of the corpus and the initialisation; fixed across run seeds, like a real checkpoint."""
+
+
 class LMConfig(StrictModel):
     pretrained_path: str | None = None
     """Local folder with a transformers causal LM and its tokenizer; None = tiny random Llama from the fields below.
     With a folder, its config.json gives the shape; the fields below are then what `uvlm plan` counts where the
-    folder is not on this machine."""
+    folder is not on this machine. With lm.pretraining.steps > 0: where the text-pretrained LM is made when missing
+    (None = a folder in the cache keyed by its recipe)."""
+    pretraining: TextPretraining = Field(default_factory=TextPretraining)
     hidden_size: int = Field(default=128, ge=1, le=limits.WIDTH[1])
     num_layers: int = Field(default=2, ge=1, le=limits.LAYERS[1])
     num_heads: int = Field(default=4, ge=1, le=limits.LAYERS[1])
@@ -303,7 +320,8 @@ class RuntimeConfig(StrictModel):
     """Working memory per worker for images going through the frozen VQ tokenizer and vision towers: their
     encode and decode run in chunks sized to it, so memory does not grow with the number of images."""
     cache_dir: str | None = None
-    """Where fitted VQ codebooks and attribute probes are cached; None = `.uvlm-cache` beside data.path."""
+    """Where fitted VQ codebooks, attribute probes and text-pretrained LMs are cached; None = `.uvlm-cache` beside
+    data.path."""
 
 
 class TrainConfig(StrictModel):
@@ -359,6 +377,12 @@ class TrainConfig(StrictModel):
     def with_overrides(self, overrides: dict[str, Any]) -> TrainConfig:
         """This config with dotted overrides applied (e.g. Optuna's values), validated again."""
         return load_config(self.model_dump(mode="json"), overrides) if overrides else self
+
+    def cache_folder(self) -> Path:
+        """Where fitted codebooks, attribute probes and text-pretrained LMs are cached."""
+        if self.runtime.cache_dir:
+            return Path(self.runtime.cache_dir)
+        return Path(self.data.path).resolve().parent / ".uvlm-cache"
 
     def flatten(self) -> dict[str, Any]:
         """Dotted names to plain values, e.g. {'data.arm': 'mixed', 'lm.hidden_size': 128}."""

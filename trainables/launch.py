@@ -24,10 +24,15 @@ class RunFailed(UserError):
 
 
 def resolved(config: TrainConfig) -> TrainConfig:
-    """The config with its folders made absolute: Ray workers do not share the driver's working directory."""
+    """The config with its folders made absolute (Ray workers do not share the driver's working directory), and
+    lm.pretrained_path naming the text-pretrained LM's folder when it is pretrained."""
     update = {"data": config.data.model_copy(update={"path": str(Path(config.data.path).resolve())})}
     if config.runtime.cache_dir:
         update["runtime"] = config.runtime.model_copy(update={"cache_dir": str(Path(config.runtime.cache_dir).resolve())})
+    if config.lm.pretraining.steps:
+        from trainables.pretrain import text_lm_folder
+
+        update["lm"] = config.lm.model_copy(update={"pretrained_path": str(text_lm_folder(config).resolve())})
     return config.model_copy(update=update)
 
 

@@ -174,8 +174,12 @@ class Recipe:
         random.seed(config.seed)
         np.random.seed(config.seed)
         torch.manual_seed(config.seed)
-        self.cache_dir = Path(config.runtime.cache_dir) if config.runtime.cache_dir else Path(config.data.path).resolve().parent / ".uvlm-cache"
+        self.cache_dir = config.cache_folder()
         self.data = RunData(config, config.data.path)
+        if config.lm.pretraining.steps:
+            from trainables.pretrain import ensure_text_lm
+
+            ensure_text_lm(config)  # made by the driver before trials start; here for a run started without one
         self.tok = self._setup_tokenizer()
         self.model = self._setup_model()
         self.sharded = config.runtime.strategy == Strategy.FSDP and self.session.world_size > 1

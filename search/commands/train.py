@@ -53,6 +53,10 @@ def run(args: argparse.Namespace) -> int:
     uri = workspace.tracking_uri(args.tracking_uri)
     check_store(uri, create=True)  # before the dataset is generated and the model built
     ensure_dataset(config.data)
+    if config.lm.pretraining.steps:
+        from trainables.pretrain import ensure_text_lm
+
+        ensure_text_lm(config)
     mlflow_run = start_mlflow_run(uri, name, config)
     try:
         metrics = train(config, out_dir, name, mlflow_run, in_process=args.no_ray)

@@ -125,7 +125,11 @@ class SmartwatchOptions:
 
 def sample_image(seed: int, split: str, index: int) -> tuple[WatchFace, tuple[int, int, int], np.random.Generator]:
     """The face and dial colour of one image, and its RNG (left positioned to sample the records)."""
-    rng = np.random.default_rng((seed, SPLIT_CODES[split], index))
+    return sample_face(np.random.default_rng((seed, SPLIT_CODES[split], index)))
+
+
+def sample_face(rng: np.random.Generator) -> tuple[WatchFace, tuple[int, int, int], np.random.Generator]:
+    """A face and dial colour drawn from `rng`, and `rng` itself (left positioned to sample the records)."""
     hour, minute, second, battery, weather = (int(v) for v in rng.integers((12, 60, 60, 101, 3)))
     weather_corner, battery_corner = (CORNERS[int(i)] for i in rng.permutation(4)[:2])
     # Channels below 200 keep the white hands visible on every dial.
@@ -134,7 +138,7 @@ def sample_image(seed: int, split: str, index: int) -> tuple[WatchFace, tuple[in
     return face, colour, rng
 
 
-def _pick(rng: np.random.Generator, options: tuple[str, ...]) -> str:
+def pick(rng: np.random.Generator, options: tuple[str, ...]) -> str:
     return options[int(rng.integers(len(options)))]
 
 
@@ -142,8 +146,8 @@ def vqa_turns(face: WatchFace, rng: np.random.Generator) -> tuple[Turn, ...]:
     """One question, then up to three more, each with p=0.4; "what" questions p=3/5, "where" p=2/5."""
     turns = []
     while not turns or (len(turns) < 4 and rng.random() < 0.4):
-        attribute = _pick(rng, WHAT) if rng.random() < 0.6 else _pick(rng, WHERE)
-        turns.append(Turn(_pick(rng, QUESTIONS[attribute]), face.answer(attribute), attribute))
+        attribute = pick(rng, WHAT) if rng.random() < 0.6 else pick(rng, WHERE)
+        turns.append(Turn(pick(rng, QUESTIONS[attribute]), face.answer(attribute), attribute))
     return tuple(turns)
 
 
@@ -153,7 +157,7 @@ def describe(face: WatchFace, rng: np.random.Generator) -> tuple[str, tuple[str,
     The canonical answer strings appear verbatim, so scorers can look for them.
     """
     mentioned = ["time"] + [attribute for attribute in ATTRIBUTES[1:] if rng.random() < 0.5]
-    sentences = [_pick(rng, TIME_CLAUSES).format(face.answer("time"))]
+    sentences = [pick(rng, TIME_CLAUSES).format(face.answer("time"))]
     for thing, what, where in (("weather", "weather", "weather_corner"), ("battery", "battery", "battery_corner")):
         value = f"It is {face.weather}" if thing == "weather" else f"The battery is at {face.battery}%"
         corner = f"shown in the {face.answer(where)} corner"
@@ -170,9 +174,9 @@ def image_records(face: WatchFace, rng: np.random.Generator, image_id: str, spli
     """The VQA, caption and generation records of one image, sampled in that order from its RNG."""
     turns = vqa_turns(face, rng)
     caption, caption_mentions = describe(face, rng)
-    caption_turn = Turn(_pick(rng, CAPTION_QUESTIONS), caption, None)
+    caption_turn = Turn(pick(rng, CAPTION_QUESTIONS), caption, None)
     prompt_text, prompt_mentions = describe(face, rng)
-    prompt_turn = Turn(f"{_pick(rng, GENERATION_PROMPTS)} {prompt_text}", _pick(rng, GENERATION_REPLIES), None)
+    prompt_turn = Turn(f"{pick(rng, GENERATION_PROMPTS)} {prompt_text}", pick(rng, GENERATION_REPLIES), None)
     made = ((Task.VQA, turns, ()), (Task.CAPTION, (caption_turn,), caption_mentions),
             (Task.GENERATION, (prompt_turn,), prompt_mentions))
     return [Record(f"{image_id}-{task.value}", image_id, split, task, turns, mentions, face) for task, turns, mentions in made]
