@@ -23,12 +23,13 @@ from analysis.frames import factor_names  # noqa: E402
 from analysis.headlines import run_areas  # noqa: E402
 from analysis.pairing import prepare  # noqa: E402
 from analysis.results import FindingReport, InsufficientData, Result  # noqa: E402
+from trainables.config import Arm  # noqa: E402
 from trainables.mlflow_names import CORNERS, FINISHED, Metric, Tag, overall  # noqa: E402
 
 HISTORY_METRICS = (overall(Metric.VQA), overall(Metric.GEN_PROBE), Metric.TRAIN_LOSS)
 """The per-step metrics of the learning curves."""
 
-ARM_COLOURS = {"understanding": "#1f77b4", "generation": "#ff7f0e", "mixed": "#2ca02c"}
+ARM_COLOURS = {Arm.UNDERSTANDING: "#1f77b4", Arm.GENERATION: "#ff7f0e", Arm.MIXED: "#2ca02c"}
 SIDE_COLOURS = {"understanding": "#1f77b4", "generation": "#ff7f0e"}
 SCORE = "score (0–1)"
 DIFF = "difference in score (mixed − single-task)"
@@ -209,7 +210,7 @@ def _scores_by_strength(runs: pl.DataFrame | None, history: pl.DataFrame | None)
     metric, strength = overall(Metric.VQA), "params.alignment.affine_strength"
     if runs is None or strength not in runs.columns or f"metrics.{metric}" not in runs.columns:
         raise Skip("The alignment curve is not drawn: no run logged an affine strength and a VQA score")
-    mixed = (prepare(runs).filter((pl.col("status") == FINISHED) & (pl.col("arm") == "mixed"))
+    mixed = (prepare(runs).filter((pl.col("status") == FINISHED) & (pl.col("arm") == Arm.MIXED))
              .select("run_id", "seed", pl.col(strength).cast(pl.Float64).alias("strength"),
                      pl.col(f"metrics.{metric}").alias("final evaluation")))
     if mixed.is_empty():
@@ -246,9 +247,9 @@ def transfer_bars(report: FindingReport | str, runs: pl.DataFrame):
         raise Skip(f"Transfer bars are not drawn: {report}")
     column = f"metrics.{HIDDEN_METRIC}"
     prepared = prepare(runs).filter((pl.col("status") == FINISHED) & pl.col("hidden") & pl.col(column).is_not_null())
-    groups = [("mixed", False, "mixed (value only in generation data)", "#2ca02c"),
-              ("mixed", True, "mixed control (value absent everywhere)", "#7f7f7f"),
-              ("understanding", False, "understanding-only", "#1f77b4")]
+    groups = [(Arm.MIXED, False, "mixed (value only in generation data)", "#2ca02c"),
+              (Arm.MIXED, True, "mixed control (value absent everywhere)", "#7f7f7f"),
+              (Arm.UNDERSTANDING, False, "understanding-only", "#1f77b4")]
     order = ["none", "adapters_frozen", "lm_frozen"]
     freezings = sorted(prepared["freezing"].unique().to_list(), key=lambda f: (order.index(f) if f in order else 9, f))
     bars = []

@@ -26,11 +26,11 @@ from typing import Any
 import polars as pl
 
 from analysis.frames import factor_names
-from trainables.config import TrainConfig
+from trainables.config import Arm, TrainConfig
 from trainables.mlflow_names import FINISHED, Metric, overall
 
-OBJECTIVES = {"understanding": (overall(Metric.VQA),), "mixed": (overall(Metric.VQA),),
-              "generation": (overall(Metric.GEN_PROBE), Metric.GEN_COSINE)}
+OBJECTIVES = {Arm.UNDERSTANDING: (overall(Metric.VQA),), Arm.MIXED: (overall(Metric.VQA),),
+              Arm.GENERATION: (overall(Metric.GEN_PROBE), Metric.GEN_COSINE)}
 
 
 @dataclass

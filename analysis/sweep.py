@@ -6,7 +6,7 @@
     sweep_findings(sweep)   both: what `uvlm report` and `uvlm power` compute (a tuned sweep: its held-out runs)
 
 Where the declarations come from: `from_parent(sweep)` reads the sweep parent run's trial table
-(trainables.mlflow_names.TRIAL_TABLE, key `headlines`, written from search.space.Plan.headlines_record), or, for
+(trainables.mlflow_names.TRIAL_TABLE, key `headlines`, written from search.sweep_plan.Plan.headlines_record), or, for
 sweeps logged before that key existed, the `headlines:` section of the space file logged beside it.
 """
 

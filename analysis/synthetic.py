@@ -52,7 +52,7 @@ import polars as pl
 
 from analysis.frames import assemble
 from trainables import mlflow_io
-from trainables.config import load_config
+from trainables.config import Arm, load_config
 from trainables.mlflow_names import (ATTRIBUTES, CORNERS, ENDING_TAGS, FAILED, FINISHED, GENERATED_IMAGE, TRIAL_TABLE, Metric,
                                      Tag, overall, sweep_tags, trial_run_name, trial_tags)
 
@@ -104,7 +104,7 @@ class SyntheticSweep:
 
     name: str = "synthetic"
     study: str = "mixing"
-    arms: tuple[str, ...] = ("understanding", "generation", "mixed")
+    arms: tuple[str, ...] = tuple(arm.value for arm in Arm)
     train_images: tuple[int, ...] = (250, 500, 1000, 2000)
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     affine_strengths: tuple[float, ...] = (0.0,)
@@ -185,27 +185,27 @@ def simulate(design: SyntheticSweep, overrides: dict[str, Any], seed_effect: flo
     metrics: dict[str, float] = {}
     vqa = {}
     for attribute in ATTRIBUTES:
-        if arm == "generation":  # never trained to answer: near the constant-answer baseline
+        if arm == Arm.GENERATION:  # never trained to answer: near the constant-answer baseline
             vqa[attribute] = noisy(BASELINES[attribute] * 0.6)
         else:
-            vqa[attribute] = noisy(LEVELS[attribute] + growth + (benefit if arm == "mixed" else 0.0))
+            vqa[attribute] = noisy(LEVELS[attribute] + growth + (benefit if arm == Arm.MIXED else 0.0))
         metrics[f"{Metric.VQA}/{attribute}"] = vqa[attribute]
         metrics[f"{Metric.BASELINE_VQA}/{attribute}"] = BASELINES[attribute]
     metrics[overall(Metric.VQA)] = float(np.mean(list(vqa.values())))
     metrics[overall(Metric.BASELINE_VQA)] = float(np.mean(list(BASELINES.values())))
-    metrics[Metric.CAPTION] = noisy(0.1 if arm == "generation" else 0.6 + growth + (benefit if arm == "mixed" else 0.0))
+    metrics[Metric.CAPTION] = noisy(0.1 if arm == Arm.GENERATION else 0.6 + growth + (benefit if arm == Arm.MIXED else 0.0))
     metrics[Metric.BASELINE_CAPTION] = 0.2
-    gen_benefit = fx.generation_benefit if arm == "mixed" else 0.0
+    gen_benefit = fx.generation_benefit if arm == Arm.MIXED else 0.0
     probes = {}
     for attribute in ATTRIBUTES:
-        probes[attribute] = noisy(0.2 if arm == "understanding" else 0.6 + growth + gen_benefit)
+        probes[attribute] = noisy(0.2 if arm == Arm.UNDERSTANDING else 0.6 + growth + gen_benefit)
         metrics[f"{Metric.GEN_PROBE}/{attribute}"] = probes[attribute]
         metrics[f"{Metric.PROBE_TRUE}/{attribute}"] = 0.95
     metrics[overall(Metric.GEN_PROBE)] = float(np.mean(list(probes.values())))
     metrics[overall(Metric.PROBE_TRUE)] = 0.95
-    metrics[Metric.GEN_COSINE] = noisy(0.05 if arm == "understanding" else 0.5 + growth + gen_benefit)
+    metrics[Metric.GEN_COSINE] = noisy(0.05 if arm == Arm.UNDERSTANDING else 0.5 + growth + gen_benefit)
     if space == "vq":
-        metrics[Metric.GEN_TOKEN_ACCURACY] = noisy(0.01 if arm == "understanding" else 0.2 + growth + gen_benefit)
+        metrics[Metric.GEN_TOKEN_ACCURACY] = noisy(0.01 if arm == Arm.UNDERSTANDING else 0.2 + growth + gen_benefit)
         for index, corner in enumerate(CORNERS):  # no draws of its own (the other metrics keep their noise): the
             # icon follows the weather probe, drawn best in the first-generated corner (trainables.icons)
             metrics[f"{Metric.GEN_ICON}/{corner}"] = float(np.clip(probes["weather"] - 0.1 * index, 0.0, 1.0))
@@ -215,7 +215,7 @@ def simulate(design: SyntheticSweep, overrides: dict[str, Any], seed_effect: flo
     if design.hide:
         lm_frozen = overrides.get("lm.trainability") == "frozen"
         gain = 0.0
-        if arm == "mixed" and not overrides["data.hide_control"]:
+        if arm == Arm.MIXED and not overrides["data.hide_control"]:
             gain = fx.transfer_lm_frozen if lm_frozen else fx.transfer
         metrics[overall(Metric.VQA_HIDDEN)] = noisy(0.3 + gain)
         metrics[f"{Metric.VQA_HIDDEN}/weather"] = noisy(0.3 + gain)
@@ -310,14 +310,14 @@ def trials(design: SyntheticSweep) -> Iterator[Trial]:
             tags = {key: str(value) for key, value in tags.items()}
             final = simulate(design, overrides, seed_effects[seed], rng)
             failed = bool(rng.uniform() < design.fail_fraction)
-            trend = design.effects.benefit_trend if overrides["data.arm"] == "mixed" else 0.0
+            trend = design.effects.benefit_trend if overrides["data.arm"] == Arm.MIXED else 0.0
             steps = history(final, design.eval_steps, rng, trend, design.effects.eval_noise)
             if failed:
                 tags[Tag.ERROR] = "RuntimeError: loss is NaN at step 300"
             else:
                 tags[Tag.CHECKPOINT] = f"/synthetic/checkpoints/{trial_id:05d}"
             yield Trial(trial_id, trial_run_name(design.study, levels, seed), tags, {key: str(value) for key, value in flat.items()}, steps[:1] if failed else steps,
-                        FAILED if failed else FINISHED, overrides["data.arm"] != "understanding")
+                        FAILED if failed else FINISHED, overrides["data.arm"] != Arm.UNDERSTANDING)
             trial_id += 1
 
 

@@ -75,7 +75,7 @@ class StudyRun:
 
 def run_demo(options: DemoOptions) -> int:
     """Sweep, report and summarise the three studies; 0 when every trial of every study finished."""
-    from search.space import load_space
+    from search.planner import load_space
     from search.sweep import SweepOptions, dry_run, run_sweep
 
     began = time.monotonic()

@@ -34,7 +34,8 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
-from search.space import DistributionKind, Param, Phase, SamplerKind, Search
+from search.space_schema import DistributionKind, Param, SamplerKind, Search
+from search.sweep_plan import Phase
 from trainables.mlflow_names import Metric
 from trainables.selection import holds
 

@@ -23,7 +23,8 @@ from typing import Any, Callable
 
 from search import cluster as ray_cluster
 from search import tracking
-from search.space import NAME_PATTERN, Plan
+from search.space_schema import NAME_PATTERN
+from search.sweep_plan import Plan
 from search.trial import DEFAULT_BODY, TrialContext, resolve_body, run_trial
 from trainables import mlflow_io, workspace
 from trainables.errors import UserError

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from search import tracking
-from search.space import Slot
+from search.sweep_plan import Slot
 from trainables import mlflow_io, mlflow_names
 from trainables.config import TrainConfig
 from trainables.mlflow_names import FAILED, FINISHED, RUN_FILES, Metric, Tag

@@ -18,7 +18,8 @@ from pathlib import Path
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
 from search.searcher import SPACE_ATTR, study_name
-from search.space import Phase, Plan, searched_space
+from search.space_schema import searched_space
+from search.sweep_plan import Phase, Plan
 from trainables.errors import UserError
 
 

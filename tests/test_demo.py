@@ -13,7 +13,7 @@ import yaml
 
 from search.cli import build_parser
 from search.demo import OPTUNA_STUDIES, STUDIES, smoke_space
-from search.space import load_space
+from search.planner import load_space
 from trainables.budget import planned_steps
 from trainables.errors import UserError
 from test_sweep_run import ROOT, runs_of, uvlm

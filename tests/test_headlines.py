@@ -17,7 +17,7 @@ from analysis import stats
 from analysis.headlines import parse
 from analysis.sweep import all_findings
 from analysis.synthetic import Effects, SyntheticSweep, history_frame, runs_frame
-from search.space import load_space
+from search.planner import load_space
 from trainables.errors import UserError
 
 SPACES = Path(__file__).resolve().parents[1] / "spaces"

@@ -13,7 +13,7 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from analysis.synthetic import SyntheticSweep, write_sweep
-from search.space import known_metrics
+from search.space_checks import known_metrics
 from trainables.data.records import ATTRIBUTES
 from trainables.mlflow_names import (
     ENDING_TAGS, SWEEP_TAGS, TRIAL_TAGS, Metric, Tag, factor_tag, metric_names, role_filter, trial_run_name,

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from search.space import format_value, load_space
+from search.planner import load_space
+from search.sweep_plan import format_value
 from trainables.budget import planned_steps
 from trainables.config import Arm
 from trainables.errors import UserError
@@ -136,7 +137,7 @@ def test_digest_changes_with_the_order_the_trials_run_in(tmp_path, monkeypatch):
     path = write(tmp_path, {"study": "t", "fixed": {"budget.unit": "epochs", "budget.value": 1},
                             "factors": {"data.arm": ["generation", "mixed"]}})
     longest_first = load_space(path)
-    monkeypatch.setattr("search.space.planned_steps", lambda config: 1)  # every trial equal: file order
+    monkeypatch.setattr("search.planner.planned_steps", lambda config: 1)  # every trial equal: file order
     file_order = load_space(path)
     assert [slot.cell.key for slot in longest_first.slots] != [slot.cell.key for slot in file_order.slots]
     assert longest_first.digest != file_order.digest and load_space(path).digest == file_order.digest

@@ -175,7 +175,7 @@ STEP_SECONDS, TRIAL_SECONDS, CONCURRENT = 0.07, 5.0, 2
 
 @pytest.mark.parametrize(("study", "stated"), [("ratio", 8), ("tuning", 13)])
 def test_the_optuna_studies_take_the_minutes_their_headers_state(study, stated):
-    from search.space import load_space
+    from search.planner import load_space
     from test_demo import ROOT, planned_steps
 
     plan = load_space(ROOT / "spaces" / f"{study}.yaml")

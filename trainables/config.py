@@ -27,7 +27,7 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, use_enum_values=False, allow_inf_nan=False)
 
 
-class Arm(str, enum.Enum):
+class Arm(enum.StrEnum):
     """Which record kinds a run trains on (finding 1's arms)."""
 
     UNDERSTANDING = "understanding"  # VQA + caption records only
@@ -35,7 +35,7 @@ class Arm(str, enum.Enum):
     MIXED = "mixed"  # both
 
 
-class BudgetUnit(str, enum.Enum):
+class BudgetUnit(enum.StrEnum):
     """How the training budget is counted; matched budgets make arms comparable."""
 
     EPOCHS = "epochs"  # passes over the run's own training records (the paper: 1)
@@ -43,18 +43,18 @@ class BudgetUnit(str, enum.Enum):
     SAMPLES = "samples"  # training records seen, equal across arms
 
 
-class LMTrainability(str, enum.Enum):
+class LMTrainability(enum.StrEnum):
     FULL = "full"
     LORA = "lora"
     FROZEN = "frozen"
 
 
-class PartTrainability(str, enum.Enum):
+class PartTrainability(enum.StrEnum):
     TRAIN = "train"
     FROZEN = "frozen"
 
 
-class EncoderName(str, enum.Enum):
+class EncoderName(enum.StrEnum):
     """Understanding encoders (image -> features the LM reads)."""
 
     PATCH = "patch"  # raw pixel patches
@@ -63,7 +63,7 @@ class EncoderName(str, enum.Enum):
     VQ = "vq"  # code vectors of the generation tokenizer
 
 
-class GenerationSpaceName(str, enum.Enum):
+class GenerationSpaceName(enum.StrEnum):
     """Generation spaces (what the LM emits after the image marker)."""
 
     PATCH = "patch"  # continuous pixel patches of a downsampled image
@@ -73,28 +73,28 @@ class GenerationSpaceName(str, enum.Enum):
     SAME = "same"  # the understanding encoder's own space
 
 
-class ImageLoss(str, enum.Enum):
+class ImageLoss(enum.StrEnum):
     COSINE = "cosine"  # 1 - cos, continuous spaces
     MSE = "mse"  # continuous spaces
     CE = "ce"  # cross-entropy over the codebook, discrete spaces
 
 
-class ProjectorKind(str, enum.Enum):
+class ProjectorKind(enum.StrEnum):
     LINEAR = "linear"
     MLP2X_GELU = "mlp2x_gelu"
 
 
-class AffineTarget(str, enum.Enum):
+class AffineTarget(enum.StrEnum):
     UNDERSTANDING = "understanding"
     GENERATION = "generation"
 
 
-class Precision(str, enum.Enum):
+class Precision(enum.StrEnum):
     FP32 = "fp32"
     BF16 = "bf16"
 
 
-class Strategy(str, enum.Enum):
+class Strategy(enum.StrEnum):
     DDP = "ddp"
     FSDP = "fsdp"
 

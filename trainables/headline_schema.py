@@ -1,6 +1,6 @@
 """The headline schema: what a space file's `headlines:` section declares (the results a study exists to estimate).
 
-Declared in a space file and checked against the study's cells by search.space; written into the sweep's
+Declared in a space file and checked against the study's cells by search.space_checks; written into the sweep's
 trial table (trainables.mlflow_names.TRIAL_TABLE), read back by analysis.sweep and computed by analysis.headlines.
 Both select runs with trainables.selection.
 """

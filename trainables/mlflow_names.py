@@ -54,7 +54,7 @@ class Tag:
     CELL = "uvlm.cell"
     FACTOR = "uvlm.factor."  # + the factor's name (a dotted key, or a named factor's name)
     CHECKPOINT = "uvlm.checkpoint"
-    PHASE = "uvlm.phase"  # tune | holdout | untuned (search.space.Phase)
+    PHASE = "uvlm.phase"  # tune | holdout | untuned (search.sweep_plan.Phase)
     OPTUNA_STUDY = "uvlm.optuna_study"  # the Optuna study and trial whose configuration the run trains
     OPTUNA_TRIAL = "uvlm.optuna_trial"
     # how a run ended

@@ -35,7 +35,7 @@ import torch
 
 from trainables.accelerators import Accelerator
 from trainables.budget import planned_steps
-from trainables.config import EncoderName, GenerationSpaceName, LMTrainability, ProjectorKind, Strategy, TrainConfig
+from trainables.config import Arm, EncoderName, GenerationSpaceName, LMTrainability, ProjectorKind, Strategy, TrainConfig
 from trainables.evaluate import EVAL_BATCH
 from trainables.precision import frozen_dtype
 from trainables.train import evaluation_steps
@@ -335,7 +335,7 @@ def _tokens_per_record(config: TrainConfig, c: Counts) -> int:
     """The padded length of a length group: the longer record kind the arm trains on."""
     understanding = 1 + c.n_und + TEXT_TOKENS["understanding"]
     generation = 1 + c.n_gen + TEXT_TOKENS["generation"]
-    return {"understanding": understanding, "generation": generation}.get(config.data.arm.value, max(understanding, generation))
+    return {Arm.UNDERSTANDING: understanding, Arm.GENERATION: generation}.get(config.data.arm, max(understanding, generation))
 
 
 def _with(config: TrainConfig, **sections: dict) -> TrainConfig:

@@ -28,7 +28,7 @@ def number(bounds: limits.Bounds, kind: type = int) -> Callable[[str], float]:
 
 def name(text: str) -> str:
     """An argparse `type` for a name that becomes a folder and an MLflow name (no '/', no '..')."""
-    from search.space import NAME_PATTERN
+    from search.space_schema import NAME_PATTERN
 
     if not re.match(NAME_PATTERN, text):
         raise argparse.ArgumentTypeError(f"{text!r}: use letters, digits, '.', '_' and '-' (at most 100), "

@@ -84,7 +84,7 @@ def _options(args: argparse.Namespace):
 
 
 def run_sweep(args: argparse.Namespace) -> int:
-    from search.space import load_space
+    from search.planner import load_space
     from search.sweep import dry_run, run_sweep as sweep
 
     options = _options(args)
@@ -102,7 +102,7 @@ def run_sweep(args: argparse.Namespace) -> int:
 
 
 def run_validate(args: argparse.Namespace) -> int:
-    from search.space import load_space
+    from search.planner import load_space
     from search.sweep import dry_run
 
     options = _options(args)
