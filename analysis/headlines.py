@@ -75,7 +75,8 @@ def declared_results(runs: pl.DataFrame, history: pl.DataFrame | None,
             empty = stats.Estimate(math.nan, math.nan, math.nan, 0, 0, math.nan)
             declared = Declared(make_result(headline.finding, name, headline.metric, _comparison(headline), empty,
                                         "not computed", _sign(headline), {}, headline=True, note=str(error),
-                                        statistic=headline.statistic.value))
+                                        statistic=headline.statistic.value,
+                                        smallest_effect=headline.smallest_effect))
         out.setdefault(headline.finding, []).append(declared)
     return out
 
@@ -120,7 +121,8 @@ def compute(prepared: pl.DataFrame, history: pl.DataFrame | None, name: str, hea
                    "seeds_for_target": stats.seeds_for_half_width(e.seed_sd, TARGET_HALF_WIDTH)}
                   for reduction, e in estimates.items()]
     result = make_result(headline.finding, name, metric, _comparison(headline), estimate, test, _sign(headline), {},
-                     headline=True, note=headline.description, statistic=label)
+                     headline=True, note=headline.description, statistic=label,
+                     smallest_effect=headline.smallest_effect)
     return Declared(result, curve, choice)
 
 

@@ -38,7 +38,8 @@ from analysis.frames import factor_names, sweep_parent
 from analysis.importance import best_configs, objective_for, param_importance, searched_params
 from analysis.pooling import SweepRef, default_ref, pool_seeds, pool_sentence, pooled_findings, run_stores
 from analysis.power import power_frame
-from analysis.results import EXPLORATORY, MIN_SEEDS_FOR_VERDICT, TARGET_HALF_WIDTH, FindingReport, Result
+from analysis.results import (EXPLORATORY, MIN_SEEDS_FOR_VERDICT, TARGET_HALF_WIDTH, FindingReport, Result,
+                              family_sentence)
 from analysis.sweep import sweep_findings
 from trainables.mlflow_names import FINISHED, GENERATED_IMAGE, REPORT_FOLDER, Metric, Tag, factor_tag, overall
 from trainables.workspace import tracking_uri as resolve_uri
@@ -51,7 +52,19 @@ BUDGET_RULES = {"steps": "equal optimiser steps in every arm", "samples": "equal
                           "run as often, and a run with more records (a mixed arm, or added generation records) "
                           "takes more steps"}
 VERDICT_MARK = {stats.SUPPORTED: "supported", stats.CONTRADICTED: "CONTRADICTED", stats.INCONCLUSIVE: "inconclusive",
-                EXPLORATORY: "exploratory"}
+                stats.EQUIVALENT: "equivalent", EXPLORATORY: "exploratory"}
+VERDICT_RULE = ("supported: the 95% interval over seeds excludes zero in the paper's direction and the p value, "
+                f"Holm-adjusted over the headline results, is at most {stats.ALPHA:g}; CONTRADICTED: the same in the "
+                "opposite direction; equivalent (|effect| < δ): the whole interval lies inside ±δ, the headline's "
+                "smallest effect that matters, so the data rule out any effect that matters in either direction; "
+                "inconclusive: none of these (the interval is too wide to tell)")
+"""How a headline verdict is made, in one sentence that every report and the demo's index show."""
+
+
+def verdict_text(result: Result) -> str:
+    """The verdict as a reader sees it: 'equivalent' names its δ, e.g. 'equivalent (|effect| < 0.02)'."""
+    mark = VERDICT_MARK[result.verdict]
+    return f"{mark} (|effect| < {result.smallest_effect:g})" if result.verdict == stats.EQUIVALENT else mark
 
 
 @dataclass
@@ -172,8 +185,8 @@ def _results_frame(results: list[Result], headline_only: bool = False) -> pl.Dat
              "comparison": r.comparison, "metric": r.metric, "estimate": _fmt(r.estimate, 4),
              "95% CI": f"[{_fmt(r.ci_low, 4)}, {_fmt(r.ci_high, 4)}]", "±": _fmt(r.half_width, 3),
              "n (seeds)": f"{r.n} ({r.n_seeds})", "p": _fmt(r.p_value, 3),
-             **({} if headline_only else {"p (Holm)": _fmt(r.p_adjusted, 3) if r.role == EXPLORATORY else "–"}),
-             "expected": r.expected, "verdict": VERDICT_MARK[r.verdict]}
+             "p (Holm)": _fmt(r.p_adjusted, 3), "expected": r.expected,
+             **({"δ": f"{r.smallest_effect:g}"} if r.headline else {"δ": "–"}), "verdict": verdict_text(r)}
             for r in results if r.headline or not headline_only]
     return pl.DataFrame(rows) if rows else pl.DataFrame()
 
@@ -185,14 +198,12 @@ def _summary(document: Document, findings: dict[int, FindingReport | str], decla
               "the default set (the space file declares none)")
     if headlines:
         document.p(f"Headline results, {source}. Only these get verdicts; every other result in this report is "
-                   "exploratory, with Holm-adjusted p values and no verdict.")
+                   "exploratory, with Holm-adjusted p values and no verdict. " + family_sentence(headlines))
         document.table(_results_frame(headlines, headline_only=True),
-                       "Verdict: the 95% interval over seeds excludes zero in the paper's direction (supported), "
-                       "in the opposite direction (CONTRADICTED), or neither (inconclusive); with fewer than "
-                       f"{MIN_SEEDS_FOR_VERDICT} seeds there is no verdict (inconclusive). ±: half the interval's "
-                       "width, on the statistic's own scale (score 0–1; per unit of the x axis for a slope). An "
-                       "inconclusive result with a small ± bounds the effect: no effect larger than about ± in "
-                       "either direction.")
+                       f"Verdict: {VERDICT_RULE}. With fewer than {MIN_SEEDS_FOR_VERDICT} seeds there is no verdict "
+                       "(inconclusive). p (Holm): the p value adjusted over the headline results as one family. ±: "
+                       "half the interval's width and δ the smallest effect that matters, both on the statistic's "
+                       "own scale (score 0–1; per unit of the x axis for a slope).")
         document.table(power_frame(headlines),
                        "Power of each headline: the SD over seeds of the per-seed paired effect; the smallest effect "
                        "a two-sided 5% t-test over the seeds run detects with 80% power (noncentral t); the seeds a "
@@ -271,7 +282,8 @@ def _finding(document: Document, number: int, finding: FindingReport | str) -> N
     if finding.results:
         document.table(_results_frame(finding.results), f"All results of finding {number}: headline rows have verdicts; "
                                                         "exploratory rows have none, and their p values are "
-                                                        "Holm-adjusted over the finding's exploratory results.")
+                                                        "Holm-adjusted over the finding's exploratory results "
+                                                        "(headline rows: over the headline results).")
         tests = sorted({r.test for r in finding.results})
         document.p("Tests: " + " | ".join(tests))
         notes = sorted({r.note for r in finding.results if r.note})
@@ -362,7 +374,8 @@ def _limits(runs: pl.DataFrame, findings: dict[int, FindingReport | str]) -> lis
                      f"below {MIN_SEEDS_FOR_VERDICT} seeds no verdict is given. More seeds would make the verdicts firmer.")
     items.append("Intervals resample seeds (the unit that repeats the whole experiment); runs of one seed share data "
                   "order and initialisation, so they are not treated as independent.")
-    items.append("Only headline results get verdicts. Every other result is exploratory: its p value is Holm-adjusted "
+    items.append("Only headline results get verdicts, judged as one family (Holm over the headline results, "
+                 f"family-wise error {stats.ALPHA:.0%}). Every other result is exploratory: its p value is Holm-adjusted "
                  "over the exploratory results of its finding (family-wise error 5%), and it carries no verdict.")
     items.append("Power assumes the per-seed paired effects are roughly normal with the observed SD; with few seeds "
                  "that SD is itself uncertain, so the seed counts are estimates, not guarantees.")
@@ -440,7 +453,9 @@ def _json(sweep, parent, runs, findings, importance, best, headlines=None, poole
         "pooled": [{"sweep": ref.sweep, "tracking_uri": ref.tracking_uri, "seeds": seeds} for ref, seeds in pooled],
         "headlines": {"source": "declared" if headlines else "default",
                       "declared": {name: h.model_dump(mode="json") for name, h in (headlines or {}).items()},
-                      "target_half_width": TARGET_HALF_WIDTH},
+                      "target_half_width": TARGET_HALF_WIDTH,
+                      "correction": family_sentence([r for f in findings.values() if isinstance(f, FindingReport)
+                                                     for r in f.headlines])},
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"), "python": platform.python_version(),
         "runs": {"total": runs.height, **{k.lower(): v for k, v in counts.items()}},
         "findings": {str(n): ({"addressed": False, "reason": f} if isinstance(f, str) else {
@@ -519,7 +534,7 @@ th { background: #f3f3f3; }
 caption { caption-side: bottom; font-style: italic; font-size: 0.9em; padding-top: 4px; text-align: left; }
 figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 td.supported { background: #e3f4e1; } td.CONTRADICTED { background: #f9dcdc; font-weight: bold; }
-td.inconclusive { background: #fdf5dc; } td.exploratory { color: #666; }
+td.inconclusive { background: #fdf5dc; } td.equivalent { background: #e3ecf7; } td.exploratory { color: #666; }
 """
 
 
@@ -538,7 +553,7 @@ def render_html(document: Document, title: str) -> str:
             frame, caption = block[1], block[2]
             head = "".join(f"<th>{html.escape(c)}</th>" for c in frame.columns)
             body = "".join("<tr>" + "".join(
-                f"<td class='{html.escape(str(v))}'>{html.escape(str(v) if v is not None else '–')}</td>"
+                f"<td class='{html.escape(str(v).split(' ')[0])}'>{html.escape(str(v) if v is not None else '–')}</td>"
                 if c == "verdict" else f"<td>{html.escape(str(v) if v is not None else '–')}</td>"
                 for c, v in zip(frame.columns, row)) + "</tr>" for row in frame.rows())
             parts.append(f"<div class='scroll'><table><caption>{html.escape(caption)}</caption><thead><tr>{head}</tr>"

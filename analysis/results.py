@@ -3,7 +3,8 @@ in a `FindingReport`, and `InsufficientData` when a sweep lacks what a finding n
 
 `make_result` turns an estimate over seeds (analysis.stats) into a Result with its verdict against the paper's
 direction and its power; `finish` labels a report's results: headline ones keep their verdicts, every other one is
-exploratory, its p value Holm-adjusted within its finding.
+exploratory, its p value Holm-adjusted within its finding. `correct_as_family` then judges the headline results of
+a sweep (or of several, the demo's) as one family: each verdict at its p value Holm-adjusted over all of them.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import polars as pl
 
 from analysis import stats
 from trainables.errors import UserError
+from trainables.headline_schema import DEFAULT_SMALLEST_EFFECT
 
 MIN_SEEDS_FOR_VERDICT = 3
 """With 2 seeds any interval rests on two numbers (zero width when they agree): no verdict."""
@@ -61,7 +63,8 @@ class Result:
     role: str = EXPLORATORY
     """headline (gets a verdict) or exploratory (verdict 'exploratory', Holm-adjusted p)."""
     p_adjusted: float = math.nan
-    """Exploratory results: Holm-adjusted within the finding; headline results: the p value itself."""
+    """Exploratory results: Holm-adjusted within the finding; headline results: Holm-adjusted over the family of
+    headline results judged together (correct_as_family), the p value itself until then."""
     statistic: str = ""
     """How one number per seed was formed: end, auc, trend, slope, did, or the finding's own (mean, spearman)."""
     sd_paired: float = math.nan
@@ -72,6 +75,13 @@ class Result:
     """Smallest |effect| a two-sided 5% t-test over the seeds run detects with 80% power."""
     seeds_for_target: int | None = None
     """Seeds for a 95% half-width of TARGET_HALF_WIDTH at the observed SD (None: not computable)."""
+    smallest_effect: float = DEFAULT_SMALLEST_EFFECT
+    """δ, the smallest effect that matters (the headline's declaration): an interval inside ±δ is "equivalent"."""
+
+    @property
+    def direction(self) -> int:
+        """The paper's direction as a sign: +1 or -1."""
+        return +1 if self.expected == "> 0" else -1
 
     def as_dict(self) -> dict[str, Any]:
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()}
@@ -94,12 +104,10 @@ class FindingReport:
 
 def make_result(finding: int, name: str, metric: str, comparison: str, estimate: stats.Estimate, test: str,
             direction: int, group: dict[str, Any] | None = None, headline: bool = False, note: str = "",
-            statistic: str = "mean") -> Result:
-    verdict = stats.verdict(estimate.ci_low, estimate.ci_high, direction)
-    if estimate.n_seeds < MIN_SEEDS_FOR_VERDICT and verdict != stats.INCONCLUSIVE:
-        verdict = stats.INCONCLUSIVE
-        note = "; ".join(n for n in (note, f"{estimate.n_seeds} seeds: too few for a verdict "
-                                           f"(at least {MIN_SEEDS_FOR_VERDICT} needed)") if n)
+            statistic: str = "mean", smallest_effect: float = DEFAULT_SMALLEST_EFFECT) -> Result:
+    verdict, withheld = _verdict(estimate.ci_low, estimate.ci_high, direction, smallest_effect, estimate.n_seeds,
+                                 estimate.p_value)
+    note = "; ".join(n for n in (note, withheld) if n)
     notes = "; ".join(n for n in (note, estimate.note) if n)
     half = float(estimate.ci_high - estimate.ci_low) / 2
     return Result(finding=finding, name=name, metric=metric, comparison=comparison, estimate=estimate.estimate,
@@ -109,7 +117,17 @@ def make_result(finding: int, name: str, metric: str, comparison: str, estimate:
                   role=HEADLINE if headline else EXPLORATORY, p_adjusted=estimate.p_value, statistic=statistic,
                   sd_paired=estimate.seed_sd, half_width=half if math.isfinite(half) else math.nan,
                   mde_80=stats.minimum_detectable_effect(estimate.seed_sd, estimate.n_seeds),
-                  seeds_for_target=stats.seeds_for_half_width(estimate.seed_sd, TARGET_HALF_WIDTH))
+                  seeds_for_target=stats.seeds_for_half_width(estimate.seed_sd, TARGET_HALF_WIDTH),
+                  smallest_effect=smallest_effect)
+
+
+def _verdict(low: float, high: float, direction: int, smallest_effect: float, n_seeds: int,
+             p: float) -> tuple[str, str]:
+    """(verdict, why none was given): stats.verdict, withheld (inconclusive) below MIN_SEEDS_FOR_VERDICT seeds."""
+    verdict = stats.verdict(low, high, direction, smallest_effect, p)
+    if n_seeds < MIN_SEEDS_FOR_VERDICT and verdict != stats.INCONCLUSIVE:
+        return stats.INCONCLUSIVE, f"{n_seeds} seeds: too few for a verdict (at least {MIN_SEEDS_FOR_VERDICT} needed)"
+    return verdict, ""
 
 
 def finish(report: FindingReport) -> FindingReport:
@@ -121,5 +139,24 @@ def finish(report: FindingReport) -> FindingReport:
         report.results[i] = replace(report.results[i], role=EXPLORATORY, verdict=EXPLORATORY, p_adjusted=float(p))
     for i, r in enumerate(report.results):
         if r.headline:
-            report.results[i] = replace(r, role=HEADLINE, p_adjusted=r.p_value)
+            report.results[i] = replace(r, role=HEADLINE)
     return report
+
+
+def correct_as_family(reports: list[FindingReport]) -> None:
+    """Judge the headline results of these reports as one family, in place: each verdict at its p value
+    Holm-adjusted over every headline result that has one, so that the chance of any verdict without an effect
+    behind it stays at stats.ALPHA however many headlines there are (idempotent)."""
+    places = [(report, i) for report in reports for i, r in enumerate(report.results) if r.headline]
+    adjusted = stats.holm([report.results[i].p_value for report, i in places])
+    for (report, i), p in zip(places, adjusted):
+        r = report.results[i]
+        verdict, _ = _verdict(r.ci_low, r.ci_high, r.direction, r.smallest_effect, r.n_seeds, float(p))
+        report.results[i] = replace(r, verdict=verdict, p_adjusted=float(p))
+
+
+def family_sentence(headlines: list[Result]) -> str:
+    """The one line that says how a family of headline verdicts was corrected."""
+    n = sum(math.isfinite(r.p_value) for r in headlines)
+    return (f"Verdicts corrected as one family: Holm over {n} headline{'s' if n != 1 else ''} "
+            f"(family-wise error {stats.ALPHA:.0%}).")

@@ -22,11 +22,14 @@ keeps its coverage for few seeds; with many seeds the two agree.
 
 Power (`power`, `minimum_detectable_effect`, `seeds_for_half_width`) treats the per-seed paired
 effects as the sample of a one-sample t-test: two-sided at 5%, exact noncentral t. Multiplicity of
-exploratory results: `holm` (Holm 1979, step-down, controls the family-wise error rate).
+exploratory results and of the headline results as a family: `holm` (Holm 1979, step-down, controls the
+family-wise error rate).
 
-`verdict(low, high, direction)`: "supported" when the 95% interval excludes
-zero in the paper's direction, "contradicted" when it excludes zero in the
-opposite direction, "inconclusive" otherwise (including no interval).
+`verdict(low, high, direction, smallest_effect, p)`: "supported" when the 95%
+interval excludes zero in the paper's direction and the (Holm-adjusted) p value
+is at most ALPHA, "contradicted" the same in the opposite direction,
+"equivalent" when the interval lies inside (-smallest_effect, +smallest_effect)
+(no effect that matters), "inconclusive" otherwise (including no interval).
 """
 
 from __future__ import annotations
@@ -40,6 +43,10 @@ from scipy import stats as scipy_stats
 RESAMPLES = 2000
 LEVEL = 0.95
 SUPPORTED, CONTRADICTED, INCONCLUSIVE = "supported", "contradicted", "inconclusive"
+EQUIVALENT = "equivalent"
+"""No effect beyond the smallest effect that matters: the whole interval lies inside ±smallest_effect."""
+ALPHA = 0.05
+"""Family-wise error rate of the headline verdicts (their p values are Holm-adjusted over the family)."""
 
 
 @dataclass(frozen=True)
@@ -165,15 +172,19 @@ def bootstrap_seed_slope(x, y, clusters, resamples: int = RESAMPLES, seed: int =
     return bootstrap_mean(slopes[keep], labels[keep], resamples, seed)
 
 
-def verdict(low: float, high: float, direction: int = 1) -> str:
-    """supported / contradicted / inconclusive for an interval and the paper's direction (+1 or -1)."""
+def verdict(low: float, high: float, direction: int = 1, smallest_effect: float = 0.0, p: float = 0.0) -> str:
+    """supported / contradicted / equivalent / inconclusive for an interval, the paper's direction (+1 or -1), the
+    smallest effect that matters and the result's p value (Holm-adjusted over its family; the default 0 judges by
+    the interval alone, and nan, no test, never supports or contradicts)."""
     if not (math.isfinite(low) and math.isfinite(high)):
         return INCONCLUSIVE
     low, high = sorted((direction * low, direction * high))
-    if low > 0:
+    if p <= ALPHA and low > 0:
         return SUPPORTED
-    if high < 0:
+    if p <= ALPHA and high < 0:
         return CONTRADICTED
+    if -smallest_effect < low and high < smallest_effect:
+        return EQUIVALENT
     return INCONCLUSIVE
 
 

@@ -23,7 +23,7 @@ import polars as pl
 from analysis.findings import alignment, mutual_benefit, transfer
 from analysis.frames import load_history, load_runs, sweep_parent
 from analysis.headlines import declared_results, parse
-from analysis.results import TITLES, FindingReport, InsufficientData, finish
+from analysis.results import TITLES, FindingReport, InsufficientData, correct_as_family, finish
 from analysis.tuning import finding_runs
 from trainables.errors import UserError
 from trainables.headline_schema import Headline
@@ -80,7 +80,8 @@ def all_findings(runs: pl.DataFrame, history: pl.DataFrame | None = None,
 
     `headlines` (name -> Headline, as declared in the space file): when given, only those are headline results
     (analysis.headlines computes them, with `history` for auc and trend) and every default headline of the
-    findings becomes exploratory. None: the findings' default headlines.
+    findings becomes exploratory. None: the findings' default headlines. Either way the headline results of the
+    three findings are judged as one family (analysis.results.correct_as_family).
     """
     out: dict[int, FindingReport | str] = {}
     for number, function in ((1, mutual_benefit), (2, alignment), (3, transfer)):
@@ -107,4 +108,5 @@ def all_findings(runs: pl.DataFrame, history: pl.DataFrame | None = None,
             if choice:
                 report.tables["headline_statistic_choice"] = pl.DataFrame(choice)
             finish(report)
+    correct_as_family([report for report in out.values() if isinstance(report, FindingReport)])
     return out

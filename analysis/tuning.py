@@ -25,7 +25,7 @@ import polars as pl
 from analysis import stats
 from analysis.findings import mutual_benefit
 from analysis.importance import searched_params
-from analysis.results import FindingReport, InsufficientData
+from analysis.results import FindingReport, InsufficientData, correct_as_family
 from trainables.mlflow_names import FAILED, FINISHED, FLAG, TRIAL_TABLE, Tag
 
 PHASE, STUDY, TRIAL, PRUNED = (f"tags.{tag}" for tag in (Tag.PHASE, Tag.OPTUNA_STUDY, Tag.OPTUNA_TRIAL, Tag.PRUNED))
@@ -129,6 +129,7 @@ def tuned_vs_untuned(runs: pl.DataFrame) -> list[dict[str, Any]]:
     for phase in ("holdout", "untuned"):
         try:
             reports[phase] = mutual_benefit(runs.filter(pl.col(PHASE) == phase))
+            correct_as_family([reports[phase]])  # each phase's headlines one family, as in a sweep's report
         except InsufficientData:
             reports[phase] = None
     if reports["holdout"] is None:

@@ -110,9 +110,10 @@ def run_demo(options: DemoOptions) -> int:
     reports = folder / "reports"
     for run in runs:
         run.report = _report(run.name, uri, reports / run.name)
+    correction = correct_across_studies(runs)
     rows = headline_rows(runs)
-    index_md, index_html = write_index(reports, runs, rows, options.smoke, time.monotonic() - began)
-    print(findings_table(rows), flush=True)
+    index_md, index_html = write_index(reports, runs, rows, options.smoke, time.monotonic() - began, correction)
+    print(findings_table(rows, correction), flush=True)
     print(f"\nreport:        {index_html}\n               {index_md} (per study: {reports}/<study>/report.html)")
     if options.tracking_uri or _env_uri():
         print(f"MLflow UI:     open {uri.rstrip('/')}{RUNS_VIEW}   (one experiment per study)")
@@ -255,9 +256,19 @@ def _report(name: str, uri: str, out: Path):
     return build_report(name, uri, out)
 
 
+def correct_across_studies(runs: list[StudyRun]) -> str:
+    """Judge the headline results of every study's own finding (the rows of the demo's table) as one family, Holm
+    across the studies, where each study's report corrects within its sweep; -> the line that says so."""
+    from analysis.results import FindingReport, correct_as_family, family_sentence
+
+    reports = [finding for run in runs if isinstance(finding := run.report.findings[run.finding], FindingReport)]
+    correct_as_family(reports)
+    return family_sentence([result for report in reports for result in report.headlines])
+
+
 def headline_rows(runs: list[StudyRun]) -> list[dict[str, Any]]:
     """Each study's own finding: its headline results (estimate, interval, seeds, verdict), or why none."""
-    from analysis.report import TUNING_FILE, VERDICT_MARK
+    from analysis.report import TUNING_FILE, verdict_text
 
     rows = []
     for run in runs:
@@ -268,7 +279,8 @@ def headline_rows(runs: list[StudyRun]) -> list[dict[str, Any]]:
             continue
         held_out = " (tuned, held-out seeds)" if tuned.get("tuned_vs_untuned") else ""
         finding = run.report.findings[run.finding]
-        base = {"study": run.study, "finding": run.finding, "report": f"{run.name}/report.html", "half_width": None}
+        base = {"study": run.study, "finding": run.finding, "report": f"{run.name}/report.html", "half_width": None,
+                "smallest_effect": None}
         if isinstance(finding, str):  # not addressed: the reason
             rows.append({**base, "result": "not addressed", "comparison": finding, "metric": "",
                          "estimate": None, "ci": (None, None), "seeds": 0, "verdict": "-"})
@@ -281,7 +293,8 @@ def headline_rows(runs: list[StudyRun]) -> list[dict[str, Any]]:
             rows.append({**base, "result": result.name + (f" ({group})" if group else "") + held_out,
                          "comparison": result.comparison, "metric": result.metric,
                          "estimate": _finite(result.estimate), "ci": (_finite(result.ci_low), _finite(result.ci_high)),
-                         "half_width": _finite(result.half_width), "seeds": result.n_seeds, "verdict": VERDICT_MARK.get(result.verdict, result.verdict)})
+                         "half_width": _finite(result.half_width), "smallest_effect": result.smallest_effect,
+                         "seeds": result.n_seeds, "verdict": verdict_text(result)})
         rows += _tuning_rows(run, tuned)  # the untuned finding on the same held-out seeds, beside the tuned one
     return rows
 
@@ -290,7 +303,8 @@ def _tuning_rows(run: StudyRun, tuned: dict[str, Any]) -> list[dict[str, Any]]:
     """A searched study's own rows: the best mixing ratio, and the untuned finding beside the tuned one."""
     from analysis.report import VERDICT_MARK
 
-    base = {"study": run.study, "finding": run.finding, "report": f"{run.name}/report.html", "half_width": None}
+    base = {"study": run.study, "finding": run.finding, "report": f"{run.name}/report.html", "half_width": None,
+            "smallest_effect": None}
     rows = []
     if ratio := tuned.get("best_ratio"):
         rows.append({**base, "result": f"best mixing ratio ({ratio['configurations']} configurations)",
@@ -316,42 +330,49 @@ def _half(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-def findings_table(rows: list[dict[str, Any]]) -> str:
-    """The headline findings as fixed-width text: what `uvlm demo` prints at the end (± = 95% CI half-width)."""
-    header = ("finding", "result", "metric", "estimate", "95% CI", "±", "seeds", "verdict")
+def _delta(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}"
+
+
+def findings_table(rows: list[dict[str, Any]], correction: str = "") -> str:
+    """The headline findings as fixed-width text: what `uvlm demo` prints at the end (± = 95% CI half-width,
+    δ = the smallest effect that matters), over the line that says how the verdicts were corrected."""
+    header = ("finding", "result", "metric", "estimate", "95% CI", "±", "δ", "seeds", "verdict")
     lines = [header] + [
         (f"{row['finding']} {row['study']}", row["result"], row["metric"], _number(row["estimate"]),
          f"[{_number(row['ci'][0])}, {_number(row['ci'][1])}]" if row["estimate"] is not None else "-",
-         _half(row.get("half_width")), str(row["seeds"]), row["verdict"]) for row in rows]
+         _half(row.get("half_width")), _delta(row.get("smallest_effect")), str(row["seeds"]), row["verdict"])
+        for row in rows]
     widths = [max(len(line[column]) for line in lines) for column in range(len(header))]
     text = ["  ".join(value.ljust(width) for value, width in zip(line, widths)).rstrip() for line in lines]
     text.insert(1, "  ".join("-" * width for width in widths))
     return ("Findings (95% intervals over seeds, ± their half-width; headline results only; verdict against the "
-            "paper's direction):\n" + "\n".join(text))
+            "paper's direction):\n" + "\n".join(text) + (f"\n{correction}" if correction else ""))
 
 
 def write_index(reports: Path, runs: list[StudyRun], rows: list[dict[str, Any]], smoke: bool,
-                seconds: float) -> tuple[Path, Path]:
+                seconds: float, correction: str = "") -> tuple[Path, Path]:
     """reports/report.md and reports/index.html: the findings of the three studies, linking each study's report,
     rendered by the report's own renderer."""
     import polars as pl
 
-    from analysis.report import Document, render_html, render_markdown
+    from analysis.report import VERDICT_RULE, Document, render_html, render_markdown
 
     title = "uvlm demo: the three studies at CPU scale" + (" (smoke: toy size, no conclusions)" if smoke else "")
     document = Document()
     document.h(1, title)
     document.p("Each study is one sweep (a space file under spaces/); each row is a headline result of the finding the "
                "study addresses (declared in its space file), with its 95% bootstrap interval over seeds and that "
-               "interval's half-width (±). supported: the interval excludes zero in "
-               "the paper's direction; CONTRADICTED: in the opposite direction; inconclusive: it includes zero (or "
-               "fewer than 3 seeds). The per-study reports hold the design, the budget rule, every comparison, figures "
-               "and limits.")
+               f"interval's half-width (±). {VERDICT_RULE[0].upper()}{VERDICT_RULE[1:]} (or fewer than 3 seeds). "
+               f"{correction} Here the family is every row below, across the studies; each study's own report "
+               "corrects over its sweep's headline results alone, so a verdict there can be firmer than here. "
+               "The per-study reports hold the design, the budget rule, every comparison, figures and limits.")
     document.table(pl.DataFrame([
         {"finding": f"{row['finding']} ({row['study']})", "result": row["result"], "comparison": row["comparison"],
          "metric": row["metric"], "estimate": _number(row["estimate"]),
          "95% CI": f"[{_number(row['ci'][0])}, {_number(row['ci'][1])}]" if row["estimate"] is not None else "-",
-         "±": _half(row.get("half_width")), "seeds": str(row["seeds"]), "verdict": row["verdict"]} for row in rows]))
+         "±": _half(row.get("half_width")), "δ": _delta(row.get("smallest_effect")), "seeds": str(row["seeds"]),
+         "verdict": row["verdict"]} for row in rows]))
     document.h(2, "Reports per study")
     document.links([(run.study, f"{run.name}/report") for run in runs])
     document.p(f"Written by uvlm demo{' --smoke' if smoke else ''} in {_minutes(seconds)} (this session).")

@@ -103,6 +103,21 @@ def test_verdict_rule():
     assert stats.verdict(math.nan, math.nan, +1) == stats.INCONCLUSIVE
 
 
+@pytest.mark.parametrize("low, high, p, expected", [
+    (-0.01, 0.015, 0.4, stats.EQUIVALENT),     # the whole interval inside ±0.02: no effect that matters
+    (-0.01, 0.025, 0.4, stats.INCONCLUSIVE),   # straddles +δ: an effect that matters is not ruled out
+    (-0.03, 0.01, 0.4, stats.INCONCLUSIVE),    # straddles −δ
+    (0.03, 0.05, 0.001, stats.SUPPORTED),      # excludes zero, significant after correction
+    (0.005, 0.015, 0.001, stats.SUPPORTED),    # excludes zero: supported, however small
+    (0.005, 0.015, 0.2, stats.EQUIVALENT),     # excludes zero but not after correction: inside ±δ
+    (0.03, 0.05, 0.2, stats.INCONCLUSIVE),     # excludes zero but not after correction
+    (0.03, 0.05, math.nan, stats.INCONCLUSIVE),  # no test: no supported verdict
+    (-0.05, -0.03, 0.001, stats.CONTRADICTED),
+])
+def test_verdict_with_the_smallest_effect_and_the_adjusted_p(low, high, p, expected):
+    assert stats.verdict(low, high, +1, smallest_effect=0.02, p=p) == expected
+
+
 # ----------------------------------------------------------------------------- findings on known effects
 
 def mixing(**effects) -> pl.DataFrame:
@@ -110,7 +125,8 @@ def mixing(**effects) -> pl.DataFrame:
                                      eval_steps=(500,), effects=Effects(**effects)))
 
 
-@pytest.mark.parametrize("effect, expected", [(0.05, "supported"), (0.0, "inconclusive"), (-0.05, "contradicted")])
+# A null effect over 6 seeds has an interval far inside ±0.02: the data rule out an effect that matters.
+@pytest.mark.parametrize("effect, expected", [(0.05, "supported"), (0.0, "equivalent"), (-0.05, "contradicted")])
 def test_finding1_verdicts(effect, expected):
     report = mutual_benefit(mixing(understanding_benefit=effect, generation_benefit=effect))
     for metric in ("test/vqa/overall", "test/gen/probe/overall"):

@@ -155,12 +155,34 @@ def test_demo_skips_finished_studies_and_reports_their_findings(tmp_path, capsys
     lines = {line.split("  ")[0] + line.split()[-1] for line in table.splitlines()[3:] if line.strip()}
     assert "1 mixingsupported" in lines and "1 mixingCONTRADICTED" in lines, table  # + on understanding, - on generation
     assert "2 alignmentsupported" in lines and "3 transfersupported" in lines, table
+    # one family across the studies (4 mixing, 1 alignment, 2 transfer headlines), not one per study
+    assert "Verdicts corrected as one family: Holm over 7 headlines" in table and "δ" in table.splitlines()[1].split()
     md = (tmp_path / "reports" / "report.md").read_text()
     assert md.count("| 1 (mixing) |") >= 2 and "- [alignment](alignment/report.md)" in md
+    assert "Holm over 7 headlines" in md and "equivalent (|effect| < δ)" in md
     page = (tmp_path / "reports" / "index.html").read_text()  # the report's renderer: linked, verdicts coloured
     assert "<a href='alignment/report.html'>alignment</a>" in page and "<td class='CONTRADICTED'>" in page
     for study, _ in STUDIES:
         assert (tmp_path / "reports" / study / "report.html").is_file()
+
+
+def test_the_demo_table_judges_every_studys_headlines_as_one_family(tmp_path):
+    """Three studies, each with one headline at p = 0.02: each supported in its own report, none across the three."""
+    from analysis import stats
+    from analysis.report import Built
+    from analysis.results import TITLES, FindingReport, correct_as_family, make_result
+    from search.demo import StudyRun, correct_across_studies, headline_rows
+
+    runs = []
+    for study, finding in STUDIES:
+        report = FindingReport(finding, *TITLES[finding])
+        report.results.append(make_result(finding, f"{study} headline", "test/vqa/overall", "mixed − understanding-only",
+                                          stats.Estimate(0.05, 0.01, 0.09, 8, 8, 0.02), "t-test", +1, headline=True))
+        correct_as_family([report])  # the study's own report
+        assert report.headlines[0].verdict == "supported"
+        runs.append(StudyRun(study, finding, study, "finished", report=Built(tmp_path / study, {finding: report})))
+    assert correct_across_studies(runs).startswith("Verdicts corrected as one family: Holm over 3 headlines")
+    assert [row["verdict"] for row in headline_rows(runs)] == ["inconclusive"] * 3  # p 0.06 each after Holm
 
 
 # ----------------------------------------------------------------------------- the README

@@ -15,6 +15,7 @@ from scipy import stats as scipy_stats
 
 from analysis import stats
 from analysis.headlines import parse
+from analysis.results import TITLES, FindingReport, correct_as_family, family_sentence, make_result
 from analysis.sweep import all_findings
 from analysis.synthetic import Effects, SyntheticSweep, history_frame, runs_frame
 from search.planner import load_space
@@ -31,6 +32,38 @@ def test_holm_matches_a_hand_computation():
     adjusted = stats.holm([0.03, 0.01, math.nan, 0.04, 0.02])
     np.testing.assert_allclose(adjusted, [0.06, 0.04, math.nan, 0.06, 0.06])
     assert stats.holm([0.5, 0.6]).tolist() == [1.0, 1.0]
+
+
+def headline_report(*estimates: stats.Estimate) -> FindingReport:
+    report = FindingReport(1, *TITLES[1])
+    report.results += [make_result(1, f"h{i}", "test/vqa/overall", "mixed − understanding-only", e, "t-test", +1,
+                                   headline=True) for i, e in enumerate(estimates)]
+    return report
+
+
+def test_headlines_are_judged_as_one_family():
+    """p = 0.03 alone supports its headline; as one of six (five of them null) Holm makes it 0.18: not supported."""
+    effect = stats.Estimate(0.05, 0.01, 0.09, 8, 8, 0.03)
+    alone = headline_report(effect)
+    correct_as_family([alone])
+    assert alone.results[0].verdict == "supported" and alone.results[0].p_adjusted == pytest.approx(0.03)
+    nulls = [stats.Estimate(0.0, -0.1, 0.1, 8, 8, p) for p in (0.2, 0.4, 0.5, 0.7, 0.9)]
+    family = [headline_report(effect), headline_report(*nulls[:2]), headline_report(*nulls[2:])]  # across reports
+    correct_as_family(family)
+    first = family[0].results[0]
+    assert first.p_adjusted == pytest.approx(0.18) and first.verdict == "inconclusive"
+    assert family_sentence([r for f in family for r in f.headlines]).startswith(
+        "Verdicts corrected as one family: Holm over 6 headlines")
+
+
+def test_the_declared_smallest_effect_decides_equivalent_or_inconclusive():
+    """A null end benefit over 8 seeds: inside ±0.1 (equivalent), not inside ±0.001 (inconclusive)."""
+    design = SyntheticSweep(name="mixing", arms=("understanding", "mixed"), train_images=(500,), seeds=tuple(range(8)),
+                            eval_steps=(500,), effects=Effects(understanding_benefit=0.0))
+    for delta, verdict in ((0.1, "equivalent"), (0.001, "inconclusive")):
+        headlines = {"h": {"finding": 1, "metric": "test/vqa/overall", "smallest_effect": delta, **MIXED_VS_UNDERSTANDING}}
+        result = findings(design, headlines)[1].headlines[0]
+        assert result.smallest_effect == delta and result.verdict == verdict, result
 
 
 def test_power_matches_simulated_t_tests():
@@ -90,7 +123,7 @@ def test_declared_headlines_are_parsed_typed_and_recorded(tmp_path):
     plan = load_space(write(tmp_path, {"understanding benefit": {"finding": 1, "metric": "test/vqa/overall",
                                                                   **MIXED_VS_UNDERSTANDING}}))
     headline = plan.space.headlines["understanding benefit"]
-    assert (headline.statistic.value, headline.expected.value) == ("end", "positive")
+    assert (headline.statistic.value, headline.expected.value, headline.smallest_effect) == ("end", "positive", 0.02)
     record = plan.headlines_record()
     assert record["understanding benefit"]["treatment"] == {"data.arm": "mixed"}
     assert parse(record)["understanding benefit"] == headline
@@ -112,6 +145,10 @@ def test_declared_headlines_are_parsed_typed_and_recorded(tmp_path):
       **MIXED_VS_UNDERSTANDING}, "one value of 'alignment.affine_strength'"),
     ({"finding": 3, "metric": "test/vqa/overall", "statistic": "did", "across": {"lm.trainability": ["full"]},
       **MIXED_VS_UNDERSTANDING}, "two values"),
+    ({"finding": 1, "metric": "test/vqa/overall", "smallest_effect": 0, **MIXED_VS_UNDERSTANDING},
+     "headlines.h.smallest_effect.*greater than 0"),
+    ({"finding": 1, "metric": "test/vqa/overall", "smallest_effect": -0.02, **MIXED_VS_UNDERSTANDING},
+     "headlines.h.smallest_effect.*greater than 0"),
 ])
 def test_bad_declarations_are_errors_that_name_the_field(tmp_path, headline, message):
     with pytest.raises(UserError, match=message):
@@ -179,7 +216,7 @@ def test_trend_slope_is_the_known_slope_when_the_end_benefit_is_zero():
     assert trend.ci_low <= 0.02 <= trend.ci_high and trend.verdict == "supported"
     flat = findings(SyntheticSweep(**{**design.__dict__, "effects": Effects(understanding_benefit=0.0, noise=0.002,
                                                                            eval_noise=0.005)}), headlines)[1].headlines[0]
-    assert flat.verdict == "inconclusive" and flat.ci_low <= 0.0 <= flat.ci_high
+    assert flat.verdict == "equivalent" and flat.ci_low <= 0.0 <= flat.ci_high  # no trend, measured within ±0.02
 
 
 def test_auc_is_compared_with_the_end_point():

@@ -36,7 +36,7 @@ TRANSFER_HEADLINES = {
                            "treatment": {"data.arm": "mixed", "data.hide_control": False},
                            "control": {"data.arm": "mixed", "data.hide_control": True},
                            "across": {"lm.trainability": ["full", "frozen"]}},
-    "understanding benefit": {"finding": 1, "metric": "test/vqa/overall", "statistic": "auc",
+    "understanding benefit": {"finding": 1, "metric": "test/vqa/overall", "statistic": "auc", "smallest_effect": 0.05,
                               "treatment": {"data.arm": "mixed"}, "control": {"data.arm": "understanding"}},
 }
 TRANSFER = SyntheticSweep(name="transfer", study="transfer", arms=("understanding", "mixed"), train_images=(500,),
@@ -196,7 +196,7 @@ def test_declared_headlines_alone_get_verdicts_with_their_power(store, tmp_path)
     headlines = [r for r in results if r["headline"]]
     assert sorted(r["name"] for r in headlines) == sorted(TRANSFER_HEADLINES)
     for r in headlines:
-        assert r["role"] == "headline" and r["verdict"] in ("supported", "inconclusive", "contradicted")
+        assert r["role"] == "headline" and r["verdict"] in ("supported", "inconclusive", "contradicted", "equivalent")
         assert r["sd_paired"] > 0 and r["mde_80"] > 0 and r["seeds_for_target"] >= 2 and r["half_width"] > 0
     others = [r for r in results if not r["headline"]]
     assert others and all(r["role"] == "exploratory" and r["verdict"] == "exploratory" for r in others)
@@ -211,6 +211,27 @@ def test_declared_headlines_alone_get_verdicts_with_their_power(store, tmp_path)
     assert "answers name the hidden value more often" in markdown  # 0.5 against 0.3 in the synthetic sweep
     did = next(r for r in headlines if r["name"] == "transfer in the LM")
     assert did["ci_low"] <= 0.2 <= did["ci_high"]  # transfer 0.2 with the LM trained, 0 with it frozen
+
+
+def test_headline_verdicts_carry_their_smallest_effect_and_family_adjusted_p(store, tmp_path):
+    """Each headline's δ (declared or the default) and its p value Holm-adjusted over the sweep's headlines."""
+    from analysis import stats
+
+    assert main(["report", "transfer", "--tracking-uri", store, "--out", str(tmp_path), "--no-log"]) == 0
+    findings = json.loads((tmp_path / "findings.json").read_text())
+    headlines = {r["name"]: r for f in findings["findings"].values() if f["addressed"] for r in f["results"]
+                 if r["headline"]}
+    assert {name: r["smallest_effect"] for name, r in headlines.items()} == {"understanding benefit": 0.05,
+                                                                            "transfer in the LM": 0.02}
+    names = sorted(headlines)
+    adjusted = stats.holm([headlines[name]["p_value"] for name in names])
+    assert [headlines[name]["p_adjusted"] for name in names] == pytest.approx(adjusted.tolist())
+    assert any(headlines[name]["p_adjusted"] > headlines[name]["p_value"] for name in names)
+    correction = "Verdicts corrected as one family: Holm over 2 headlines (family-wise error 5%)."
+    assert findings["headlines"]["correction"] == correction
+    markdown = (tmp_path / "report.md").read_text()
+    assert correction in markdown and "equivalent (|effect| < δ): the whole interval lies inside ±δ" in markdown
+    assert "| δ |" in markdown and "| 0.05 |" in markdown
 
 
 def test_without_declarations_the_default_headlines_are_used(mixing_report):
@@ -341,3 +362,13 @@ def test_icon_figure_draws_each_cell_per_corner_beside_the_constant_generation()
     assert max(p.get_height() for p in axis.patches) == pytest.approx(0.61)
     with pytest.raises(figures.Skip, match="Icon placement is not drawn"):
         figures.icon_corners(pl.DataFrame([{"run_id": "a", "status": "FINISHED", "seed": 0}]))
+
+
+def test_an_equivalent_verdict_names_its_smallest_effect_and_is_coloured_by_its_kind():
+    from analysis.report import Document, render_html, render_markdown
+
+    document = Document()
+    document.table(pl.DataFrame({"verdict": ["equivalent (|effect| < 0.02)", "supported"]}))
+    page = render_html(document, "t")
+    assert "<td class='equivalent'>equivalent (|effect| &lt; 0.02)</td>" in page and "<td class='supported'>" in page
+    assert "equivalent (\\|effect\\| < 0.02)" in render_markdown(document)

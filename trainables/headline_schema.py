@@ -13,6 +13,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
+DEFAULT_SMALLEST_EFFECT = 0.02
+"""The smallest effect that matters for the accuracy-like scores (0–1) of this project: two points."""
+
+
 class SpaceModel(BaseModel):
     """A space-file section: unknown keys are errors."""
 
@@ -65,6 +69,9 @@ class Headline(SpaceModel):
     """slope only: the dotted key whose values are the x axis, e.g. alignment.affine_strength."""
     across: dict[str, list[Any]] | None = None
     """did only: one dotted key and two values; the result is the effect at the first minus at the second."""
+    smallest_effect: float = Field(default=DEFAULT_SMALLEST_EFFECT, gt=0)
+    """δ, the smallest effect that matters, in the statistic's own units (score points for end and auc; per unit of
+    the x axis for trend and slope): an interval inside (−δ, +δ) is the verdict "equivalent", no effect beyond ±δ."""
     description: str = ""
 
     @model_validator(mode="after")

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     import polars as pl
 
     from analysis.power import power_frame
-    from analysis.results import FindingReport
+    from analysis.results import FindingReport, family_sentence
     from analysis.sweep import sweep_findings
     from trainables.errors import UserError
 
@@ -61,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
                         "; ".join(f for f in findings.values() if isinstance(f, str)))
     source = "declared in the space file" if declared else "the default set (the space file declares none)"
     print(f"Headline results of {args.sweep!r} ({source}); power of a two-sided 5% t-test over per-seed effects:")
+    print(family_sentence(headlines))
     with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=200, tbl_hide_dataframe_shape=True,
                    tbl_hide_column_data_types=True, fmt_str_lengths=60, tbl_formatting="ASCII_MARKDOWN"):
         print(power_frame(headlines, args.half_width, verdicts=True))
