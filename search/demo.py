@@ -1,4 +1,4 @@
-"""`uvlm demo`: the main job. The three studies of docs/STUDY.md at CPU scale, one command, resumable.
+"""`uvlm demo`: the main job. The studies of docs/STUDY.md at CPU scale, one command, resumable.
 
     validate the three space files -> sweep each (skip finished, resume interrupted) -> report each
     -> a combined report (reports/index.html, reports/report.md) -> print the findings and where to look
@@ -28,12 +28,12 @@ from trainables import workspace
 from trainables.errors import UserError
 from trainables.yamlfile import read_yaml
 
-STUDIES = (("mixing", 1), ("alignment", 2), ("transfer", 3))
-"""Each study's space file stem and the finding (1-3 of docs/STUDY.md) it is designed to address."""
-OPTUNA_STUDIES = (("ratio", 1), ("tuning", 1))
-"""Studies where Optuna searches (the mixing ratio; fair per-arm tuning re-run on held-out seeds). They do not fit
-the demo beside the three (about 26 minutes on 2 cores; these take about 8 and 13 more): `uvlm demo --study ratio|tuning` runs
-them; `--smoke` runs them at toy size with the three, so CI checks their whole path."""
+STUDIES = (("mixing", 1), ("alignment", 2), ("transfer", 3), ("ratio", 1))
+"""Each study's space file stem and the finding (1-3 of docs/STUDY.md) it addresses; ratio is the mixing ratio
+searched by Optuna on paired seeds."""
+OPTUNA_STUDIES = (("tuning", 1),)
+"""Fair per-arm tuning re-run on held-out seeds: it does not fit the demo's half hour (about 13 minutes more);
+`uvlm demo --study tuning` runs it, and `--smoke` runs it at toy size with the others, so CI checks its whole path."""
 ALL_STUDIES = dict(STUDIES + OPTUNA_STUDIES)
 SPACES = Path(__file__).resolve().parents[1] / "spaces"
 
@@ -56,7 +56,7 @@ class DemoOptions:
     body: str | None = None
     """The trial body (search.sweep); tests pass a cheap one. Default: the real trainable."""
     studies: list[str] | None = None
-    """Run only these studies (names of ALL_STUDIES); default the three of STUDIES (with --smoke, all five)."""
+    """Run only these studies (names of ALL_STUDIES); default the four of STUDIES (with --smoke, all five)."""
     seeds: list[int] | None = None
     """Run every study on these seeds instead of its space file's (copies under <workdir>/seeded-spaces)."""
 
@@ -74,7 +74,7 @@ class StudyRun:
 
 
 def run_demo(options: DemoOptions) -> int:
-    """Sweep, report and summarise the three studies; 0 when every trial of every study finished."""
+    """Sweep, report and summarise the studies; 0 when every trial of every study finished."""
     from search.planner import load_space
     from search.sweep import SweepOptions, dry_run, run_sweep
 
@@ -126,7 +126,7 @@ def run_demo(options: DemoOptions) -> int:
 
 
 def selected(options: DemoOptions) -> tuple[tuple[str, int], ...]:
-    """The studies this demo runs, in order: --study names, else the three (and the Optuna ones with --smoke)."""
+    """The studies this demo runs, in order: --study names, else the four (and tuning with --smoke)."""
     if options.studies:
         unknown = [name for name in options.studies if name not in ALL_STUDIES]
         if unknown:
@@ -352,13 +352,13 @@ def findings_table(rows: list[dict[str, Any]], correction: str = "") -> str:
 
 def write_index(reports: Path, runs: list[StudyRun], rows: list[dict[str, Any]], smoke: bool,
                 seconds: float, correction: str = "") -> tuple[Path, Path]:
-    """reports/report.md and reports/index.html: the findings of the three studies, linking each study's report,
+    """reports/report.md and reports/index.html: the findings of the studies, linking each study's report,
     rendered by the report's own renderer."""
     import polars as pl
 
     from analysis.report import VERDICT_RULE, Document, render_html, render_markdown
 
-    title = "uvlm demo: the three studies at CPU scale" + (" (smoke: toy size, no conclusions)" if smoke else "")
+    title = "uvlm demo: the studies at CPU scale" + (" (smoke: toy size, no conclusions)" if smoke else "")
     document = Document()
     document.h(1, title)
     document.p("Each study is one sweep (a space file under spaces/); each row is a headline result of the finding the "
