@@ -23,12 +23,16 @@ RECIPE = {"lm.pretraining.steps": 60, "lm.pretraining.conversations": 400, "lm.p
 
 
 def test_the_corpus_says_every_answer_word_and_shares_no_image_with_a_dataset():
-    corpus = conversations(600, seed=0)
-    assert corpus == conversations(600, seed=0)  # a function of the recipe alone: it reads no dataset
+    conversation = conversations(600, seed=0)
+    assert conversation == conversations(600, seed=0)  # a function of the recipe alone: it reads no dataset
+    corpus = [turn for turns in conversation for turn in turns]
     weather = Counter(answer for question, answer in corpus if answer in WEATHERS)
     assert set(weather) == set(WEATHERS)  # "raining" included, which no understanding record of finding 3 says
     assert min(weather.values()) > 0.25 * sum(weather.values())  # uniform, as in the data: no value is favoured
     assert {answer for _, answer in corpus if answer in CORNERS} == set(CORNERS)
+    # Reading conversations: the face in words, then questions answered from those words.
+    first, *_ = conversation[0]
+    assert first[1] in first[0] and first[0].startswith("The watch shows ")
     # The corpus's faces come from a stream of their own: the dataset's images at the same indices are other faces.
     times = {answer for _, answer in corpus if answer.count(":") == 2}
     dataset_times = {sample_image(0, split, index)[0].answer("time") for split in ("train", "test") for index in range(600)}

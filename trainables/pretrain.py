@@ -31,12 +31,13 @@ import numpy as np
 import torch
 
 from trainables.config import LMConfig, TextPretraining, TrainConfig
+from trainables.data.records import WatchFace
 from trainables.data.smartwatch import CAPTION_QUESTIONS, GENERATION_PROMPTS, GENERATION_REPLIES, describe, pick, sample_face, vqa_turns
 from trainables.errors import UserError
 
 PRETRAIN_STREAM = 2
 """The split code of the corpus's random stream; datasets use 0 (train) and 1 (test)."""
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 """Bumped when the corpus or the training changes, so that older cached LMs are not reused."""
 MANIFEST = "pretraining.json"
 VOCAB_SIZE = 512
@@ -48,19 +49,28 @@ CHAT_TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'user' %}" + USER + 
 """The LM's conversation format, one special token per role as in the tiny random LM's vocabulary."""
 
 
-def conversations(count: int, seed: int) -> list[tuple[str, str]]:
-    """(question, answer) turns about `count` random watch faces: each face's VQA turns, a caption request and a
-    generation prompt with its reply, sampled as the dataset samples them but from the corpus's own stream."""
-    turns: list[tuple[str, str]] = []
+def conversations(count: int, seed: int) -> list[list[tuple[str, str]]]:
+    """Conversations, each a list of (question, answer) turns, about `count` random watch faces, three a face:
+    the face described in words, then the dataset's questions about it, answered from that description (a frozen LM
+    must answer from what precedes the question, as it will from the image tokens); a caption request; a
+    generation prompt with its reply. Sampled as the dataset samples them, from the corpus's own stream."""
+    corpus: list[list[tuple[str, str]]] = []
     for index in range(count):
         face, _, rng = sample_face(np.random.default_rng((seed, PRETRAIN_STREAM, index)))
-        turns += [(turn.question, turn.answer) for turn in vqa_turns(face, rng)]
+        turns = [(turn.question, turn.answer) for turn in vqa_turns(face, rng)]
+        turns[0] = (f"{described(face)} {turns[0][0]}", turns[0][1])
+        corpus.append(turns)
         caption, _ = describe(face, rng)
-        turns.append((pick(rng, CAPTION_QUESTIONS), caption))
+        corpus.append([(pick(rng, CAPTION_QUESTIONS), caption)])
         prompt, _ = describe(face, rng)
-        turns.append((f"{pick(rng, GENERATION_PROMPTS)} {prompt}", pick(rng, GENERATION_REPLIES)))
-    return turns
+        corpus.append([(f"{pick(rng, GENERATION_PROMPTS)} {prompt}", pick(rng, GENERATION_REPLIES))])
+    return corpus
 
+
+def described(face: WatchFace) -> str:
+    """Every attribute of a face in words, in the captions' phrases."""
+    return (f"The watch shows {face.answer('time')}. It is {face.weather}, shown in the {face.weather_corner} corner. "
+            f"The battery is at {face.battery}%, shown in the {face.battery_corner} corner.")
 
 
 def text_lm_key(lm: LMConfig) -> str:
@@ -118,7 +128,7 @@ def pretrain(lm: LMConfig, folder: Path) -> dict:
     model.save_pretrained(str(staging))
     seconds = time.perf_counter() - started
     manifest = {"key": text_lm_key(lm), "recipe": recipe.model_dump(mode="json"), "version": RECIPE_VERSION,
-                "turns": len(corpus), "vocab_size": len(hf), "first_loss": losses[0], "final_loss": losses[-1],
+                "conversations": len(corpus), "vocab_size": len(hf), "first_loss": losses[0], "final_loss": losses[-1],
                 "seconds": round(seconds, 1)}
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
     shutil.rmtree(folder, ignore_errors=True)
@@ -127,7 +137,7 @@ def pretrain(lm: LMConfig, folder: Path) -> dict:
     return manifest
 
 
-def _train_tokenizer(corpus: list[tuple[str, str]], folder: Path):
+def _train_tokenizer(corpus: list[list[tuple[str, str]]], folder: Path):
     """A byte-level BPE on the corpus, digits one token each as Llama's tokenizer splits them (every answer of an
     attribute then has the same token structure), with a chat template, saved into `folder` as transformers loads it."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -139,7 +149,7 @@ def _train_tokenizer(corpus: list[tuple[str, str]], folder: Path):
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE, special_tokens=[PAD, BOS, EOS, USER, ASSISTANT], show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    bpe.train_from_iterator((text for turn in corpus for text in turn), trainer)
+    bpe.train_from_iterator((text for turns in corpus for turn in turns for text in turn), trainer)
     hf = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token=PAD, bos_token=BOS, eos_token=EOS,
                                  additional_special_tokens=[USER, ASSISTANT])
     hf.chat_template = CHAT_TEMPLATE
@@ -147,14 +157,15 @@ def _train_tokenizer(corpus: list[tuple[str, str]], folder: Path):
     return hf
 
 
-def _sequences(corpus: list[tuple[str, str]], folder: Path) -> list[list[int]]:
-    """Each turn as a fine-tuning run will see it (trainables.sequences.turn_tokens, the tokenizer's own
+def _sequences(corpus: list[list[tuple[str, str]]], folder: Path) -> list[list[int]]:
+    """Each conversation as a fine-tuning run will see it (trainables.sequences.turn_tokens, the tokenizer's own
     conversation format), after <s>."""
     from trainables.sequences import turn_tokens
     from trainables.tokenizer import PretrainedTokenizer
 
     tok = PretrainedTokenizer(folder)
-    return [[tok.bos, *turn_tokens(tok, question, answer)[0]] for question, answer in corpus]
+    return [[tok.bos, *(token for question, answer in turns for token in turn_tokens(tok, question, answer)[0])]
+            for turns in corpus]
 
 
 def _causal_lm(lm: LMConfig, hf) -> torch.nn.Module:
