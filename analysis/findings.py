@@ -32,7 +32,7 @@ import numpy as np
 import polars as pl
 
 from analysis import stats
-from analysis.pairing import design_keys, mean_difference, paired, prepare, shared_levels
+from analysis.pairing import design_keys, difference_in_differences, mean_difference, paired, prepare, shared_levels
 from analysis.results import TITLES, FindingReport, InsufficientData, finish, make_result
 from trainables.mlflow_names import ATTRIBUTES, FINISHED, Metric, overall, per_attribute
 
@@ -41,6 +41,8 @@ GENERATION_METRICS = (overall(Metric.GEN_PROBE), *per_attribute(Metric.GEN_PROBE
                       Metric.GEN_TOKEN_ACCURACY, Metric.GEN_FRECHET)
 LOWER_IS_BETTER = frozenset({Metric.GEN_FRECHET})
 """Metrics where a benefit is a decrease (a distance): their expected sign is flipped."""
+PRETRAINED_LM, RANDOM_LM = "pretrained LM", "random LM"
+"""Runs with lm.pretraining.steps > 0 (or an lm.pretrained_path), and runs whose LM starts from random weights."""
 HIDDEN_METRIC = overall(Metric.VQA_HIDDEN)
 OTHER_ATTRIBUTES = f"{Metric.VQA_HIDDEN}/other_attributes"
 """Derived here: mean accuracy over the attributes of hidden images that the hide rule does not name."""
@@ -116,6 +118,7 @@ def mutual_benefit(runs: pl.DataFrame) -> FindingReport:
             if metric != primary:
                 continue
             _size_results(report, pairs, side, metric, comparison, keys)
+            _lm_results(report, prepared, pairs, side, metric, comparison, keys)
         if tables:
             report.tables[f"finding1_{side}_pairs"] = pl.concat(tables, how="diagonal_relaxed")
     return finish(report)
@@ -135,6 +138,37 @@ def _size_results(report: FindingReport, pairs: pl.DataFrame, side: str, metric:
     report.results.append(make_result(1, f"{side} benefit trend with data size", metric,
                                       f"slope of ({comparison}) per unit ln(train images)", slope,
                                       _test_text("slope", pairs), +1, {"trend": "ln(size)"}, headline=True))
+
+
+def _lm_results(report: FindingReport, prepared: pl.DataFrame, pairs: pl.DataFrame, side: str, metric: str,
+                comparison: str, keys: list[str]) -> None:
+    """Exploratory, where the sweep has runs with the text-pretrained LM and with a random one (e.g. a factor over
+    lm.pretraining.steps): the benefit with each, and their paired difference in differences over seeds."""
+    steps, path = "params.lm.pretraining.steps", "params.lm.pretrained_path"
+    if steps not in prepared.columns:
+        return
+    pretrained = pl.col(steps).cast(pl.Float64).fill_null(0.0) > 0
+    if path in prepared.columns:
+        pretrained = pretrained | ~(pl.col(path).is_null() | pl.col(path).cast(pl.String).is_in(["", "None"]))
+    lm = prepared.select("run_id", pl.when(pretrained).then(pl.lit(PRETRAINED_LM)).otherwise(pl.lit(RANDOM_LM)).alias("lm"))
+    labelled = pairs.join(lm, on="run_id", how="left")
+    if labelled["lm"].n_unique() < 2:
+        return
+    sides = {label: labelled.filter(pl.col("lm") == label) for label in (PRETRAINED_LM, RANDOM_LM)}
+    for label, subset in sides.items():
+        report.results.append(make_result(1, f"{side} benefit by LM", metric, comparison, mean_difference(subset),
+                                          _test_text("mean", pairs), +1, {"lm": label}))
+    try:  # joined per seed on the keys both sides share (not lm.pretraining.steps, whose values differ)
+        estimate = difference_in_differences(sides[PRETRAINED_LM], sides[RANDOM_LM], keys,
+                                             f"{PRETRAINED_LM} and {RANDOM_LM}")
+    except InsufficientData as error:
+        report.skipped.append(f"The {side} benefit, {PRETRAINED_LM} − {RANDOM_LM}, is not computed: {error}.")
+        return
+    report.results.append(make_result(1, f"{side} benefit, {PRETRAINED_LM} − {RANDOM_LM}", metric,
+                                      f"({comparison}) with the {PRETRAINED_LM} − with a {RANDOM_LM}", estimate,
+                                      _test_text("mean", pairs).replace("mean paired difference", "mean over seeds of "
+                                                                        "the paired difference in differences"),
+                                      +1, {"lm": f"{PRETRAINED_LM} − {RANDOM_LM}"}, statistic="did"))
 
 
 # ----------------------------------------------------------------------------- finding 2

@@ -19,6 +19,11 @@ A slope or did reduces each run to its final evaluation (`per_run: end`) or to i
 curve (`per_run: auc`); the report's statistic-choice table gives both, with the half-width and seeds each needs.
 A slope may leave out the control: a seed's control is the same at every x, so it does not change the slope.
 
+Gates (analysis.stats.gate): each arm the headline compares (treatment and control; the four cells of a did; the
+treatment at each value of a slope's x axis) is reduced to the mean of its runs' final values of the metric. Where
+an arm is at or below the metric's constant-answer baseline (trainables.mlflow_names.baseline_of) plus the declared
+learned_margin, or at or above the declared ceiling, the headline gets no verdict.
+
 Where the declarations come from: analysis.sweep.from_parent reads them off a sweep's parent run.
 """
 
@@ -32,11 +37,11 @@ import numpy as np
 import polars as pl
 
 from analysis import stats
-from analysis.pairing import DERIVED, design_keys, mean_difference, paired, prepare, shared_levels
-from analysis.results import TARGET_HALF_WIDTH, InsufficientData, Result, make_result
+from analysis.pairing import DERIVED, design_keys, difference_in_differences, mean_difference, paired, prepare
+from analysis.results import TARGET_HALF_WIDTH, InsufficientData, Result, apply_gates, make_result
 from trainables.errors import UserError
 from trainables.headline_schema import Direction, Headline, PerRun, Statistic
-from trainables.mlflow_names import FINISHED, Metric
+from trainables.mlflow_names import FINISHED, Metric, baseline_of
 from trainables.selection import matches
 
 MAX_GRID = 10
@@ -123,7 +128,43 @@ def compute(prepared: pl.DataFrame, history: pl.DataFrame | None, name: str, hea
     result = make_result(headline.finding, name, metric, _comparison(headline), estimate, test, _sign(headline), {},
                      headline=True, note=headline.description, statistic=label,
                      smallest_effect=headline.smallest_effect)
+    result = apply_gates(result, *arm_means(frame, headline), headline.learned_margin, headline.ceiling)
     return Declared(result, curve, choice)
+
+
+def arm_means(frame: pl.DataFrame, headline: Headline) -> tuple[dict[str, float], dict[str, float]]:
+    """({arm: mean final value of the metric}, {arm: mean of its constant-answer baseline}) over the finished runs
+    of each arm the headline compares (module docstring); an arm without runs, or a metric without a logged
+    baseline, is left out."""
+    column, baseline = f"metrics.{headline.metric}", baseline_of(headline.metric)
+    floor = f"metrics.{baseline}" if baseline else None
+    if column not in frame.columns:
+        return {}, {}
+    done = frame.filter((pl.col("status") == FINISHED) & pl.col(column).is_not_null() & pl.col(column).is_not_nan())
+    means, floors = {}, {}
+    for label, selection in _compared_arms(done, headline):
+        runs = done.filter(_selected(done, selection))
+        if runs.is_empty():
+            continue
+        means[label] = float(runs[column].mean())
+        if floor in runs.columns and (values := runs[floor].drop_nulls().drop_nans()).len():
+            floors[label] = float(values.mean())
+    return means, floors
+
+
+def _compared_arms(done: pl.DataFrame, headline: Headline) -> list[tuple[str, dict[str, Any]]]:
+    """(label, selection) of each arm the headline compares."""
+    sides = [headline.treatment, *([headline.control] if headline.control is not None else [])]
+    if headline.statistic == Statistic.DID:
+        (key, levels), = headline.across.items()
+        cells = [{**side, key: level} for level in levels for side in sides]
+    elif headline.statistic == Statistic.SLOPE:
+        treated = done.filter(_selected(done, headline.treatment))
+        xs = sorted(treated[f"params.{headline.against}"].unique().to_list()) if headline.against else []
+        cells = [{**headline.treatment, headline.against: x} for x in xs] + sides[1:]
+    else:
+        cells = sides
+    return [(", ".join(f"{key.rsplit('.', 1)[-1]}={value}" for key, value in cell.items()), cell) for cell in cells]
 
 
 def _estimate(frame: pl.DataFrame, column: str, headline: Headline, keys: list[str]) -> stats.Estimate:
@@ -289,10 +330,4 @@ def _did(frame: pl.DataFrame, metric: str, headline: Headline, keys: list[str]) 
         at = _selected(frame, {key: level})
         marked = frame.with_columns(pl.col(TREATMENT) & at, pl.col(CONTROL) & at)
         per_level.append(paired(marked, metric, {TREATMENT: True}, {CONTROL: True}, keys))
-    first, second = per_level
-    on = ["seed", *shared_levels(first, second, [k for k in keys if k in first.columns])]
-    means = [table.group_by(on).agg(pl.col("difference").mean().alias(f"d{i}")) for i, table in enumerate(per_level)]
-    both = means[0].join(means[1], on=on, how="inner", nulls_equal=True)
-    if both.is_empty():
-        raise InsufficientData(f"no seed has pairs at both {key}={levels[0]} and {key}={levels[1]}")
-    return stats.bootstrap_mean((both["d0"] - both["d1"]).to_numpy(), both["seed"].to_numpy())
+    return difference_in_differences(*per_level, keys, f"{key}={levels[0]} and {key}={levels[1]}")

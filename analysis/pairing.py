@@ -3,7 +3,8 @@ factor, on a runs frame (analysis.frames.load_runs).
 
 `prepare` adds design columns derived from the parameters they summarise (data size, affine strength,
 encoder/space pair, hiding, freezing); `design_keys` names the columns that identify a cell apart from arm and
-seed; `paired` gives treatment minus matched control per seed. A factor whose values differ between the two sides
+seed; `paired` gives treatment minus matched control per seed, `difference_in_differences` one table of pairs minus
+another per seed. A factor whose values differ between the two sides
 (e.g. a generation ratio that only the mixed arm varies) is not matched on: each of its treatment values is paired
 with the control. Only FINISHED runs are paired.
 """
@@ -131,3 +132,15 @@ def paired(prepared: pl.DataFrame, metric: str, treatment: dict[str, Any], contr
 def mean_difference(pairs: pl.DataFrame) -> stats.Estimate:
     """The mean paired difference over seeds, with its interval (analysis.stats.bootstrap_mean)."""
     return stats.bootstrap_mean(pairs["difference"].to_numpy(), pairs["seed"].to_numpy())
+
+
+def difference_in_differences(first: pl.DataFrame, second: pl.DataFrame, keys: list[str], what: str) -> stats.Estimate:
+    """Per seed (and shared cell), the mean paired difference of `first` minus that of `second` (two `paired` tables,
+    e.g. the effect at one level of a factor and at another), with its interval over seeds; `what` names the two
+    sides for the error raised when no seed has both."""
+    on = ["seed", *shared_levels(first, second, [k for k in keys if k in first.columns])]
+    means = [table.group_by(on).agg(pl.col("difference").mean().alias(f"d{i}")) for i, table in enumerate((first, second))]
+    both = means[0].join(means[1], on=on, how="inner", nulls_equal=True)
+    if both.is_empty():
+        raise InsufficientData(f"no seed has pairs at both {what}")
+    return stats.bootstrap_mean((both["d0"] - both["d1"]).to_numpy(), both["seed"].to_numpy())

@@ -41,7 +41,8 @@ from analysis.power import power_frame
 from analysis.results import (EXPLORATORY, MIN_SEEDS_FOR_VERDICT, TARGET_HALF_WIDTH, FindingReport, Result,
                               family_sentence)
 from analysis.sweep import sweep_findings
-from trainables.mlflow_names import FINISHED, GENERATED_IMAGE, REPORT_FOLDER, Metric, Tag, factor_tag, overall
+from trainables.mlflow_names import (FINISHED, GENERATED_IMAGE, REPORT_FOLDER, Metric, Tag, baseline_of, factor_tag,
+                                     overall)
 from trainables.workspace import tracking_uri as resolve_uri
 from trainables.workspace import workdir
 
@@ -52,12 +53,17 @@ BUDGET_RULES = {"steps": "equal optimiser steps in every arm", "samples": "equal
                           "run as often, and a run with more records (a mixed arm, or added generation records) "
                           "takes more steps"}
 VERDICT_MARK = {stats.SUPPORTED: "supported", stats.CONTRADICTED: "CONTRADICTED", stats.INCONCLUSIVE: "inconclusive",
-                stats.EQUIVALENT: "equivalent", EXPLORATORY: "exploratory"}
+                stats.EQUIVALENT: "equivalent", stats.BELOW_BASELINE: "below baseline",
+                stats.AT_CEILING: "at ceiling", EXPLORATORY: "exploratory"}
 VERDICT_RULE = ("supported: the 95% interval over seeds excludes zero in the paper's direction and the p value, "
                 f"Holm-adjusted over the headline results, is at most {stats.ALPHA:g}; CONTRADICTED: the same in the "
                 "opposite direction; equivalent (|effect| < δ): the whole interval lies inside ±δ, the headline's "
                 "smallest effect that matters, so the data rule out any effect that matters in either direction; "
-                "inconclusive: none of these (the interval is too wide to tell)")
+                "inconclusive: none of these (the interval is too wide to tell). Before any verdict two gates: below "
+                "baseline, when a compared arm's mean final score is at or below the metric's constant-answer "
+                "baseline (plus the headline's learned_margin), and at ceiling, when one is at or above the "
+                "headline's ceiling; a benefit between unlearned or saturated arms says nothing about data, so "
+                "such a headline gets no verdict and stays out of the Holm family")
 """How a headline verdict is made, in one sentence that every report and the demo's index show."""
 
 
@@ -65,6 +71,17 @@ def verdict_text(result: Result) -> str:
     """The verdict as a reader sees it: 'equivalent' names its δ, e.g. 'equivalent (|effect| < 0.02)'."""
     mark = VERDICT_MARK[result.verdict]
     return f"{mark} (|effect| < {result.smallest_effect:g})" if result.verdict == stats.EQUIVALENT else mark
+
+
+def arms_text(result: Result) -> str:
+    """The compared arms' mean final scores against the gates, e.g. 'arm=mixed 0.470, arm=generation 0.410 vs floor
+    0.475 (+0.1); ceiling 0.95'; '–' when the result has none (not a declared headline)."""
+    if not result.arm_means:
+        return "–"
+    arms = ", ".join(f"{arm} {mean:.3f}" for arm, mean in result.arm_means.items())
+    floor = (f" vs floor {result.floor:.3f}" + (f" (+{result.learned_margin:g})" if result.learned_margin else "")
+             if math.isfinite(result.floor) else "; no constant-answer baseline")
+    return arms + floor + (f"; ceiling {result.ceiling:g}" if result.ceiling is not None else "")
 
 
 @dataclass
@@ -186,7 +203,8 @@ def _results_frame(results: list[Result], headline_only: bool = False) -> pl.Dat
              "95% CI": f"[{_fmt(r.ci_low, 4)}, {_fmt(r.ci_high, 4)}]", "±": _fmt(r.half_width, 3),
              "n (seeds)": f"{r.n} ({r.n_seeds})", "p": _fmt(r.p_value, 3),
              "p (Holm)": _fmt(r.p_adjusted, 3), "expected": r.expected,
-             **({"δ": f"{r.smallest_effect:g}"} if r.headline else {"δ": "–"}), "verdict": verdict_text(r)}
+             **({"δ": f"{r.smallest_effect:g}"} if r.headline else {"δ": "–"}),
+             **({"arms vs floor": arms_text(r)} if headline_only else {}), "verdict": verdict_text(r)}
             for r in results if r.headline or not headline_only]
     return pl.DataFrame(rows) if rows else pl.DataFrame()
 
@@ -203,7 +221,8 @@ def _summary(document: Document, findings: dict[int, FindingReport | str], decla
                        f"Verdict: {VERDICT_RULE}. With fewer than {MIN_SEEDS_FOR_VERDICT} seeds there is no verdict "
                        "(inconclusive). p (Holm): the p value adjusted over the headline results as one family. ±: "
                        "half the interval's width and δ the smallest effect that matters, both on the statistic's "
-                       "own scale (score 0–1; per unit of the x axis for a slope).")
+                       "own scale (score 0–1; per unit of the x axis for a slope). Arms vs floor: each compared "
+                       "arm's mean final score and the constant-answer baseline the gates read.")
         document.table(power_frame(headlines),
                        "Power of each headline: the SD over seeds of the per-seed paired effect; the smallest effect "
                        "a two-sided 5% t-test over the seeds run detects with 80% power (noncentral t); the seeds a "
@@ -399,7 +418,7 @@ BASELINE_MARGIN = 0.05
 def _untrained_runs(done: pl.DataFrame) -> list[str]:
     """Runs that cannot carry a comparison: at the constant-answer baseline, or with a random LM frozen."""
     items = []
-    score, baseline = f"metrics.{overall(Metric.VQA)}", f"metrics.{overall(Metric.BASELINE_VQA)}"
+    score, baseline = f"metrics.{overall(Metric.VQA)}", f"metrics.{baseline_of(overall(Metric.VQA))}"
     trainability, pretrained = "params.lm.trainability", "params.lm.pretrained_path"
     if score in done.columns and baseline in done.columns:
         scored = done.filter(pl.col(score).is_not_null() & pl.col(baseline).is_not_null())
@@ -428,7 +447,8 @@ def _untrained_runs(done: pl.DataFrame) -> list[str]:
 # ----------------------------------------------------------------------------- files
 
 def _write_tables(out: Path, runs, findings, results, importance, best) -> None:
-    frame = pl.DataFrame([r.as_dict() | {"group": json.dumps(r.group, default=_plain)} for r in results]) if results \
+    frame = pl.DataFrame([r.as_dict() | {key: json.dumps(getattr(r, key), default=_plain) for key in ("group", "arm_means")}
+                          for r in results]) if results \
         else pl.DataFrame()
     frame.write_csv(out / "results.csv")
     frame.write_parquet(out / "results.parquet")
@@ -535,6 +555,7 @@ caption { caption-side: bottom; font-style: italic; font-size: 0.9em; padding-to
 figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 td.supported { background: #e3f4e1; } td.CONTRADICTED { background: #f9dcdc; font-weight: bold; }
 td.inconclusive { background: #fdf5dc; } td.equivalent { background: #e3ecf7; } td.exploratory { color: #666; }
+td.below, td.at { background: #eee; font-style: italic; }
 """
 
 

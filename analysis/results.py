@@ -2,7 +2,8 @@
 in a `FindingReport`, and `InsufficientData` when a sweep lacks what a finding needs.
 
 `make_result` turns an estimate over seeds (analysis.stats) into a Result with its verdict against the paper's
-direction and its power; `finish` labels a report's results: headline ones keep their verdicts, every other one is
+direction and its power; `apply_gates` withholds a headline's verdict where its arms have not learned or are saturated
+(analysis.stats.gate); `finish` labels a report's results: headline ones keep their verdicts, every other one is
 exploratory, its p value Holm-adjusted within its finding. `correct_as_family` then judges the headline results of
 a sweep (or of several, the demo's) as one family: each verdict at its p value Holm-adjusted over all of them.
 """
@@ -77,6 +78,19 @@ class Result:
     """Seeds for a 95% half-width of TARGET_HALF_WIDTH at the observed SD (None: not computable)."""
     smallest_effect: float = DEFAULT_SMALLEST_EFFECT
     """δ, the smallest effect that matters (the headline's declaration): an interval inside ±δ is "equivalent"."""
+    arm_means: dict[str, float] = field(default_factory=dict)
+    """Declared headlines: each compared arm's mean final value of the metric (what the gates read)."""
+    floor: float = math.nan
+    """The metric's constant-answer baseline, its mean over the compared runs (nan: the metric has none)."""
+    learned_margin: float = 0.0
+    """How far above the floor every arm must be (the headline's declaration)."""
+    ceiling: float | None = None
+    """The declared ceiling (None: no check)."""
+
+    @property
+    def gated(self) -> bool:
+        """No verdict because an arm sat at its floor or at the ceiling (analysis.stats.gate)."""
+        return self.verdict in stats.GATED
 
     @property
     def direction(self) -> int:
@@ -130,6 +144,18 @@ def _verdict(low: float, high: float, direction: int, smallest_effect: float, n_
     return verdict, ""
 
 
+def apply_gates(result: Result, arm_means: dict[str, float], floors: dict[str, float], learned_margin: float = 0.0,
+          ceiling: float | None = None) -> Result:
+    """The result with the arms' means and floor it was checked against, and without a verdict where a compared arm
+    sits at or below its floor + learned_margin or at or above the ceiling (analysis.stats.gate)."""
+    verdict, why = stats.gate(arm_means, floors, learned_margin, ceiling)
+    floor = sum(floors.values()) / len(floors) if floors else math.nan
+    checked = replace(result, arm_means=arm_means, floor=floor, learned_margin=learned_margin, ceiling=ceiling)
+    if verdict is None:
+        return checked
+    return replace(checked, verdict=verdict, note="; ".join(n for n in (why, result.note) if n), p_adjusted=math.nan)
+
+
 def finish(report: FindingReport) -> FindingReport:
     """Label the report's results: headline ones keep their verdicts; the others become exploratory, with p values
     Holm-adjusted over the finding's exploratory results (idempotent: it can run again after a demotion)."""
@@ -146,8 +172,9 @@ def finish(report: FindingReport) -> FindingReport:
 def correct_as_family(reports: list[FindingReport]) -> None:
     """Judge the headline results of these reports as one family, in place: each verdict at its p value
     Holm-adjusted over every headline result that has one, so that the chance of any verdict without an effect
-    behind it stays at stats.ALPHA however many headlines there are (idempotent)."""
-    places = [(report, i) for report in reports for i, r in enumerate(report.results) if r.headline]
+    behind it stays at stats.ALPHA however many headlines there are (idempotent). A gated headline (below baseline,
+    at ceiling) has no verdict to correct and stays out of the family."""
+    places = [(report, i) for report in reports for i, r in enumerate(report.results) if r.headline and not r.gated]
     adjusted = stats.holm([report.results[i].p_value for report, i in places])
     for (report, i), p in zip(places, adjusted):
         r = report.results[i]
@@ -157,6 +184,9 @@ def correct_as_family(reports: list[FindingReport]) -> None:
 
 def family_sentence(headlines: list[Result]) -> str:
     """The one line that says how a family of headline verdicts was corrected."""
-    n = sum(math.isfinite(r.p_value) for r in headlines)
+    n = sum(math.isfinite(r.p_value) for r in headlines if not r.gated)
+    gated = sum(r.gated for r in headlines)
+    left_out = (f"; {gated} headline{'s' if gated != 1 else ''} below baseline or at ceiling, without a verdict, "
+                "left out" if gated else "")
     return (f"Verdicts corrected as one family: Holm over {n} headline{'s' if n != 1 else ''} "
-            f"(family-wise error {stats.ALPHA:.0%}).")
+            f"(family-wise error {stats.ALPHA:.0%}){left_out}.")

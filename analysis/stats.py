@@ -30,6 +30,12 @@ interval excludes zero in the paper's direction and the (Holm-adjusted) p value
 is at most ALPHA, "contradicted" the same in the opposite direction,
 "equivalent" when the interval lies inside (-smallest_effect, +smallest_effect)
 (no effect that matters), "inconclusive" otherwise (including no interval).
+
+`gate(arm_means, floors, margin, ceiling)`: before any verdict, the arms a headline compares must have
+learned and must not be saturated: "below baseline" when an arm's mean is at or below its constant-answer
+baseline plus the margin, "at ceiling" when it is at or above the ceiling. A benefit between two unlearned
+or two saturated arms says nothing about data, so such a headline gets no verdict (and no place in the
+Holm family).
 """
 
 from __future__ import annotations
@@ -45,6 +51,9 @@ LEVEL = 0.95
 SUPPORTED, CONTRADICTED, INCONCLUSIVE = "supported", "contradicted", "inconclusive"
 EQUIVALENT = "equivalent"
 """No effect beyond the smallest effect that matters: the whole interval lies inside ±smallest_effect."""
+BELOW_BASELINE, AT_CEILING = "below baseline", "at ceiling"
+"""No verdict: a compared arm did not beat its constant-answer baseline by the margin, or reached the ceiling."""
+GATED = (BELOW_BASELINE, AT_CEILING)
 ALPHA = 0.05
 """Family-wise error rate of the headline verdicts (their p values are Holm-adjusted over the family)."""
 
@@ -186,6 +195,23 @@ def verdict(low: float, high: float, direction: int = 1, smallest_effect: float 
     if -smallest_effect < low and high < smallest_effect:
         return EQUIVALENT
     return INCONCLUSIVE
+
+
+def gate(arm_means: dict[str, float], floors: dict[str, float], margin: float = 0.0,
+         ceiling: float | None = None) -> tuple[str | None, str]:
+    """(BELOW_BASELINE or AT_CEILING, a note naming the arm and both numbers) when a compared arm (name -> mean final
+    value) sits at or below its floor (name -> its constant-answer baseline's mean) + margin, or at or above the
+    ceiling; (None, "") when every arm has learned and none is saturated. An arm without a floor is not checked."""
+    for arm, mean in arm_means.items():
+        if arm in floors and mean <= floors[arm] + margin:
+            above = f" + margin {margin:g}" if margin else ""
+            return BELOW_BASELINE, (f"no verdict: {arm} averages {mean:.4f}, at or below its constant-answer baseline "
+                                    f"{floors[arm]:.4f}{above}")
+    if ceiling is not None:
+        for arm, mean in arm_means.items():
+            if mean >= ceiling:
+                return AT_CEILING, f"no verdict: {arm} averages {mean:.4f}, at or above the ceiling {ceiling:g}"
+    return None, ""
 
 
 def power(effect: float, sd: float, seeds: int, alpha: float = 0.05) -> float:

@@ -268,7 +268,7 @@ def correct_across_studies(runs: list[StudyRun]) -> str:
 
 def headline_rows(runs: list[StudyRun]) -> list[dict[str, Any]]:
     """Each study's own finding: its headline results (estimate, interval, seeds, verdict), or why none."""
-    from analysis.report import TUNING_FILE, verdict_text
+    from analysis.report import TUNING_FILE, arms_text, verdict_text
 
     rows = []
     for run in runs:
@@ -280,7 +280,7 @@ def headline_rows(runs: list[StudyRun]) -> list[dict[str, Any]]:
         held_out = " (tuned, held-out seeds)" if tuned.get("tuned_vs_untuned") else ""
         finding = run.report.findings[run.finding]
         base = {"study": run.study, "finding": run.finding, "report": f"{run.name}/report.html", "half_width": None,
-                "smallest_effect": None}
+                "smallest_effect": None, "arms": "-"}
         if isinstance(finding, str):  # not addressed: the reason
             rows.append({**base, "result": "not addressed", "comparison": finding, "metric": "",
                          "estimate": None, "ci": (None, None), "seeds": 0, "verdict": "-"})
@@ -294,7 +294,7 @@ def headline_rows(runs: list[StudyRun]) -> list[dict[str, Any]]:
                          "comparison": result.comparison, "metric": result.metric,
                          "estimate": _finite(result.estimate), "ci": (_finite(result.ci_low), _finite(result.ci_high)),
                          "half_width": _finite(result.half_width), "smallest_effect": result.smallest_effect,
-                         "seeds": result.n_seeds, "verdict": verdict_text(result)})
+                         "seeds": result.n_seeds, "verdict": verdict_text(result), "arms": arms_text(result)})
         rows += _tuning_rows(run, tuned)  # the untuned finding on the same held-out seeds, beside the tuned one
     return rows
 
@@ -304,7 +304,7 @@ def _tuning_rows(run: StudyRun, tuned: dict[str, Any]) -> list[dict[str, Any]]:
     from analysis.report import VERDICT_MARK
 
     base = {"study": run.study, "finding": run.finding, "report": f"{run.name}/report.html", "half_width": None,
-            "smallest_effect": None}
+            "smallest_effect": None, "arms": "-"}
     rows = []
     if ratio := tuned.get("best_ratio"):
         rows.append({**base, "result": f"best mixing ratio ({ratio['configurations']} configurations)",
@@ -336,12 +336,14 @@ def _delta(value: float | None) -> str:
 
 def findings_table(rows: list[dict[str, Any]], correction: str = "") -> str:
     """The headline findings as fixed-width text: what `uvlm demo` prints at the end (± = 95% CI half-width,
-    δ = the smallest effect that matters), over the line that says how the verdicts were corrected."""
-    header = ("finding", "result", "metric", "estimate", "95% CI", "±", "δ", "seeds", "verdict")
+    δ = the smallest effect that matters, arms vs floor = the compared arms' mean final scores against the
+    constant-answer baseline), over the line that says how the verdicts were corrected."""
+    header = ("finding", "result", "metric", "estimate", "95% CI", "±", "δ", "seeds", "arms vs floor", "verdict")
     lines = [header] + [
         (f"{row['finding']} {row['study']}", row["result"], row["metric"], _number(row["estimate"]),
          f"[{_number(row['ci'][0])}, {_number(row['ci'][1])}]" if row["estimate"] is not None else "-",
-         _half(row.get("half_width")), _delta(row.get("smallest_effect")), str(row["seeds"]), row["verdict"])
+         _half(row.get("half_width")), _delta(row.get("smallest_effect")), str(row["seeds"]), row.get("arms", "-"),
+         row["verdict"])
         for row in rows]
     widths = [max(len(line[column]) for line in lines) for column in range(len(header))]
     text = ["  ".join(value.ljust(width) for value, width in zip(line, widths)).rstrip() for line in lines]
@@ -372,7 +374,7 @@ def write_index(reports: Path, runs: list[StudyRun], rows: list[dict[str, Any]],
          "metric": row["metric"], "estimate": _number(row["estimate"]),
          "95% CI": f"[{_number(row['ci'][0])}, {_number(row['ci'][1])}]" if row["estimate"] is not None else "-",
          "±": _half(row.get("half_width")), "δ": _delta(row.get("smallest_effect")), "seeds": str(row["seeds"]),
-         "verdict": row["verdict"]} for row in rows]))
+         "arms vs floor": row.get("arms", "-"), "verdict": row["verdict"]} for row in rows]))
     document.h(2, "Reports per study")
     document.links([(run.study, f"{run.name}/report") for run in runs])
     document.p(f"Written by uvlm demo{' --smoke' if smoke else ''} in {_minutes(seconds)} (this session).")

@@ -167,7 +167,7 @@ def test_demo_skips_finished_studies_and_reports_their_findings(tmp_path, capsys
 
 
 def test_the_demo_table_judges_every_studys_headlines_as_one_family(tmp_path):
-    """Three studies, each with one headline at p = 0.02: each supported in its own report, none across the three."""
+    """The studies, each with one headline at p = 0.02: each supported in its own report, none across them."""
     from analysis import stats
     from analysis.report import Built
     from analysis.results import TITLES, FindingReport, correct_as_family, make_result
@@ -181,8 +181,8 @@ def test_the_demo_table_judges_every_studys_headlines_as_one_family(tmp_path):
         correct_as_family([report])  # the study's own report
         assert report.headlines[0].verdict == "supported"
         runs.append(StudyRun(study, finding, study, "finished", report=Built(tmp_path / study, {finding: report})))
-    assert correct_across_studies(runs).startswith("Verdicts corrected as one family: Holm over 3 headlines")
-    assert [row["verdict"] for row in headline_rows(runs)] == ["inconclusive"] * 3  # p 0.06 each after Holm
+    assert correct_across_studies(runs).startswith(f"Verdicts corrected as one family: Holm over {len(STUDIES)} headlines")
+    assert [row["verdict"] for row in headline_rows(runs)] == ["inconclusive"] * len(STUDIES)  # p 0.02 x 4 after Holm
 
 
 # ----------------------------------------------------------------------------- the README

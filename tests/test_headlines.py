@@ -167,9 +167,10 @@ def test_every_study_declares_its_headlines_and_evaluates_along_its_budget(study
         strengths = {plan.config(s).alignment.affine_strength for s in plan.slots if plan.config(s).data.arm.value == "mixed"}
         assert len(strengths) >= 3
     if study == "transfer":
-        # hidden and its control with the LM trained (frozen, a random LM cannot answer at all: see the file)
+        # hidden and its control, with the text-pretrained LM trained and frozen
         assert {plan.config(s).data.hide_control for s in plan.first_of_each_cell()} == {True, False}
-        assert {plan.config(s).lm.trainability.value for s in plan.first_of_each_cell()} == {"full"}
+        assert {plan.config(s).lm.trainability.value for s in plan.first_of_each_cell()} == {"full", "frozen"}
+        assert all(plan.config(s).lm.pretraining.steps > 0 for s in plan.first_of_each_cell())
 
 
 # ----------------------------------------------------------------------------- each statistic on known effects
@@ -375,3 +376,126 @@ def test_a_metric_read_along_the_runs_must_be_scored_along_them(tmp_path):
         load_space(write(tmp_path, trend, factors))
     factors["arm"]["mixed"]["eval.along"] = ["vqa", "generation"]
     assert load_space(write(tmp_path, trend, factors))  # understanding-only is in no comparison of the trend
+
+
+# ----------------------------------------------------------------------------- gates: learned, not saturated
+
+GENERATION_BENEFIT = {"generation benefit": {"finding": 1, "metric": "test/gen/probe/overall",
+                                             "treatment": {"data.arm": "mixed"}, "control": {"data.arm": "generation"}}}
+GATED_DESIGN = SyntheticSweep(name="mixing", arms=("generation", "mixed"), train_images=(500,), seeds=tuple(range(8)),
+                              eval_steps=(500,), effects=Effects(generation_benefit=0.2))
+
+
+def with_floor(runs, metric: str, floor: float):
+    import polars as pl
+
+    from trainables.mlflow_names import baseline_of
+
+    return runs.with_columns(pl.lit(floor).alias(f"metrics.{baseline_of(metric)}"))
+
+
+def arm_mean(runs, arm: str, metric: str) -> float:
+    return float(runs.filter(runs["arm"] == arm)[f"metrics.{metric}"].mean())
+
+
+def test_every_test_score_has_its_constant_answer_baseline_named_in_one_place():
+    from trainables.mlflow_names import baseline_of
+
+    assert baseline_of("test/vqa/overall") == "baseline/vqa/overall"
+    assert baseline_of("test/vqa_hidden/weather") == "baseline/vqa/weather"
+    assert baseline_of("test/gen/probe/overall") == "baseline/gen/probe/overall"
+    assert baseline_of("test/gen/icon/top_left") == "baseline/gen/icon/top_left"
+    assert baseline_of("test/caption/score") == "baseline/caption/score"
+    assert baseline_of("test/gen/cosine") is None and baseline_of("train/loss") is None
+
+
+def test_a_generation_benefit_over_an_arm_below_its_baseline_gets_no_verdict():
+    """The generation-only arm reads its images' attributes below the constant generation: no verdict on the benefit."""
+    runs = runs_frame(GATED_DESIGN)
+    metric = "test/gen/probe/overall"
+    control, treatment = arm_mean(runs, "generation", metric), arm_mean(runs, "mixed", metric)
+    judged = all_findings(runs, None, parse(GENERATION_BENEFIT))[1].headlines[0]  # the synthetic floor, 0.35
+    assert judged.verdict == "supported" and judged.floor == pytest.approx(0.35)
+    assert judged.arm_means == pytest.approx({"arm=mixed": treatment, "arm=generation": control})
+    floor = (control + treatment) / 2  # mixed above it, generation-only below
+    result = all_findings(with_floor(runs, metric, floor), None, parse(GENERATION_BENEFIT))[1].headlines[0]
+    assert result.verdict == stats.BELOW_BASELINE and result.gated and math.isnan(result.p_adjusted)
+    assert f"arm=generation averages {control:.4f}" in result.note and f"{floor:.4f}" in result.note
+    assert result.estimate == pytest.approx(judged.estimate)  # the estimate is still shown, without a verdict
+
+
+def test_a_learned_margin_requires_each_arm_to_clear_the_baseline_by_it():
+    runs = runs_frame(GATED_DESIGN)
+    metric = "test/gen/probe/overall"
+    runs = with_floor(runs, metric, arm_mean(runs, "generation", metric) - 0.05)  # generation-only 0.05 above it
+    for margin, verdict in ((0.0, "supported"), (0.1, stats.BELOW_BASELINE)):
+        headlines = {"h": {**GENERATION_BENEFIT["generation benefit"], "learned_margin": margin}}
+        result = all_findings(runs, None, parse(headlines))[1].headlines[0]
+        assert result.verdict == verdict and result.learned_margin == margin, result
+    assert "margin 0.1" in result.note
+
+
+def test_a_ceiling_gates_a_benefit_read_where_an_arm_is_saturated():
+    import polars as pl
+
+    headline = {"finding": 1, "metric": "test/vqa/overall", **MIXED_VS_UNDERSTANDING}
+    design = SyntheticSweep(name="mixing", arms=("understanding", "mixed"), train_images=(500,), seeds=tuple(range(8)),
+                            eval_steps=(500,), effects=Effects(understanding_benefit=0.05))
+    runs = runs_frame(design)
+    column = "metrics.test/vqa/overall"
+    shift = 0.97 - arm_mean(runs, "mixed", "test/vqa/overall")  # the mixed arm averages 0.97
+    runs = runs.with_columns(pl.col(column) + shift)
+    for ceiling, verdict in ((None, "supported"), (0.98, "supported"), (0.95, stats.AT_CEILING)):
+        result = all_findings(runs, None, parse({"h": {**headline, "ceiling": ceiling}}))[1].headlines[0]
+        assert result.verdict == verdict and result.ceiling == ceiling, result
+    assert result.arm_means["arm=mixed"] == pytest.approx(0.97) and "at or above the ceiling 0.95" in result.note
+
+
+def test_gated_headlines_stay_out_of_the_holm_family():
+    runs = runs_frame(GATED_DESIGN)
+    metric = "test/gen/probe/overall"
+    runs = with_floor(runs, metric, arm_mean(runs, "generation", metric) - 0.05)
+    headlines = {"judged": GENERATION_BENEFIT["generation benefit"],
+                 "gated": {**GENERATION_BENEFIT["generation benefit"], "learned_margin": 0.1}}
+    results = {r.name: r for r in all_findings(runs, None, parse(headlines))[1].headlines}
+    judged, gated = results["judged"], results["gated"]
+    assert gated.verdict == stats.BELOW_BASELINE and math.isfinite(gated.p_value)
+    assert judged.p_adjusted == pytest.approx(judged.p_value)  # a family of one: Holm leaves its p as it is
+    assert family_sentence([judged, gated]) == ("Verdicts corrected as one family: Holm over 1 headline (family-wise "
+                                                "error 5%); 1 headline below baseline or at ceiling, without a "
+                                                "verdict, left out.")
+
+
+def test_a_difference_in_differences_and_a_slope_gate_on_each_cell_they_compare():
+    did = {"h": {"finding": 3, "metric": "test/vqa_hidden/overall", "statistic": "did",
+                 "treatment": {"data.hide_control": False}, "control": {"data.hide_control": True},
+                 "across": {"lm.trainability": ["full", "frozen"]}}}
+    design = SyntheticSweep(name="transfer", arms=("mixed",), train_images=(500,), seeds=tuple(range(8)), hide=True,
+                            freezing=("none", "lm_frozen"), eval_steps=(500,),
+                            effects=Effects(transfer=0.2, transfer_lm_frozen=0.0))
+    assert findings(design, did)[3].headlines[0].verdict == "supported"
+    result = findings(design, {"h": {**did["h"], "learned_margin": 0.15}})[3].headlines[0]
+    assert len(result.arm_means) == 4 and result.floor == pytest.approx(0.372)  # mean of the synthetic BASELINES
+    # the controls (and the frozen-LM cells) answer about 0.5: 0.13 above the constant answers, not 0.15
+    assert result.verdict == stats.BELOW_BASELINE and "hide_control=True, trainability=full averages" in result.note
+    slope = {"h": {"finding": 2, "metric": "test/vqa/overall", "statistic": "slope", "against": "alignment.affine_strength",
+                   "expected": "negative", "treatment": {"data.arm": "mixed"}}}
+    design = SyntheticSweep(name="alignment", arms=("mixed",), train_images=(500,), seeds=tuple(range(4)),
+                            affine_strengths=(0.0, 0.3, 0.9), eval_steps=(500,))
+    result = findings(design, slope)[2].headlines[0]
+    assert sorted(result.arm_means) == ["arm=mixed, affine_strength=0.0", "arm=mixed, affine_strength=0.3",
+                                        "arm=mixed, affine_strength=0.9"]
+
+
+def test_the_benefit_with_a_pretrained_lm_minus_with_a_random_lm_is_exploratory():
+    design = SyntheticSweep(name="mixing", arms=("understanding", "mixed"), train_images=(500,), seeds=tuple(range(6)),
+                            eval_steps=(500,), pretraining_steps=(0, 400),
+                            effects=Effects(understanding_benefit=0.05, random_lm_benefit=-0.04))
+    report = all_findings(runs_frame(design), None, None)[1]
+    by_lm = {r.group["lm"]: r for r in report.results if "lm" in r.group and r.metric == "test/vqa/overall"}
+    assert set(by_lm) == {"pretrained LM", "random LM", "pretrained LM − random LM"}
+    assert by_lm["pretrained LM"].ci_low <= 0.05 <= by_lm["pretrained LM"].ci_high
+    assert by_lm["random LM"].ci_low <= 0.01 <= by_lm["random LM"].ci_high
+    contrast = by_lm["pretrained LM − random LM"]
+    assert contrast.ci_low <= 0.04 <= contrast.ci_high and contrast.ci_low > 0 and contrast.statistic == "did"
+    assert all(r.role == "exploratory" and r.verdict == "exploratory" for r in by_lm.values())

@@ -372,3 +372,29 @@ def test_an_equivalent_verdict_names_its_smallest_effect_and_is_coloured_by_its_
     page = render_html(document, "t")
     assert "<td class='equivalent'>equivalent (|effect| &lt; 0.02)</td>" in page and "<td class='supported'>" in page
     assert "equivalent (\\|effect\\| < 0.02)" in render_markdown(document)
+
+
+def test_findings_json_and_the_report_carry_each_headlines_arms_and_floor(tmp_path):
+    """A did whose control cells answer 0.13 above the constant answers, with learned_margin 0.15: no verdict, left
+    out of the family; findings.json and the report show each cell's mean beside the floor."""
+    from analysis import stats
+
+    headlines = {"transfer in the LM": {**TRANSFER_HEADLINES["transfer in the LM"], "learned_margin": 0.15},
+                 "understanding benefit": {**TRANSFER_HEADLINES["understanding benefit"], "ceiling": 0.95}}
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    write_sweep(uri, SyntheticSweep(**{**TRANSFER.__dict__, "name": "gated", "headlines": headlines}))
+    assert main(["report", "gated", "--tracking-uri", uri, "--out", str(tmp_path / "out"), "--no-log"]) == 0
+    findings = json.loads((tmp_path / "out" / "findings.json").read_text())
+    results = {r["name"]: r for f in findings["findings"].values() if f["addressed"] for r in f["results"] if r["headline"]}
+    did, benefit = results["transfer in the LM"], results["understanding benefit"]
+    assert did["verdict"] == stats.BELOW_BASELINE and did["learned_margin"] == 0.15 and did["p_adjusted"] is None
+    assert len(did["arm_means"]) == 4 and did["floor"] == pytest.approx(0.372)
+    assert benefit["verdict"] != stats.BELOW_BASELINE and benefit["ceiling"] == 0.95
+    assert set(benefit["arm_means"]) == {"arm=mixed", "arm=understanding"}
+    assert findings["headlines"]["correction"] == ("Verdicts corrected as one family: Holm over 1 headline (family-wise "
+                                                   "error 5%); 1 headline below baseline or at ceiling, without a "
+                                                   "verdict, left out.")
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert "| arms vs floor |" in markdown and "| below baseline |" in markdown
+    assert "vs floor 0.372 (+0.15)" in markdown and "; ceiling 0.95" in markdown
+    assert "below baseline, when a compared arm's mean final score is at or below" in markdown

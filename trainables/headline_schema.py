@@ -72,6 +72,13 @@ class Headline(SpaceModel):
     smallest_effect: float = Field(default=DEFAULT_SMALLEST_EFFECT, gt=0)
     """δ, the smallest effect that matters, in the statistic's own units (score points for end and auc; per unit of
     the x axis for trend and slope): an interval inside (−δ, +δ) is the verdict "equivalent", no effect beyond ±δ."""
+    learned_margin: float = Field(default=0.0, ge=0)
+    """How far above the metric's constant-answer baseline (trainables.mlflow_names.baseline_of) every compared arm's
+    mean final value must be for the headline to get a verdict; at or below it the verdict is "below baseline". E.g.
+    0.1 for arms that must answer, not just beat the constant answers by a hair."""
+    ceiling: float | None = None
+    """In the metric's units: a compared arm whose mean final value is at or above it leaves the headline without a
+    verdict ("at ceiling": a benefit read there measures saturation). None: no check."""
     description: str = ""
 
     @model_validator(mode="after")

@@ -8,7 +8,7 @@ with them:
     run names                trial_run_name: <study>/<factor>=<level>/.../seed=<n>[/sample=<k>]
     artifact file names      TRIAL_TABLE, VERSIONS_FILE, TRIALS_FILE, REPORT_FOLDER (a sweep's parent run),
                              RUN_FILES, ERROR_FILE (a training or trial run)
-    metric names             Metric.*, per_attribute(group), per_corner(group), metric_names()
+    metric names             Metric.*, per_attribute(group), per_corner(group), metric_names(), baseline_of(metric)
     attribute, corner names  ATTRIBUTES, CORNERS (defined once, in trainables.data.records)
 """
 
@@ -233,6 +233,21 @@ def per_corner(group: str) -> tuple[str, ...]:
 def prefixed(metrics: dict[str, float], group: str) -> dict[str, float]:
     """{'overall': x, 'time': y} -> {'<group>/overall': x, '<group>/time': y}."""
     return {f"{group}/{key}": value for key, value in metrics.items()}
+
+
+BASELINE_GROUPS = {Metric.VQA: Metric.BASELINE_VQA, Metric.VQA_HIDDEN: Metric.BASELINE_VQA,
+                   Metric.GEN_PROBE: Metric.BASELINE_GEN_PROBE, Metric.GEN_ICON: Metric.BASELINE_GEN_ICON}
+"""Each test group scored against a constant answer -> that baseline's group (the hidden images' VQA against the
+constant answers of the whole test split)."""
+
+
+def baseline_of(metric: str) -> str | None:
+    """The constant-answer baseline logged beside a test metric, e.g. test/vqa_hidden/time -> baseline/vqa/time;
+    None for a metric without one (training, timing, cosine, Fréchet...)."""
+    if metric == Metric.CAPTION:
+        return Metric.BASELINE_CAPTION
+    group, _, key = metric.rpartition("/")
+    return f"{BASELINE_GROUPS[group]}/{key}" if group in BASELINE_GROUPS else None
 
 
 def scored_task(metric: str) -> Task | None:
