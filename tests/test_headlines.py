@@ -167,10 +167,7 @@ def test_every_study_declares_its_headlines_and_evaluates_along_its_budget(study
         strengths = {plan.config(s).alignment.affine_strength for s in plan.slots if plan.config(s).data.arm.value == "mixed"}
         assert len(strengths) >= 3
     if study == "transfer":
-        # hidden and its control, with the text-pretrained LM trained and frozen
         assert {plan.config(s).data.hide_control for s in plan.first_of_each_cell()} == {True, False}
-        assert {plan.config(s).lm.trainability.value for s in plan.first_of_each_cell()} == {"full", "frozen"}
-        assert all(plan.config(s).lm.pretraining.steps > 0 for s in plan.first_of_each_cell())
 
 
 # ----------------------------------------------------------------------------- each statistic on known effects
