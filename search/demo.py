@@ -31,7 +31,7 @@ from trainables.yamlfile import read_yaml
 STUDIES = (("mixing", 1), ("alignment", 2), ("transfer", 3))
 """Each study's space file stem and the finding (1-3 of docs/STUDY.md) it addresses."""
 OPTUNA_STUDIES = (("ratio", 1), ("tuning", 1))
-"""The mixing ratio searched by Optuna on paired seeds (about 8 minutes) and fair per-arm tuning re-run on held-out
+"""The mixing ratio searched by Optuna on paired seeds (about 6 minutes) and fair per-arm tuning re-run on held-out
 seeds (about 13): they do not fit the demo's half hour beside the three; `uvlm demo --study ratio|tuning` runs them,
 and `--smoke` runs them at toy size with the others, so CI checks their whole path."""
 ALL_STUDIES = dict(STUDIES + OPTUNA_STUDIES)

@@ -13,7 +13,7 @@ combined report (<working folder>/reports/index.html). About 26 minutes on a
 sweeps are skipped and an interrupted one resumes without redoing finished
 trials.
 The Optuna studies run on request: `--study ratio` (the mixing ratio searched
-by Optuna, about 8 minutes) and `--study tuning` (each arm tuned with the same
+by Optuna, about 6 minutes) and `--study tuning` (each arm tuned with the same
 Optuna budget, its best re-run on held-out seeds and compared with the untuned
 finding, about 13 minutes); they do not fit the half-hour budget beside the three.
 Examples:
