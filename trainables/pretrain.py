@@ -11,9 +11,10 @@ The corpus cannot leak an image's attributes: its watch faces are drawn from
 a random stream of their own, (seed, PRETRAIN_STREAM, i), which no dataset
 split uses (train is 0, test 1), and it is built without reading any dataset.
 Each attribute value is uniform, as in the data, so the LM learns which words
-answer which question, not which answer goes with which image.
+answer which question, and to read them from what precedes the question, not
+which answer goes with which image.
 
-    corpus (questions, answers, captions, prompts) -> BPE tokenizer -> causal LM loss on every token
+    corpus (faces in words + questions, captions, prompts) -> BPE tokenizer -> causal LM loss on every token
     -> <cache>/text-lm-<key>/ {config.json, model.safetensors, tokenizer files, pretraining.json}
 """
 
