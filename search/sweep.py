@@ -231,9 +231,11 @@ def prepare_data(plan: Plan) -> None:
         if data.path not in seen:
             seen.add(data.path)
             ensure_dataset(data)
-        if slot.config.lm.pretraining.steps and text_lm_folder(slot.config) not in seen:
-            seen.add(text_lm_folder(slot.config))
-            ensure_text_lm(slot.config)
+        if slot.config.lm.pretraining.steps:
+            folder = text_lm_folder(slot.config)
+            if folder not in seen:
+                seen.add(folder)
+                ensure_text_lm(slot.config)
 
 
 def concurrency_for(plan: Plan, cluster: dict[str, float], requested: int | None) -> int:
