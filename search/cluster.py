@@ -148,6 +148,7 @@ def stop_leftovers(folder: Path, label: str, grace_s: float = 5.0) -> list[int]:
     for process in processes:
         try:
             process.send_signal(signal.SIGTERM)
+            process.resume()  # a stopped process (Ctrl-Z, a debugger) acts on SIGTERM only once continued
         except psutil.Error:
             pass
     _, alive = psutil.wait_procs(processes, timeout=grace_s)
