@@ -1,12 +1,12 @@
 """`uvlm demo`: the main job. The studies of docs/STUDY.md at CPU scale, one command, resumable.
 
-    validate the three space files -> sweep each (skip finished, resume interrupted) -> report each
+    validate the four space files -> sweep each (skip finished, resume interrupted) -> report each
     -> a combined report (reports/index.html, reports/report.md) -> print the findings and where to look
 
 Each study is the shipped space file (spaces/mixing.yaml, alignment.yaml,
-transfer.yaml) run as a sweep named after the study, so `uvlm report mixing`
+transfer.yaml, ratio.yaml) run as a sweep named after the study, so `uvlm report mixing`
 and `uvlm sweep spaces/mixing.yaml --resume` address the same sweep. `--smoke`
-runs the same three files shrunk to toy size (one seed, a few steps, tiny
+runs the same files, and tuning.yaml, shrunk to toy size (one seed, a few steps, tiny
 datasets under the working folder) as sweeps named `<study>-smoke`: it checks
 the whole path in a few minutes and says nothing about the findings.
 """
@@ -28,13 +28,13 @@ from trainables import workspace
 from trainables.errors import UserError
 from trainables.yamlfile import read_yaml
 
-STUDIES = (("mixing", 1), ("alignment", 2), ("transfer", 3))
-"""Each study's space file stem and the finding (1-3 of docs/STUDY.md) it addresses."""
-OPTUNA_STUDIES = (("ratio", 1), ("tuning", 1))
-"""The mixing ratio searched by Optuna on paired seeds (about 6 minutes) and fair per-arm tuning re-run on held-out
-seeds (about 13): they do not fit the demo's half hour beside the three; `uvlm demo --study ratio|tuning` runs them,
-and `--smoke` runs them at toy size with the others, so CI checks their whole path."""
-ALL_STUDIES = dict(STUDIES + OPTUNA_STUDIES)
+STUDIES = (("mixing", 1), ("alignment", 2), ("transfer", 3), ("ratio", 1))
+"""Each study's space file stem and the finding (1-3 of docs/STUDY.md) it addresses; ratio is the mixing ratio
+searched by Optuna on paired seeds, so the main job fills the Optuna dashboard."""
+ON_REQUEST = (("tuning", 1),)
+"""Fair per-arm tuning re-run on held-out seeds (about 13 minutes): it does not fit the demo's half hour beside the
+others; `uvlm demo --study tuning` runs it, and `--smoke` runs it at toy size with the others, so CI checks its path."""
+ALL_STUDIES = dict(STUDIES + ON_REQUEST)
 SPACES = Path(__file__).resolve().parents[1] / "spaces"
 
 # --smoke: every study at toy size. Relative data paths move under <workdir>/smoke-data.
@@ -52,11 +52,11 @@ class DemoOptions:
     workdir: str | None = None
     tracking_uri: str | None = None
     spaces: Path = SPACES
-    """Folder holding mixing.yaml, alignment.yaml and transfer.yaml."""
+    """Folder holding the studies' space files (mixing.yaml, ...)."""
     body: str | None = None
     """The trial body (search.sweep); tests pass a cheap one. Default: the real trainable."""
     studies: list[str] | None = None
-    """Run only these studies (names of ALL_STUDIES); default the three of STUDIES (with --smoke, all five)."""
+    """Run only these studies (names of ALL_STUDIES); default the four of STUDIES (with --smoke, all five)."""
     seeds: list[int] | None = None
     """Run every study on these seeds instead of its space file's (copies under <workdir>/seeded-spaces)."""
 
@@ -126,7 +126,7 @@ def run_demo(options: DemoOptions) -> int:
 
 
 def selected(options: DemoOptions) -> tuple[tuple[str, int], ...]:
-    """The studies this demo runs, in order: --study names, else the three (and the Optuna ones with --smoke)."""
+    """The studies this demo runs, in order: --study names, else the four (and tuning with --smoke)."""
     if options.studies:
         unknown = [name for name in options.studies if name not in ALL_STUDIES]
         if unknown:
@@ -134,7 +134,7 @@ def selected(options: DemoOptions) -> tuple[tuple[str, int], ...]:
 
             raise UserError(unknown_choice("--study", unknown[0], list(ALL_STUDIES)))
         return tuple((name, ALL_STUDIES[name]) for name in dict.fromkeys(options.studies))
-    return STUDIES + (OPTUNA_STUDIES if options.smoke else ())
+    return STUDIES + (ON_REQUEST if options.smoke else ())
 
 
 def _env_uri() -> str | None:
@@ -165,8 +165,12 @@ def _space_path(options: DemoOptions, study: str, folder: Path) -> Path:
 
 def seeded_space(path: Path, seeds: list[int], out: Path) -> Path:
     """A copy of a space file that runs on `seeds` (and, tuning, re-runs held-out seeds after them): the same design
-    on other seeds, e.g. to check that its intervals do not depend on the seed values."""
+    on other seeds, e.g. to check that its intervals do not depend on the seed values. A searched study keeps its
+    number of paired seeds per configuration (the first of `seeds`), so its budget stays the same."""
     tree = read_yaml(path, "space file")
+    if (tree.get("search") or {}).get("params"):
+        own = tree.get("seeds", 1)
+        seeds = seeds[:own if isinstance(own, int) else len(own)]
     tree["seeds"] = list(seeds)
     if tree.get("holdout"):  # held-out seeds must stay apart from the tuning seeds
         held_out = len(tree["holdout"]["seeds"])

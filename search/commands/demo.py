@@ -5,17 +5,17 @@ from __future__ import annotations
 import argparse
 
 DEMO_HELP = """\
-Run the three studies of the platform (spaces/mixing.yaml, alignment.yaml,
-transfer.yaml) as sweeps named after them, at CPU scale with 8 seeds per
-cell: generate the smart-watch data, train, report each study and write a
-combined report (<working folder>/reports/index.html). About 26 minutes on a
-2-core CPU (64 trials, two at a time). Interrupted? Run it again: finished
-sweeps are skipped and an interrupted one resumes without redoing finished
-trials.
-The Optuna studies run on request: `--study ratio` (the mixing ratio searched
-by Optuna, about 6 minutes) and `--study tuning` (each arm tuned with the same
-Optuna budget, its best re-run on held-out seeds and compared with the untuned
-finding, about 13 minutes); they do not fit the half-hour budget beside the three.
+Run the four studies of the platform (spaces/mixing.yaml, alignment.yaml,
+transfer.yaml and ratio.yaml, the mixing ratio searched by Optuna) as sweeps
+named after them, at CPU scale with 8 seeds per cell (ratio: 3 paired seeds
+per configuration): generate the smart-watch data, train, report each study
+and write a combined report (<working folder>/reports/index.html). About
+30 minutes on a 2-core CPU (82 trials, two at a time). Interrupted? Run it
+again: finished sweeps are skipped and an interrupted one resumes without
+redoing finished trials.
+`--study tuning` runs on request (each arm tuned with the same Optuna budget,
+its best re-run on held-out seeds and compared with the untuned finding,
+about 13 minutes); it does not fit the half-hour budget beside the four.
 Examples:
   uvlm demo
   uvlm demo --study tuning           # fair per-arm tuning, reported against the untuned finding
