@@ -34,6 +34,7 @@ import polars as pl
 from analysis import stats
 from analysis.pairing import design_keys, difference_in_differences, mean_difference, paired, prepare, shared_levels
 from analysis.results import TITLES, FindingReport, InsufficientData, finish, make_result
+from trainables.config import Arm
 from trainables.mlflow_names import ATTRIBUTES, FINISHED, Metric, overall, per_attribute
 
 UNDERSTANDING_METRICS = (overall(Metric.VQA), *per_attribute(Metric.VQA), Metric.CAPTION)
@@ -79,7 +80,7 @@ def _start_cross_task(runs: pl.DataFrame, report: FindingReport) -> tuple[pl.Dat
     """Prepared frame, finished arms and design keys of a finding that compares mixed with single-task arms."""
     prepared = prepare(runs)
     arms = _arms(prepared)
-    if "mixed" not in arms or not arms & {"understanding", "generation"}:
+    if Arm.MIXED not in arms or not arms & {Arm.UNDERSTANDING, Arm.GENERATION}:
         raise InsufficientData(f"finding {report.finding} needs finished runs of the mixed arm and of understanding "
                                f"or generation; this sweep has: {', '.join(sorted(arms)) or 'no finished runs'}")
     return prepared, arms, design_keys(prepared)
@@ -92,7 +93,7 @@ def mutual_benefit(runs: pl.DataFrame) -> FindingReport:
     report = FindingReport(1, *TITLES[1])
     prepared, arms, keys = _start_cross_task(runs, report)
     _common_limits(prepared, report)
-    for side, metrics in (("understanding", UNDERSTANDING_METRICS), ("generation", GENERATION_METRICS)):
+    for side, metrics in ((Arm.UNDERSTANDING, UNDERSTANDING_METRICS), (Arm.GENERATION, GENERATION_METRICS)):
         if side not in arms:
             report.skipped.append(f"The {side} benefit is not computed: the sweep has no finished {side}-only runs.")
             continue
@@ -105,7 +106,7 @@ def mutual_benefit(runs: pl.DataFrame) -> FindingReport:
         tables = []
         for metric in available:
             try:
-                pairs = paired(prepared, metric, {"arm": "mixed"}, {"arm": side}, keys)
+                pairs = paired(prepared, metric, {"arm": Arm.MIXED}, {"arm": side}, keys)
             except InsufficientData as error:
                 report.skipped.append(f"{metric}: {error}.")
                 continue
@@ -181,7 +182,7 @@ def alignment(runs: pl.DataFrame) -> FindingReport:
         raise InsufficientData("finding 2 needs an alignment factor: the sweep varies neither "
                                "alignment.affine_strength nor the understanding.encoder/generation.space pair")
     _common_limits(prepared, report)
-    for side, metrics in (("understanding", UNDERSTANDING_METRICS), ("generation", GENERATION_METRICS)):
+    for side, metrics in ((Arm.UNDERSTANDING, UNDERSTANDING_METRICS), (Arm.GENERATION, GENERATION_METRICS)):
         metric = next((m for m in metrics if f"metrics.{m}" in prepared.columns), None)
         if side not in arms or metric is None:
             report.skipped.append(f"The {side} benefit against alignment is not computed: no finished {side}-only runs "
@@ -192,7 +193,7 @@ def alignment(runs: pl.DataFrame) -> FindingReport:
         controls = prepared.filter((pl.col("arm") == side) & (pl.col("status") == FINISHED))
         single_level = tuple(f for f in ("strength", "pair") if controls[f].n_unique() == 1)
         try:
-            pairs = paired(prepared, metric, {"arm": "mixed"}, {"arm": side}, keys, unmatched=single_level)
+            pairs = paired(prepared, metric, {"arm": Arm.MIXED}, {"arm": side}, keys, unmatched=single_level)
         except InsufficientData as error:
             report.skipped.append(f"{side} benefit against alignment: {error}.")
             continue
@@ -240,7 +241,7 @@ def transfer(runs: pl.DataFrame) -> FindingReport:
         raise InsufficientData(f"finding 3 needs runs with a data.hide_from_understanding rule and the metric "
                                f"{HIDDEN_METRIC!r}; this sweep has neither")
     arms = _arms(prepared)
-    if "mixed" not in arms:
+    if Arm.MIXED not in arms:
         raise InsufficientData(f"finding 3 needs finished runs of the mixed arm; this sweep has: {', '.join(sorted(arms))}")
     _common_limits(prepared, report)
     keys = design_keys(prepared)
@@ -252,10 +253,11 @@ def transfer(runs: pl.DataFrame) -> FindingReport:
                *([OTHER_ATTRIBUTES] if f"metrics.{OTHER_ATTRIBUTES}" in hidden.columns else []),
                *(f"{Metric.VQA_HIDDEN}/{a}" for a in ATTRIBUTES if a not in own and f"metrics.{Metric.VQA_HIDDEN}/{a}" in hidden.columns)]
     _hidden_levels(report, hidden, own)
-    comparisons = [("transfer over control", {"arm": "mixed", "hide_control": False}, {"arm": "mixed", "hide_control": True},
+    comparisons = [("transfer over control", {"arm": Arm.MIXED, "hide_control": False},
+                    {"arm": Arm.MIXED, "hide_control": True},
                     "mixed − mixed control (hidden images lose their generation records too)"),
-                   ("transfer over understanding-only", {"arm": "mixed", "hide_control": False},
-                    {"arm": "understanding", "hide_control": False}, "mixed − understanding-only")]
+                   ("transfer over understanding-only", {"arm": Arm.MIXED, "hide_control": False},
+                    {"arm": Arm.UNDERSTANDING, "hide_control": False}, "mixed − understanding-only")]
     for name, treatment, control, comparison in comparisons:
         tables = []
         for metric in metrics:
@@ -322,8 +324,8 @@ def _freezing_results(report: FindingReport, hidden: pl.DataFrame, keys: list[st
     per_label = {}
     for label in sorted(freezings):
         try:
-            pairs = paired(hidden, HIDDEN_METRIC, {"arm": "mixed", "hide_control": False, "freezing": label},
-                           {"arm": "mixed", "hide_control": True, "freezing": label}, keys)
+            pairs = paired(hidden, HIDDEN_METRIC, {"arm": Arm.MIXED, "hide_control": False, "freezing": label},
+                           {"arm": Arm.MIXED, "hide_control": True, "freezing": label}, keys)
         except InsufficientData as error:
             report.skipped.append(f"Transfer with freezing={label} is not computed: {error}.")
             continue

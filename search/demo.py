@@ -272,7 +272,8 @@ def correct_across_studies(runs: list[StudyRun]) -> str:
 
 def headline_rows(runs: list[StudyRun]) -> list[dict[str, Any]]:
     """Each study's own finding: its headline results (estimate, interval, seeds, verdict), or why none."""
-    from analysis.report import TUNING_FILE, arms_text, verdict_text
+    from analysis.report import TUNING_FILE
+    from analysis.sections import arms_text, verdict_text
 
     rows = []
     for run in runs:
@@ -305,7 +306,7 @@ def headline_rows(runs: list[StudyRun]) -> list[dict[str, Any]]:
 
 def _tuning_rows(run: StudyRun, tuned: dict[str, Any]) -> list[dict[str, Any]]:
     """A searched study's own rows: the best mixing ratio, and the untuned finding beside the tuned one."""
-    from analysis.report import VERDICT_MARK
+    from analysis.sections import VERDICT_MARK
 
     base = {"study": run.study, "finding": run.finding, "report": f"{run.name}/report.html", "half_width": None,
             "smallest_effect": None, "arms": "-"}
@@ -362,7 +363,8 @@ def write_index(reports: Path, runs: list[StudyRun], rows: list[dict[str, Any]],
     rendered by the report's own renderer."""
     import polars as pl
 
-    from analysis.report import VERDICT_RULE, Document, render_html, render_markdown
+    from analysis.document import Document, render_html, render_markdown
+    from analysis.sections import VERDICT_RULE
 
     title = "uvlm demo: the studies at CPU scale" + (" (smoke: toy size, no conclusions)" if smoke else "")
     document = Document()

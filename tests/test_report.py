@@ -329,18 +329,18 @@ def test_declarations_are_read_from_the_logged_space_file_when_the_trial_table_l
 def test_limits_name_runs_that_never_read_the_images_and_frozen_random_lms():
     import polars as pl
 
-    from analysis.report import _untrained_runs
+    from analysis.sections import untrained_runs
 
     runs = pl.DataFrame({"metrics.test/vqa/overall": [0.38, 0.80, 0.0, 0.02],
                          "metrics.baseline/vqa/overall": [0.36] * 4,
                          "params.data.arm": ["mixed", "mixed", "generation", "mixed"],
                          "params.lm.trainability": ["full", "full", "full", "frozen"],
                          "params.lm.pretrained_path": [None, None, None, None]})
-    first, second = _untrained_runs(runs)
+    first, second = untrained_runs(runs)
     assert first.startswith("1 of 2 runs that train on understanding records ended within 0.05")  # not generation-only
     assert second.startswith("1 runs froze a randomly initialised LM")
     pretrained = runs.with_columns(pl.lit("/models/lm").alias("params.lm.pretrained_path"))
-    assert len(_untrained_runs(pretrained)) == 1 and not _untrained_runs(runs.filter(pl.col("metrics.test/vqa/overall") > 0.5))
+    assert len(untrained_runs(pretrained)) == 1 and not untrained_runs(runs.filter(pl.col("metrics.test/vqa/overall") > 0.5))
 
 
 def test_icon_figure_draws_each_cell_per_corner_beside_the_constant_generation():
@@ -365,7 +365,7 @@ def test_icon_figure_draws_each_cell_per_corner_beside_the_constant_generation()
 
 
 def test_an_equivalent_verdict_names_its_smallest_effect_and_is_coloured_by_its_kind():
-    from analysis.report import Document, render_html, render_markdown
+    from analysis.document import Document, render_html, render_markdown
 
     document = Document()
     document.table(pl.DataFrame({"verdict": ["equivalent (|effect| < 0.02)", "supported"]}))
