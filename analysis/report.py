@@ -35,13 +35,9 @@ from analysis.importance import best_configs, objective_for, param_importance, s
 from analysis.pooling import SweepRef, default_ref, pool_seeds, pool_sentence, pooled_findings, run_stores
 from analysis.results import TARGET_HALF_WIDTH, FindingReport, family_sentence
 from analysis.sweep import sweep_findings
-from trainables.mlflow_names import REPORT_FOLDER, Tag
+from trainables.mlflow_names import FINDINGS_FILE, REPORT_FOLDER, REPORT_HTML, REPORT_MARKDOWN, TUNING_FILE, Tag
 from trainables.workspace import tracking_uri as resolve_uri
 from trainables.workspace import workdir
-
-FINDINGS_FILE, TUNING_FILE = "findings.json", "tuning.json"
-"""Beside report.md and report.html: every result, and the tuning section's numbers (searched sweeps only)."""
-
 
 @dataclass
 class Built:
@@ -120,8 +116,8 @@ def build_report(sweep: str, tracking_uri: str | None = None, out_dir: str | Pat
                                                   indent=2, default=_plain))
     if tuned:
         (out / TUNING_FILE).write_text(json.dumps(tuned, indent=2, default=_plain))
-    (out / "report.md").write_text(render_markdown(document))
-    (out / "report.html").write_text(render_html(document, f"Sweep report: {sweep}"))
+    (out / REPORT_MARKDOWN).write_text(render_markdown(document))
+    (out / REPORT_HTML).write_text(render_html(document, f"Sweep report: {sweep}"))
     if log_artifacts:
         from mlflow import MlflowClient
 

@@ -26,6 +26,7 @@ import yaml
 from search.commands.ui import RUNS_VIEW
 from trainables import workspace
 from trainables.errors import UserError
+from trainables.mlflow_names import REPORT_HTML, TUNING_FILE
 from trainables.yamlfile import read_yaml
 
 STUDIES = (("mixing", 1), ("alignment", 2), ("transfer", 3), ("ratio", 1))
@@ -114,7 +115,7 @@ def run_demo(options: DemoOptions) -> int:
     rows = headline_rows(runs)
     index_md, index_html = write_index(reports, runs, rows, options.smoke, time.monotonic() - began, correction)
     print(findings_table(rows, correction), flush=True)
-    print(f"\nreport:        {index_html}\n               {index_md} (per study: {reports}/<study>/report.html)")
+    print(f"\nreport:        {index_html}\n               {index_md} (per study: {reports}/<study>/{REPORT_HTML})")
     if options.tracking_uri or _env_uri():
         print(f"MLflow UI:     open {uri.rstrip('/')}{RUNS_VIEW}   (one experiment per study)")
     else:
@@ -272,7 +273,6 @@ def correct_across_studies(runs: list[StudyRun]) -> str:
 
 def headline_rows(runs: list[StudyRun]) -> list[dict[str, Any]]:
     """Each study's own finding: its headline results (estimate, interval, seeds, verdict), or why none."""
-    from analysis.report import TUNING_FILE
     from analysis.sections import arms_text, verdict_text
 
     rows = []
@@ -284,7 +284,7 @@ def headline_rows(runs: list[StudyRun]) -> list[dict[str, Any]]:
             continue
         held_out = " (tuned, held-out seeds)" if tuned.get("tuned_vs_untuned") else ""
         finding = run.report.findings[run.finding]
-        base = {"study": run.study, "finding": run.finding, "report": f"{run.name}/report.html", "half_width": None,
+        base = {"study": run.study, "finding": run.finding, "report": f"{run.name}/{REPORT_HTML}", "half_width": None,
                 "smallest_effect": None, "arms": "-"}
         if isinstance(finding, str):  # not addressed: the reason
             rows.append({**base, "result": "not addressed", "comparison": finding, "metric": "",
@@ -308,7 +308,7 @@ def _tuning_rows(run: StudyRun, tuned: dict[str, Any]) -> list[dict[str, Any]]:
     """A searched study's own rows: the best mixing ratio, and the untuned finding beside the tuned one."""
     from analysis.sections import VERDICT_MARK
 
-    base = {"study": run.study, "finding": run.finding, "report": f"{run.name}/report.html", "half_width": None,
+    base = {"study": run.study, "finding": run.finding, "report": f"{run.name}/{REPORT_HTML}", "half_width": None,
             "smallest_effect": None, "arms": "-"}
     rows = []
     if ratio := tuned.get("best_ratio"):

@@ -6,7 +6,8 @@ with them:
     tag keys and values      Tag.*, Role, the tag sets a sweep's parent run and its trial runs carry
     run statuses             FINISHED, FAILED, KILLED, RUNNING (MLflow's)
     run names                trial_run_name: <study>/<factor>=<level>/.../seed=<n>[/sample=<k>]
-    artifact file names      TRIAL_TABLE, VERSIONS_FILE, TRIALS_FILE, REPORT_FOLDER (a sweep's parent run),
+    artifact file names      TRIAL_TABLE, VERSIONS_FILE, TRIALS_FILE, REPORT_FOLDER and the report's files
+                             (a sweep's parent run),
                              RUN_FILES, ERROR_FILE (a training or trial run)
     metric names             Metric.*, per_attribute(group), per_corner(group), metric_names(), baseline_of(metric)
     attribute, corner names  ATTRIBUTES, CORNERS (defined once, in trainables.data.records)
@@ -131,6 +132,9 @@ TRIALS_FILE = "trials.json"
 """The sweep parent run's record of how each trial ended, written when the sweep ends."""
 REPORT_FOLDER = "report"
 """Where `uvlm report` logs its files on the sweep's parent run."""
+REPORT_MARKDOWN, REPORT_HTML, FINDINGS_FILE, TUNING_FILE = "report.md", "report.html", "findings.json", "tuning.json"
+"""In the report folder: the report in Markdown and as one self-contained page, every result, and the tuning
+section's numbers (searched sweeps only)."""
 CONFIG_FILE, METRICS_FILE, GENERATED_IMAGE, AFFINE_FILE = "config.yaml", "metrics.json", "generated.png", "affine.pt"
 """A training run's folder: its config, final metrics, a grid of generated images, the affine map (alignment)."""
 RUN_FILES = (CONFIG_FILE, GENERATED_IMAGE, METRICS_FILE, AFFINE_FILE)

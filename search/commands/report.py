@@ -34,12 +34,13 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         workspace.output_folder(args.out)
     from analysis.report import build_report
+    from trainables.mlflow_names import REPORT_HTML
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     from analysis.pooling import parse_ref
 
     pool = [parse_ref(where, args.sweep) for where in args.pool]
     out = build_report(args.sweep, args.tracking_uri, args.out, log_artifacts=not args.no_log, pool=pool).out
-    print(f"report: {out / 'report.html'}")
+    print(f"report: {out / REPORT_HTML}")
     print(f"        {out / 'report.md'}, {out / 'findings.json'}")
     return 0
