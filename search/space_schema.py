@@ -38,19 +38,19 @@ from trainables.headline_schema import Headline, SpaceModel
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 
 
-class DistributionKind(str, enum.Enum):
+class DistributionKind(enum.StrEnum):
     UNIFORM = "uniform"  # float in [low, high]
     LOGUNIFORM = "loguniform"  # float in [low, high], sampled on a log scale (low > 0)
     INT = "int"  # integer in [low, high], optional step, optional log
     CATEGORICAL = "categorical"  # one of `choices`
 
 
-class Mode(str, enum.Enum):
+class Mode(enum.StrEnum):
     MAX = "max"
     MIN = "min"
 
 
-class SamplerKind(str, enum.Enum):
+class SamplerKind(enum.StrEnum):
     TPE = "tpe"
     RANDOM = "random"
 

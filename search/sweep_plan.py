@@ -30,7 +30,7 @@ class Cell:
         return cell_key(self.levels)
 
 
-class Phase(str, enum.Enum):
+class Phase(enum.StrEnum):
     """What a slot is for. Only tuning slots may be pruned; held-out ones never are."""
 
     TUNE = "tune"  # an Optuna configuration on one of `seeds` (every slot of a study without holdout)

@@ -23,12 +23,12 @@ class SpaceModel(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
-class Direction(str, enum.Enum):
+class Direction(enum.StrEnum):
     POSITIVE = "positive"  # the paper expects the statistic above zero
     NEGATIVE = "negative"
 
 
-class Statistic(str, enum.Enum):
+class Statistic(enum.StrEnum):
     """How a headline turns runs into one number per seed (analysis/headlines.py computes each)."""
 
     END = "end"  # treatment - control on the final evaluation
@@ -38,7 +38,7 @@ class Statistic(str, enum.Enum):
     DID = "did"  # (treatment - control) at the first level of `across` minus at the second
 
 
-class PerRun(str, enum.Enum):
+class PerRun(enum.StrEnum):
     """What one run contributes to a slope or difference in differences."""
 
     END = "end"  # its final evaluation
