@@ -25,16 +25,16 @@ FACTOR_STUDIES = [(study, finding) for study, finding in STUDIES if study != "ra
 
 # ----------------------------------------------------------------------------- the CPU-scale design
 
-# Measured in a whole `uvlm demo` on a quiet 2-core machine, two trials at a time (64 trials, 30,160 steps, 25m45s
-# on seeds 0-7 at 055b5a0; 24m10s on seeds 100-107, whose steps ran at 0.085 s): a step took STEP_SECONDS on
-# average, a trial TRIAL_SECONDS besides its steps (median: its five evaluations ~2.4 s, set-up
-# ~0.4 s in its reused process, checkpoints, MLflow and Tune ~0.4 s), and each sweep SWEEP_SECONDS of wall time
-# with a slot idle (its actors' start and first imports, the last trial, data, its report). The host's step time
-# varies by about 30% from day to day: on earlier days, at 0.106 s a step and 4.5 s a trial, it took 28-31 minutes.
-STEP_SECONDS, TRIAL_SECONDS, SWEEP_SECONDS, CONCURRENT = 0.0913, 3.2, 22.0, 2
+# Measured in a whole `uvlm demo` on a 2-core machine, two trials at a time (82 trials of the four studies, 39,160
+# steps, 24m54s on seeds 0-7 at 092cec8, 2026-12-05, with about a minute of tests beside it): a step took STEP_SECONDS
+# (median over the runs), a trial TRIAL_SECONDS besides its steps (median: evaluations ~1.8 s in all, set-up, checkpoints,
+# MLflow and Tune), and each sweep SWEEP_SECONDS of wall time with a slot idle (its actors' start and first imports, the
+# last trial, data, its report); the model predicts 24.3 minutes. The host's step time varies by about 30% from day to
+# day: at 2026-12-03's 0.0913 s a step and 3.2 s a trial this design would take about 33 minutes (docs/MEASUREMENTS.md).
+STEP_SECONDS, TRIAL_SECONDS, SWEEP_SECONDS, CONCURRENT = 0.0661, 1.8, 22.0, 2
 
 
-def test_the_three_studies_fit_the_half_hour_budget_with_at_least_eight_seeds():
+def test_the_demo_studies_fit_the_half_hour_budget_with_at_least_eight_seeds():
     plans = [load_space(path) for path in STUDY_FILES]
     steps = sum(planned_steps(plan.config(slot)) for plan in plans for slot in plan.slots)
     trials = sum(len(plan.slots) for plan in plans)

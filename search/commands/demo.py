@@ -1,4 +1,4 @@
-"""`uvlm demo`: the main job, the three studies at CPU scale in one command (search/demo.py does the work)."""
+"""`uvlm demo`: the main job, the four studies at CPU scale in one command (search/demo.py does the work)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ transfer.yaml and ratio.yaml, the mixing ratio searched by Optuna) as sweeps
 named after them, at CPU scale with 8 seeds per cell (ratio: 3 paired seeds
 per configuration): generate the smart-watch data, train, report each study
 and write a combined report (<working folder>/reports/index.html). About
-30 minutes on a 2-core CPU (82 trials, two at a time). Interrupted? Run it
+25 minutes on a 2-core CPU (82 trials, two at a time). Interrupted? Run it
 again: finished sweeps are skipped and an interrupted one resumes without
 redoing finished trials.
 `--study tuning` runs on request (each arm tuned with the same Optuna budget,
@@ -27,10 +27,10 @@ Exit code: 0 when every trial of every study finished, 1 otherwise, 2 on bad inp
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("demo", help="the main job: the three studies at CPU scale, reported",
+    parser = subparsers.add_parser("demo", help="the main job: the four studies at CPU scale, reported",
                                    description=DEMO_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true",
-                        help="the same three studies shrunk to toy size (one seed, a few steps): checks the whole "
+                        help="the same studies, and tuning, shrunk to toy size (one seed, a few steps): checks the whole "
                              "path in minutes; sweeps are named <study>-smoke")
     parser.add_argument("--workdir", metavar="DIR",
                         help="working folder (default: $UVLM_WORKDIR, else ./uvlm-work)")
@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "working folder)")
     parser.add_argument("--study", action="append", metavar="NAME",
                         help="run only this study (repeatable): mixing, alignment, transfer, ratio or tuning "
-                             "(default: the first three)")
+                             "(default: the first four)")
     parser.add_argument("--seeds", metavar="LIST",
                         help="run every study on these seeds instead of its own, e.g. 100-107 or 3,5,8: the same "
                              "design's intervals on other seeds (use a fresh --workdir; the space files are copied "
