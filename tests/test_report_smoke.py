@@ -22,6 +22,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 def test_report_on_the_real_smoke_sweep(tmp_path):
     env = {**os.environ, "UVLM_WORKDIR": str(tmp_path / "work")}
     uri = f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}"
+    (tmp_path / "work").mkdir()  # an explicit sqlite URI must name a folder that exists (the store check refuses it)
     sweep = subprocess.run(["uvlm", "sweep", str(ROOT / "spaces" / "smoke.yaml"), "--name", "smoke-report",
                             "--tracking-uri", uri], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert sweep.returncode == 0, sweep.stderr[-3000:]
