@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         workspace.output_folder(args.out)
     from analysis.report import build_report
-    from trainables.mlflow_names import REPORT_HTML
+    from trainables.mlflow_names import FINDINGS_FILE, REPORT_HTML, REPORT_MARKDOWN
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     from analysis.pooling import parse_ref
@@ -42,5 +42,5 @@ def run(args: argparse.Namespace) -> int:
     pool = [parse_ref(where, args.sweep) for where in args.pool]
     out = build_report(args.sweep, args.tracking_uri, args.out, log_artifacts=not args.no_log, pool=pool).out
     print(f"report: {out / REPORT_HTML}")
-    print(f"        {out / 'report.md'}, {out / 'findings.json'}")
+    print(f"        {out / REPORT_MARKDOWN}, {out / FINDINGS_FILE}")
     return 0
