@@ -6,9 +6,9 @@
 Each study is the shipped space file (spaces/mixing.yaml, alignment.yaml,
 transfer.yaml, ratio.yaml) run as a sweep named after the study, so `uvlm report mixing`
 and `uvlm sweep spaces/mixing.yaml --resume` address the same sweep. `--smoke`
-runs the same files, and tuning.yaml, shrunk to toy size (one seed, a few steps, tiny
-datasets under the working folder) as sweeps named `<study>-smoke`: it checks
-the whole path in a few minutes and says nothing about the findings.
+runs the same files, and the on-request ones (tuning.yaml, pretraining.yaml),
+shrunk to toy size (one seed, a few steps, tiny datasets under the working folder)
+as sweeps named `<study>-smoke`: it checks the whole path in a few minutes and says nothing about the findings.
 """
 
 from __future__ import annotations
@@ -32,9 +32,10 @@ from trainables.yamlfile import read_yaml
 STUDIES = (("mixing", 1), ("alignment", 2), ("transfer", 3), ("ratio", 1))
 """Each study's space file stem and the finding (1-3 of docs/STUDY.md) it addresses; ratio is the mixing ratio
 searched by Optuna on paired seeds, so the main job fills the Optuna dashboard."""
-ON_REQUEST = (("tuning", 1),)
-"""Fair per-arm tuning re-run on held-out seeds (about 13 minutes): it does not fit the demo's half hour beside the
-others; `uvlm demo --study tuning` runs it, and `--smoke` runs it at toy size with the others, so CI checks its path."""
+ON_REQUEST = (("tuning", 1), ("pretraining", 1))
+"""Studies that do not fit the demo's half hour beside the others: fair per-arm tuning re-run on held-out seeds (about
+13 minutes) and the mixing study on a random and on a text-pretrained LM (exploratory, about 9). `uvlm demo --study
+NAME` runs one; `--smoke` runs them at toy size with the others, so CI checks their path."""
 ALL_STUDIES = dict(STUDIES + ON_REQUEST)
 SPACES = Path(__file__).resolve().parents[1] / "spaces"
 
@@ -45,6 +46,9 @@ SMOKE_FIXED = {
     "eval.grid_images": 4,
 }
 SMOKE_TRAIN_IMAGES = [20, 40]
+PRETRAINING_STEPS = "lm.pretraining.steps"
+SMOKE_PRETRAINING = {"lm.pretraining.steps": 4, "lm.pretraining.conversations": 40, "lm.pretraining.batch_size": 8}
+"""A study's text-pretrained LM at toy size: set where a study pretrains (a level with steps > 0 keeps steps > 0)."""
 
 
 @dataclass
@@ -57,7 +61,7 @@ class DemoOptions:
     body: str | None = None
     """The trial body (search.sweep); tests pass a cheap one. Default: the real trainable."""
     studies: list[str] | None = None
-    """Run only these studies (names of ALL_STUDIES); default the four of STUDIES (with --smoke, all five)."""
+    """Run only these studies (names of ALL_STUDIES); default the four of STUDIES (with --smoke, all six)."""
     seeds: list[int] | None = None
     """Run every study on these seeds instead of its space file's (copies under <workdir>/seeded-spaces)."""
 
@@ -127,7 +131,7 @@ def run_demo(options: DemoOptions) -> int:
 
 
 def selected(options: DemoOptions) -> tuple[tuple[str, int], ...]:
-    """The studies this demo runs, in order: --study names, else the four (and tuning with --smoke)."""
+    """The studies this demo runs, in order: --study names, else the four (and the ON_REQUEST ones with --smoke)."""
     if options.studies:
         unknown = [name for name in options.studies if name not in ALL_STUDIES]
         if unknown:
@@ -204,6 +208,8 @@ def smoke_space(path: Path, out: Path) -> Path:
             overrides["data.train_images"] = SMOKE_TRAIN_IMAGES[-1]
         for key in SMOKE_FIXED.keys() & overrides.keys():  # e.g. a factor level's own budget.value
             overrides[key] = SMOKE_FIXED[key]
+        if overrides.get(PRETRAINING_STEPS):
+            overrides.update(SMOKE_PRETRAINING)
         return overrides
 
     tree["fixed"] = {**shrink(tree.get("fixed", {})), **SMOKE_FIXED}
@@ -211,6 +217,9 @@ def smoke_space(path: Path, out: Path) -> Path:
     for name, levels in (tree.get("factors") or {}).items():
         if name == "data.train_images":
             factors[name] = SMOKE_TRAIN_IMAGES
+        elif name == PRETRAINING_STEPS:
+            factors[name] = [min(steps, SMOKE_PRETRAINING[name]) for steps in levels]
+            tree["fixed"] = {**tree["fixed"], **{key: value for key, value in SMOKE_PRETRAINING.items() if key != name}}
         elif isinstance(levels, dict):
             factors[name] = {label: shrink(overrides) for label, overrides in levels.items()}
         else:

@@ -98,3 +98,24 @@ def test_a_run_loads_the_pretrained_lm_through_lm_pretrained_path_and_keeps_it_f
         if "layers." in name:  # the decoder, frozen: as pretrained after three steps
             (match,) = [value for key, value in trained.items() if key.endswith(name)]
             assert torch.equal(match.float(), weight.float()), name
+
+
+def test_the_same_recipe_makes_the_same_lm_whatever_the_caller_drew_before(tmp_path):
+    """A sweep's driver and `uvlm train` reach the pretraining in different random states; the LM is a function of
+    its recipe (the cache is keyed by it), and the caller's random stream goes on as if nothing had been drawn."""
+    from safetensors.torch import load_file
+
+    from trainables.pretrain import pretrain
+
+    lm = load_config(None, {"lm.pretraining.steps": 3, "lm.pretraining.conversations": 20,
+                            "lm.pretraining.batch_size": 4}).lm
+    weights = []
+    for index, caller_seed in enumerate((1, 2)):
+        torch.manual_seed(caller_seed)
+        torch.rand(7)
+        before = torch.random.get_rng_state()
+        pretrain(lm, tmp_path / f"lm{index}")
+        assert torch.equal(torch.random.get_rng_state(), before)
+        weights.append(load_file(str(tmp_path / f"lm{index}" / "model.safetensors")))
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])

@@ -38,8 +38,9 @@ from trainables.errors import UserError
 
 PRETRAIN_STREAM = 2
 """The split code of the corpus's random stream; datasets use 0 (train) and 1 (test)."""
-RECIPE_VERSION = 2
-"""Bumped when the corpus or the training changes, so that older cached LMs are not reused."""
+RECIPE_VERSION = 3
+"""Bumped when the corpus or the training changes, so that older cached LMs are not reused (3: the initialisation is
+seeded by the recipe; before, it followed the calling process's random state)."""
 MANIFEST = "pretraining.json"
 VOCAB_SIZE = 512
 """The BPE vocabulary's ceiling: bytes, the corpus's few hundred words and their pieces, three specials."""
@@ -124,8 +125,10 @@ def pretrain(lm: LMConfig, folder: Path) -> dict:
     shutil.rmtree(staging, ignore_errors=True)
     hf = _train_tokenizer(corpus, staging)
     sequences = _sequences(corpus, staging)
-    model = _causal_lm(lm, hf)
-    losses = _train(model, sequences, recipe, pad=hf.pad_token_id)
+    with torch.random.fork_rng(devices=[]):  # the same recipe, the same LM, whatever the caller drew before
+        torch.manual_seed(recipe.seed)
+        model = _causal_lm(lm, hf)
+        losses = _train(model, sequences, recipe, pad=hf.pad_token_id)
     model.save_pretrained(str(staging))
     seconds = time.perf_counter() - started
     manifest = {"key": text_lm_key(lm), "recipe": recipe.model_dump(mode="json"), "version": RECIPE_VERSION,
@@ -184,7 +187,6 @@ def _causal_lm(lm: LMConfig, hf) -> torch.nn.Module:
 def _train(model: torch.nn.Module, sequences: list[list[int]], recipe: TextPretraining, pad: int) -> list[float]:
     """AdamW with a linear warm-up and cosine decay; the loss on every token. Returns the loss of each tenth."""
     generator = torch.Generator().manual_seed(recipe.seed)
-    torch.manual_seed(recipe.seed)
     optimiser = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.01)
     warmup = max(1, recipe.steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: min(1.0, (step + 1) / warmup)

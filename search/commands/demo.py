@@ -13,13 +13,16 @@ and write a combined report (<working folder>/reports/index.html). About
 25 minutes on a 2-core CPU (82 trials, two at a time). Interrupted? Run it
 again: finished sweeps are skipped and an interrupted one resumes without
 redoing finished trials.
-`--study tuning` runs on request (each arm tuned with the same Optuna budget,
-its best re-run on held-out seeds and compared with the untuned finding,
-about 13 minutes); it does not fit the half-hour budget beside the four.
+Two studies run on request; they do not fit the half-hour budget beside the four:
+`--study tuning` (each arm tuned with the same Optuna budget, its best re-run
+on held-out seeds and compared with the untuned finding, about 13 minutes)
+and `--study pretraining` (the mixing study's arms on a random and on a
+text-pretrained tiny LM, exploratory, about 9 minutes).
 Examples:
   uvlm demo
   uvlm demo --study tuning           # fair per-arm tuning, reported against the untuned finding
-  uvlm demo --smoke                  # every step of all five studies at toy size, a few minutes (CI)
+  uvlm demo --study pretraining      # does the mutual benefit depend on the LM's pretraining?
+  uvlm demo --smoke                  # every step of all six studies at toy size, a few minutes (CI)
   uvlm demo --workdir /tmp/uvlm-demo
   uvlm demo --seeds 100-107 --workdir uvlm-work-fresh   # the same design on other seeds
 Exit code: 0 when every trial of every study finished, 1 otherwise, 2 on bad input.
@@ -30,16 +33,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("demo", help="the main job: the four studies at CPU scale, reported",
                                    description=DEMO_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true",
-                        help="the same studies, and tuning, shrunk to toy size (one seed, a few steps): checks the whole "
-                             "path in minutes; sweeps are named <study>-smoke")
+                        help="the same studies, tuning and pretraining, shrunk to toy size (one seed, a few steps): "
+                             "checks the whole path in minutes; sweeps are named <study>-smoke")
     parser.add_argument("--workdir", metavar="DIR",
                         help="working folder (default: $UVLM_WORKDIR, else ./uvlm-work)")
     parser.add_argument("--tracking-uri", metavar="URI",
                         help="MLflow tracking server or database (default: $MLFLOW_TRACKING_URI, else sqlite in the "
                              "working folder)")
     parser.add_argument("--study", action="append", metavar="NAME",
-                        help="run only this study (repeatable): mixing, alignment, transfer, ratio or tuning "
-                             "(default: the first four)")
+                        help="run only this study (repeatable): mixing, alignment, transfer, ratio, tuning "
+                             "or pretraining (default: the first four)")
     parser.add_argument("--seeds", metavar="LIST",
                         help="run every study on these seeds instead of its own, e.g. 100-107 or 3,5,8: the same "
                              "design's intervals on other seeds (use a fresh --workdir; the space files are copied "
