@@ -23,6 +23,7 @@ import signal
 import socket
 from pathlib import Path
 
+from search import same_code
 from trainables.errors import UserError
 
 RAY_ENV = {
@@ -74,6 +75,11 @@ def start(address: str | None, folder: Path, verbose: bool = False, *, cpus: int
             logging.getLogger(logger_name).setLevel(logging.ERROR)
     if not address:
         _record_processes(folder, label)
+    try:
+        same_code.check_workers()
+    except UserError:
+        stop()
+        raise
     return dict(ray.cluster_resources())
 
 

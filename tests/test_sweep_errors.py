@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 import subprocess
 import sys
 
@@ -170,3 +171,30 @@ def test_the_installed_command_prints_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "did you mean 'lr'" in result.stderr
     assert not (tmp_path / "work" / "mlflow.db").exists()
+
+
+def test_a_driver_started_inside_another_checkout_is_refused_before_any_trial(tmp_path):
+    """Ray puts the driver's working directory first on its workers' path: started inside a checkout other than the
+    one it imports, a sweep's trials would run that checkout's code. It stops with one line instead."""
+    from search.same_code import package_roots
+
+    checkout = tmp_path / "older-checkout"
+    for root in package_roots():
+        shutil.copytree(root, checkout / root.name, ignore=shutil.ignore_patterns("__pycache__"))
+    with (checkout / "trainables" / "pretrain.py").open("a") as source:
+        source.write("\nRECIPE_VERSION = 2  # what an older checkout says\n")
+    driver = tmp_path / "bin" / "uvlm"  # like the installed script: a folder without the packages
+    driver.parent.mkdir()
+    driver.write_text("import sys\nfrom search.cli import main\nsys.exit(main())\n")
+    space = tmp_path / "good.yaml"
+    space.write_text(yaml.safe_dump(VALID))
+    work = tmp_path / "work"
+    here = package_roots()[0].parent
+    env = {**os.environ, "UVLM_WORKDIR": str(work), "PYTHONPATH": f"{here}{os.pathsep}{here / 'tests'}"}
+    result = subprocess.run([sys.executable, str(driver), "sweep", str(space), "--trainable", "sweep_bodies:quick"],
+                            cwd=checkout, env=env, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert f"Ray's workers import uvlm from {checkout} but this driver from {here}" in lines[0]
+    assert not (work / "runs").exists(), "no trial may start"
