@@ -36,11 +36,11 @@ def fingerprint() -> tuple[str, str]:
     return digest.hexdigest(), str(roots[0].parent)
 
 
-def check_workers(expected: tuple[str, str] | None = None) -> None:
-    """Raise a UserError unless a Ray worker imports the same uvlm source as this driver (or `expected`)."""
+def check_workers() -> None:
+    """Raise a UserError unless a Ray worker imports the same uvlm source as this driver."""
     import ray
 
-    digest, where = expected or fingerprint()
+    digest, where = fingerprint()
     try:
         worker_digest, worker_where = ray.get(ray.remote(num_cpus=0)(fingerprint).remote(), timeout=WORKER_TIMEOUT_S)
     except ray.exceptions.GetTimeoutError:
