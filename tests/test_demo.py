@@ -31,16 +31,19 @@ FACTOR_STUDIES = [(study, finding) for study, finding in STUDIES if study != "ra
 # MLflow and Tune), and each sweep SWEEP_SECONDS of wall time with a slot idle (its actors' start and first imports, the
 # last trial, data, its report); the model predicts 24.3 minutes. The host's step time varies by about 30% from day to
 # day: at 2026-12-03's 0.0913 s a step and 3.2 s a trial this design would take about 33 minutes (docs/MEASUREMENTS.md).
-STEP_SECONDS, TRIAL_SECONDS, SWEEP_SECONDS, CONCURRENT = 0.0661, 1.8, 22.0, 2
+# A study on the text-pretrained LM waits PRETRAINING_SECONDS for it first (400 steps, made once by the driver).
+STEP_SECONDS, TRIAL_SECONDS, SWEEP_SECONDS, CONCURRENT, PRETRAINING_SECONDS = 0.0661, 1.8, 22.0, 2, 60.0
 
 
 def test_the_demo_studies_fit_the_half_hour_budget_with_at_least_eight_seeds():
     plans = [load_space(path) for path in STUDY_FILES]
     steps = sum(planned_steps(plan.config(slot)) for plan in plans for slot in plan.slots)
     trials = sum(len(plan.slots) for plan in plans)
-    minutes = ((steps * STEP_SECONDS + trials * TRIAL_SECONDS) / CONCURRENT + len(plans) * SWEEP_SECONDS) / 60
-    # 27 of the 30 minutes: about 10% slack for a slower machine or day.
-    assert minutes <= 27, f"{trials} trials of {steps} steps in all need about {minutes:.1f} minutes on 2 cores"
+    pretrained = any(plan.config(plan.slots[0]).lm.pretraining.steps for plan in plans)
+    minutes = ((steps * STEP_SECONDS + trials * TRIAL_SECONDS) / CONCURRENT + len(plans) * SWEEP_SECONDS
+               + pretrained * PRETRAINING_SECONDS) / 60
+    # No slack left since finding 3 runs its LM-frozen arms (docs/MEASUREMENTS.md, "The demo's wall time").
+    assert minutes <= 30, f"{trials} trials of {steps} steps in all need about {minutes:.1f} minutes on 2 cores"
     for plan in plans:
         assert len(plan.space.seeds) >= (3 if plan.space.search.params else 8), plan.study  # search: paired seeds
         assert "uvlm demo" in plan.text.split("\n\n")[0]
@@ -120,9 +123,9 @@ def test_demo_runs_every_study_reports_them_and_a_rerun_skips_them(tmp_path):
     assert "uvlm ui --workdir" in first.stdout and "uvlm dashboard --workdir" in first.stdout
     assert "pip install" not in first.stdout
     trials = {study: len(runs_of(tmp_path, f"{study}-smoke")) for study, _ in STUDIES + ON_REQUEST}
-    # The cells of each study at one seed (transfer: hidden and control); ratio: 2 configurations; tuning: 2 arms x
+    # The cells of each study at one seed (transfer: hidden and control, the LM trained and frozen); ratio: 2 configurations; tuning: 2 arms x
     # 2 configurations + 2 arms x one held-out seed x (tuned, untuned); pretraining: 3 arms x 2 LMs.
-    assert trials == {"mixing": 3, "alignment": 3, "transfer": 2, "ratio": 2, "tuning": 8, "pretraining": 6}
+    assert trials == {"mixing": 3, "alignment": 3, "transfer": 4, "ratio": 2, "tuning": 8, "pretraining": 6}
     storage = f"sqlite:///{tmp_path / 'work' / 'optuna.db'}"
     studies = {summary.study_name for summary in optuna.study.get_all_study_summaries(storage)}
     assert studies == {"ratio-smoke/all", "tuning-smoke/arm=understanding", "tuning-smoke/arm=mixed"}

@@ -6,15 +6,18 @@ from __future__ import annotations
 import json
 from collections import Counter
 
+import numpy as np
 import pytest
 import torch
 
 from trainables.config import load_config
-from trainables.data.records import CORNERS, WEATHERS
+from trainables.data.records import CORNERS, WEATHERS, WatchFace
+from trainables.data.render import render_watch
 from trainables.data.smartwatch import sample_image
 from trainables.errors import UserError
 from trainables.launch import loop_config, resolved
-from trainables.pretrain import MANIFEST, conversations, described, ensure_text_lm, text_lm_folder
+from trainables.losses import IGNORE
+from trainables.pretrain import MANIFEST, cells, conversations, described, ensure_text_lm, text_lm_folder
 from trainables.sequences import turn_tokens
 from trainables.tokenizer import PretrainedTokenizer
 from trainables.train import LocalSession, Recipe
@@ -23,20 +26,62 @@ RECIPE = {"lm.pretraining.steps": 60, "lm.pretraining.conversations": 400, "lm.p
 
 
 def test_the_corpus_says_every_answer_word_and_shares_no_image_with_a_dataset():
-    conversation = conversations(600, seed=0)
-    assert conversation == conversations(600, seed=0)  # a function of the recipe alone: it reads no dataset
-    corpus = [turn for turns in conversation for turn in turns]
+    conversation = conversations(600, seed=0, grid=4)
+    assert conversation == conversations(600, seed=0, grid=4)  # a function of the recipe alone: it reads no dataset
+    corpus = [turn for c in conversation for turn in c.turns]
     weather = Counter(answer for question, answer in corpus if answer in WEATHERS)
     assert set(weather) == set(WEATHERS)  # "raining" included, which no understanding record of finding 3 says
     assert min(weather.values()) > 0.25 * sum(weather.values())  # uniform, as in the data: no value is favoured
     assert {answer for _, answer in corpus if answer in CORNERS} == set(CORNERS)
     # Reading conversations: the face in words, then questions answered from those words.
-    first, *_ = conversation[0]
+    first, *_ = conversation[0].turns
     assert first[1] in first[0] and first[0].startswith("The watch shows ")
     # The corpus's faces come from a stream of their own: the dataset's images at the same indices are other faces.
     times = {answer for _, answer in corpus if answer.count(":") == 2}
     dataset_times = {sample_image(0, split, index)[0].answer("time") for split in ("train", "test") for index in range(600)}
     assert len(times & dataset_times) < 0.02 * len(times)  # chance coincidences of 43,200 possible times
+
+
+def test_a_grid_of_words_draws_each_thing_in_the_cell_the_image_draws_it_and_is_asked_only_what_it_shows():
+    face = WatchFace(3, 7, 59, 42, "raining", "top-right", "bottom-left")
+    assert cells(face, 4) == ("dial", "dial", "dial", "raining",
+                              "dial", "dial", "dial", "dial",
+                              "dial", "dial", "dial", "dial",
+                              "battery", "battery", "dial", "dial")  # the bar crosses two cells of four along its edge
+    image = np.asarray(render_watch(face, (0, 0, 0), 64), dtype=float)
+    patches = image.reshape(4, 16, 4, 16, 3).swapaxes(1, 2).reshape(16, -1, 3)
+    assert patches[3, :, 2].mean() > patches[3, :, 0].mean() + 10  # the cell "raining" holds the rain's blue ...
+    assert (patches[12, :, 1] > patches[12, :, 0] + 60).mean() > 0.05  # ... and "battery" the bar's green
+    grids = [c for c in conversations(300, seed=0, grid=4) if c.cells]
+    assert len(grids) == 300 and all(len(c.cells) == 16 for c in grids)
+    asked = {answer for c in grids for _, answer in c.turns}
+    assert asked <= set(WEATHERS) | set(CORNERS)  # the time and the battery level are not in the cells
+    assert not any(c.cells for c in conversations(50, seed=0, grid=0))
+
+
+def test_a_grid_sits_where_a_run_puts_the_image_tokens_and_only_answers_carry_a_loss(tmp_path):
+    from trainables.pretrain import _sequences, _train_tokenizer
+    from trainables.sequences import understanding_example
+
+    corpus = conversations(200, seed=0, grid=4)
+    _train_tokenizer(corpus, tmp_path)
+    tok = PretrainedTokenizer(tmp_path)
+    grid = next(c for c in corpus if c.cells)
+    ids, labels = _sequences([grid], tmp_path)[0]
+    run = understanding_example(tok, list(grid.turns), 0, 16)  # a VQA record's sequence, 16 image placeholders
+    assert len(ids) == len(run.ids) and labels == run.labels
+    assert [tok.decode([i]) for i in ids[1:17]] == list(grid.cells)  # one token a cell
+    assert [i for i, r in zip(ids, run.ids) if r != tok.image] == [r for r in run.ids if r != tok.image]
+    ids, labels = _sequences([corpus[0]], tmp_path)[0]  # a described face: the description carries no loss
+    answers = [turn_tokens(tok, *turn)[1] for turn in corpus[0].turns]
+    assert labels == [IGNORE] + [label for turn in answers for label in turn]
+
+
+def test_a_grid_that_does_not_fit_the_images_is_refused_at_the_boundary():
+    with pytest.raises(UserError, match="lm.pretraining.grid 4 does not fit the images.*a grid of 8"):
+        load_config(None, {**RECIPE, "understanding.patch_size": 8})
+    assert load_config(None, {**RECIPE, "understanding.patch_size": 8, "lm.pretraining.grid": 8}).lm.pretraining.grid == 8
+    assert load_config(None, {"understanding.patch_size": 8}).understanding.patch_size == 8  # a random LM: no grid to fit
 
 
 def test_pretraining_makes_a_checkpoint_with_its_tokenizer_once_per_recipe(tmp_path):

@@ -141,6 +141,9 @@ class TextPretraining(StrictModel):
     lr: float = Field(default=3e-3, gt=0, le=1)
     seed: int = Field(default=0, ge=limits.SEED[0], le=limits.SEED[1])
     """Of the corpus and the initialisation; fixed across run seeds, like a real checkpoint."""
+    grid: int = Field(default=4, ge=0, le=limits.PIXELS[1])
+    """Cells a side of the faces told as grids of words where a run puts the image's tokens; 0 = no grids. The
+    patch encoder's grid (image side / understanding.patch_size: 64 / 16 = 4 by default)."""
 
 
 class LMConfig(StrictModel):
@@ -359,6 +362,20 @@ class TrainConfig(StrictModel):
             raise ValueError(
                 f"runtime.strategy 'fsdp' shards a full fine-tune; with lm.trainability {self.lm.trainability.value!r} "
                 "the LM's frozen base fits whole on each worker: use runtime.strategy 'ddp'"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _pretraining_grid_is_the_images(self) -> TrainConfig:
+        grid = self.lm.pretraining.grid
+        if not (self.lm.pretraining.steps and grid and self.understanding.encoder == EncoderName.PATCH):
+            return self
+        side = self.understanding.image_size or self.data.generate_image_size
+        if side != grid * self.understanding.patch_size:
+            raise ValueError(
+                f"lm.pretraining.grid {grid} does not fit the images: the patch encoder reads {side}-pixel images in "
+                f"{self.understanding.patch_size}-pixel patches, a grid of {side / self.understanding.patch_size:g}; "
+                f"set lm.pretraining.grid to that (or 0 for no grids)"
             )
         return self
 

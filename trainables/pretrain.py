@@ -7,6 +7,16 @@ on conversations about smart watches with no image, and saves it the way a
 real checkpoint ships (`save_pretrained`, a byte-level BPE tokenizer beside
 it), so a run loads it through `lm.pretrained_path` like any other.
 
+What it must learn is to answer from what precedes the question, as it will
+have to from an image's tokens. So each face is told twice before questions
+about it: in sentences, and as a grid of words (`lm.pretraining.grid` a side)
+in the places where a run puts the image's tokens, the word of each thing in
+the cell where the image draws it ("raining" in its corner's cell, "battery"
+along its edge, "dial" elsewhere). The loss is on the answers only, as in a
+run: on every token, the faces' random values (which nothing before them
+predicts) drowned the answers, and 400 steps gave an LM that answered the
+weather of a described face at chance (docs/MEASUREMENTS.md).
+
 The corpus cannot leak an image's attributes: its watch faces are drawn from
 a random stream of their own, (seed, PRETRAIN_STREAM, i), which no dataset
 split uses (train is 0, test 1), and it is built without reading any dataset.
@@ -14,7 +24,7 @@ Each attribute value is uniform, as in the data, so the LM learns which words
 answer which question, and to read them from what precedes the question, not
 which answer goes with which image.
 
-    corpus (faces in words + questions, captions, prompts) -> BPE tokenizer -> causal LM loss on every token
+    corpus (faces in words and in cells + questions, captions, prompts) -> BPE tokenizer -> causal LM loss on answers
     -> <cache>/text-lm-<key>/ {config.json, model.safetensors, tokenizer files, pretraining.json}
 """
 
@@ -26,6 +36,7 @@ import math
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,39 +44,58 @@ import torch
 
 from trainables.config import LMConfig, TextPretraining, TrainConfig
 from trainables.data.records import WatchFace
-from trainables.data.smartwatch import CAPTION_QUESTIONS, GENERATION_PROMPTS, GENERATION_REPLIES, describe, pick, sample_face, vqa_turns
+from trainables.data.render import BATTERY_BAR_MARGIN, BATTERY_BAR_SIZE
+from trainables.data.smartwatch import (CAPTION_QUESTIONS, GENERATION_PROMPTS, GENERATION_REPLIES, QUESTIONS, WHERE,
+                                        describe, pick, sample_face, vqa_turns)
 from trainables.errors import UserError
+from trainables.losses import IGNORE
 
 PRETRAIN_STREAM = 2
 """The split code of the corpus's random stream; datasets use 0 (train) and 1 (test)."""
-RECIPE_VERSION = 3
+RECIPE_VERSION = 4
 """Bumped when the corpus or the training changes, so that older cached LMs are not reused (3: the initialisation is
-seeded by the recipe; before, it followed the calling process's random state)."""
+seeded by the recipe; before, it followed the calling process's random state. 4: the faces as grids of words, and
+the loss on answers only)."""
 MANIFEST = "pretraining.json"
 VOCAB_SIZE = 512
 """The BPE vocabulary's ceiling: bytes, the corpus's few hundred words and their pieces, three specials."""
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
 USER, ASSISTANT = "<|user|>", "<|assistant|>"
+DIAL, BATTERY = "dial", "battery"
+"""The words of a grid's cells that show no weather: the dial (or the white around it) and the battery bar."""
+CELL_QUESTIONS = ("weather", *WHERE)
+"""What a grid of words tells: the weather and the two corners (the battery level and the time are not in it)."""
 CHAT_TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'user' %}" + USER + "{{ m['content'] }}"
                  "{% else %}" + ASSISTANT + "{{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}")
 """The LM's conversation format, one special token per role as in the tiny random LM's vocabulary."""
 
 
-def conversations(count: int, seed: int) -> list[list[tuple[str, str]]]:
-    """Conversations, each a list of (question, answer) turns, about `count` random watch faces, three a face:
-    the face described in words, then the dataset's questions about it, answered from that description (a frozen LM
-    must answer from what precedes the question, as it will from the image tokens); a caption request; a
-    generation prompt with its reply. Sampled as the dataset samples them, from the corpus's own stream."""
-    corpus: list[list[tuple[str, str]]] = []
+@dataclass(frozen=True)
+class Conversation:
+    """One pretraining sequence: words in the places of an image's tokens (none in most), then (question, answer) turns."""
+
+    turns: tuple[tuple[str, str], ...]
+    cells: tuple[str, ...] = ()
+
+
+def conversations(count: int, seed: int, grid: int) -> list[Conversation]:
+    """Conversations about `count` random watch faces, four a face (three when `grid` is 0): the face described in
+    words, then the dataset's questions about it, answered from that description; the face as a grid of words, then
+    questions about what the cells show; a caption request; a generation prompt with its reply. Sampled as the
+    dataset samples them, from the corpus's own stream."""
+    corpus: list[Conversation] = []
     for index in range(count):
         face, _, rng = sample_face(np.random.default_rng((seed, PRETRAIN_STREAM, index)))
         turns = [(turn.question, turn.answer) for turn in vqa_turns(face, rng)]
         turns[0] = (f"{described(face)} {turns[0][0]}", turns[0][1])
-        corpus.append(turns)
+        corpus.append(Conversation(tuple(turns)))
+        if grid:
+            asked = [CELL_QUESTIONS[int(i)] for i in rng.integers(len(CELL_QUESTIONS), size=1 + int(rng.integers(3)))]
+            corpus.append(Conversation(tuple((pick(rng, QUESTIONS[a]), face.answer(a)) for a in asked), cells(face, grid)))
         caption, _ = describe(face, rng)
-        corpus.append([(pick(rng, CAPTION_QUESTIONS), caption)])
+        corpus.append(Conversation(((pick(rng, CAPTION_QUESTIONS), caption),)))
         prompt, _ = describe(face, rng)
-        corpus.append([(f"{pick(rng, GENERATION_PROMPTS)} {prompt}", pick(rng, GENERATION_REPLIES))])
+        corpus.append(Conversation(((f"{pick(rng, GENERATION_PROMPTS)} {prompt}", pick(rng, GENERATION_REPLIES)),)))
     return corpus
 
 
@@ -73,6 +103,19 @@ def described(face: WatchFace) -> str:
     """Every attribute of a face in words, in the captions' phrases."""
     return (f"The watch shows {face.answer('time')}. It is {face.weather}, shown in the {face.weather_corner} corner. "
             f"The battery is at {face.battery}%, shown in the {face.battery_corner} corner.")
+
+
+def cells(face: WatchFace, grid: int) -> tuple[str, ...]:
+    """The face as grid x grid words, row by row as the image's patches are read: the weather word in its corner's
+    cell, "battery" in the cells the battery bar crosses along its edge, "dial" elsewhere."""
+    words = [DIAL] * grid * grid
+    bar = math.ceil((BATTERY_BAR_MARGIN + BATTERY_BAR_SIZE[0]) * grid)
+    for corner, word, width in ((face.battery_corner, BATTERY, bar), (face.weather_corner, face.weather, 1)):
+        row = 0 if corner.startswith("top") else grid - 1
+        columns = range(width) if corner.endswith("left") else range(grid - 1, grid - 1 - width, -1)
+        for column in columns:
+            words[row * grid + column] = word
+    return tuple(words)
 
 
 def text_lm_key(lm: LMConfig) -> str:
@@ -120,7 +163,7 @@ def pretrain(lm: LMConfig, folder: Path) -> dict:
     started = time.perf_counter()
     print(f"uvlm: pretraining the tiny LM on text ({recipe.conversations} watch faces' conversations, "
           f"{recipe.steps} steps) into {folder}", file=sys.stderr)
-    corpus = conversations(recipe.conversations, recipe.seed)
+    corpus = conversations(recipe.conversations, recipe.seed, recipe.grid)
     staging = folder.with_name(f".{folder.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     hf = _train_tokenizer(corpus, staging)
@@ -141,9 +184,10 @@ def pretrain(lm: LMConfig, folder: Path) -> dict:
     return manifest
 
 
-def _train_tokenizer(corpus: list[list[tuple[str, str]]], folder: Path):
+def _train_tokenizer(corpus: list[Conversation], folder: Path):
     """A byte-level BPE on the corpus, digits one token each as Llama's tokenizer splits them (every answer of an
-    attribute then has the same token structure), with a chat template, saved into `folder` as transformers loads it."""
+    attribute then has the same token structure), with a chat template, saved into `folder` as transformers loads it.
+    Each cell word is also a text of its own, so that it is one token where it stands alone."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -153,7 +197,7 @@ def _train_tokenizer(corpus: list[list[tuple[str, str]]], folder: Path):
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE, special_tokens=[PAD, BOS, EOS, USER, ASSISTANT], show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    bpe.train_from_iterator((text for turns in corpus for turn in turns for text in turn), trainer)
+    bpe.train_from_iterator((text for c in corpus for text in (*c.cells, *(t for turn in c.turns for t in turn))), trainer)
     hf = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token=PAD, bos_token=BOS, eos_token=EOS,
                                  additional_special_tokens=[USER, ASSISTANT])
     hf.chat_template = CHAT_TEMPLATE
@@ -161,15 +205,25 @@ def _train_tokenizer(corpus: list[list[tuple[str, str]]], folder: Path):
     return hf
 
 
-def _sequences(corpus: list[list[tuple[str, str]]], folder: Path) -> list[list[int]]:
-    """Each conversation as a fine-tuning run will see it (trainables.sequences.turn_tokens, the tokenizer's own
-    conversation format), after <s>."""
+def _sequences(corpus: list[Conversation], folder: Path) -> list[tuple[list[int], list[int]]]:
+    """(ids, labels) of each conversation as a run sees an image's (trainables.sequences): <s>, the cell words where
+    the image's tokens go, then the turns in the tokenizer's own conversation format, labels on the answers."""
     from trainables.sequences import turn_tokens
     from trainables.tokenizer import PretrainedTokenizer
 
     tok = PretrainedTokenizer(folder)
-    return [[tok.bos, *(token for question, answer in turns for token in turn_tokens(tok, question, answer)[0])]
-            for turns in corpus]
+    words = {word: tok.encode(word) for c in corpus for word in c.cells}
+    if any(len(ids) != 1 for ids in words.values()):
+        raise ValueError(f"cell words of more than one token: {[w for w, ids in words.items() if len(ids) != 1]}")
+    sequences = []
+    for c in corpus:
+        ids, labels = [tok.bos, *(words[word][0] for word in c.cells)], [IGNORE] * (1 + len(c.cells))
+        for question, answer in c.turns:
+            turn_ids, turn_labels = turn_tokens(tok, question, answer)
+            ids += turn_ids
+            labels += turn_labels
+        sequences.append((ids, labels))
+    return sequences
 
 
 def _causal_lm(lm: LMConfig, hf) -> torch.nn.Module:
@@ -184,24 +238,26 @@ def _causal_lm(lm: LMConfig, hf) -> torch.nn.Module:
     return transformers.LlamaForCausalLM(llama)
 
 
-def _train(model: torch.nn.Module, sequences: list[list[int]], recipe: TextPretraining, pad: int) -> list[float]:
-    """AdamW with a linear warm-up and cosine decay; the loss on every token. Returns the loss of each tenth."""
+def _train(model: torch.nn.Module, sequences: list[tuple[list[int], list[int]]], recipe: TextPretraining,
+           pad: int) -> list[float]:
+    """AdamW with a linear warm-up and cosine decay; the loss on the answers. Returns the loss of each tenth."""
     generator = torch.Generator().manual_seed(recipe.seed)
     optimiser = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.01)
     warmup = max(1, recipe.steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: min(1.0, (step + 1) / warmup)
                                                  * 0.5 * (1 + math.cos(math.pi * min(step, recipe.steps) / recipe.steps)))
-    lengths = np.array([len(s) for s in sequences])
+    lengths = np.array([len(ids) for ids, _ in sequences])
     losses, window = [], []
     model.train()
     for step in range(recipe.steps):
         rows = torch.randint(len(sequences), (recipe.batch_size,), generator=generator).tolist()
         width = int(lengths[rows].max())
         ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
         for i, row in enumerate(rows):
-            ids[i, :lengths[row]] = torch.tensor(sequences[row])
+            ids[i, :lengths[row]] = torch.tensor(sequences[row][0])
+            labels[i, :lengths[row]] = torch.tensor(sequences[row][1])
         mask = (ids != pad).long()
-        labels = ids.masked_fill(mask == 0, -100)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         optimiser.zero_grad(set_to_none=True)
         loss.backward()

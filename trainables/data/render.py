@@ -115,9 +115,13 @@ def _weather_icon(weather: str, side: int) -> Image.Image:
     return icon
 
 
+BATTERY_BAR_SIZE, BATTERY_BAR_MARGIN = (0.34, 0.08), 0.02
+"""The battery bar's width and height and its distance from the image edges, as fractions of the image side."""
+
+
 def _draw_battery(draw: ImageDraw.ImageDraw, battery: int, corner: str, side: int) -> None:
     # The bar runs along the image edge, which the circle never reaches (it stops 0.1 S from it).
-    x0, y0, x1, y1 = _corner_box(corner, side, 0.34, 0.08)
+    x0, y0, x1, y1 = _corner_box(corner, side, *BATTERY_BAR_SIZE, margin=BATTERY_BAR_MARGIN)
     line = max(1, round(0.008 * side))
     draw.rectangle((x0, y0, x1, y1), outline=INK, width=line)
     fill = round((x1 - x0 - 2 * line) * battery / 100)
