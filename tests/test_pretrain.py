@@ -53,7 +53,7 @@ def test_a_grid_of_words_draws_each_thing_in_the_cell_the_image_draws_it_and_is_
     assert patches[3, :, 2].mean() > patches[3, :, 0].mean() + 10  # the cell "raining" holds the rain's blue ...
     assert (patches[12, :, 1] > patches[12, :, 0] + 60).mean() > 0.05  # ... and "battery" the bar's green
     grids = [c for c in conversations(300, seed=0, grid=4) if c.cells]
-    assert len(grids) == 300 and all(len(c.cells) == 16 for c in grids)
+    assert len(grids) == 600 and all(len(c.cells) == 16 for c in grids)  # two a face
     asked = {answer for c in grids for _, answer in c.turns}
     assert asked <= set(WEATHERS) | set(CORNERS)  # the time and the battery level are not in the cells
     assert not any(c.cells for c in conversations(50, seed=0, grid=0))
