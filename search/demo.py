@@ -34,7 +34,7 @@ STUDIES = (("mixing", 1), ("alignment", 2), ("transfer", 3), ("ratio", 1))
 searched by Optuna on paired seeds, so the main job fills the Optuna dashboard."""
 ON_REQUEST = (("tuning", 1), ("pretraining", 1))
 """Studies that do not fit the demo's half hour beside the others: fair per-arm tuning re-run on held-out seeds (about
-13 minutes) and the mixing study on a random and on a text-pretrained LM (exploratory, about 9). `uvlm demo --study
+13 minutes) and the mixing study on a random and on a text-pretrained LM (exploratory, about 10). `uvlm demo --study
 NAME` runs one; `--smoke` runs them at toy size with the others, so CI checks their path."""
 ALL_STUDIES = dict(STUDIES + ON_REQUEST)
 SPACES = Path(__file__).resolve().parents[1] / "spaces"
@@ -216,7 +216,7 @@ def smoke_space(path: Path, out: Path) -> Path:
     tree["fixed"] = {**shrink(tree.get("fixed", {})), **SMOKE_FIXED}
     factors = {}
     for name, levels in (tree.get("factors") or {}).items():
-        if name == PRETRAINING_STEPS:  # e.g. lm.pretraining.steps: [0, 400]
+        if name == PRETRAINING_STEPS:  # e.g. lm.pretraining.steps: [0, 800]
             tree["fixed"] = {**tree["fixed"], **SMOKE_PRETRAINING}
         if name == "data.train_images":
             factors[name] = SMOKE_TRAIN_IMAGES
