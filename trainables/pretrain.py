@@ -8,11 +8,11 @@ real checkpoint ships (`save_pretrained`, a byte-level BPE tokenizer beside
 it), so a run loads it through `lm.pretrained_path` like any other.
 
 What it must learn is to answer from what precedes the question, as it will
-have to from an image's tokens. So each face is told twice before questions
-about it: in sentences, and as a grid of words (`lm.pretraining.grid` a side)
-in the places where a run puts the image's tokens, the word of each thing in
-the cell where the image draws it ("raining" in its corner's cell, "battery"
-along its edge, "dial" elsewhere). The loss is on the answers only, as in a
+have to from an image's tokens. So each face is told before questions about
+it in sentences and, in two other conversations, as a grid of words
+(`lm.pretraining.grid` a side) in the places where a run puts the image's
+tokens, the word of each thing in the cell where the image draws it
+("raining" in its corner's cell, "battery" along its edge, "dial" elsewhere). The loss is on the answers only, as in a
 run: on every token, the faces' random values (which nothing before them
 predicts) drowned the answers, and 400 steps gave an LM that answered the
 weather of a described face at chance (docs/MEASUREMENTS.md).
