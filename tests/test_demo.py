@@ -125,8 +125,9 @@ def test_demo_runs_every_study_reports_them_and_a_rerun_skips_them(tmp_path):
     assert "uvlm ui --workdir" in first.stdout and "uvlm dashboard --workdir" in first.stdout
     assert "pip install" not in first.stdout
     trials = {study: len(runs_of(tmp_path, f"{study}-smoke")) for study, _ in STUDIES + ON_REQUEST}
-    # The cells of each study at one seed (transfer: hidden and control, the LM trained and frozen); ratio: 2 configurations; tuning: 2 arms x
-    # 2 configurations + 2 arms x one held-out seed x (tuned, untuned); pretraining: 3 arms x 2 LMs.
+    # The cells of each study at one seed (transfer: hidden and control, the LM trained and frozen); ratio: 2
+    # configurations; tuning: 2 arms x 2 configurations + 2 arms x one held-out seed x (tuned, untuned); pretraining:
+    # 3 arms x 2 LMs.
     assert trials == {"mixing": 3, "alignment": 3, "transfer": 4, "ratio": 2, "tuning": 8, "pretraining": 6}
     storage = f"sqlite:///{tmp_path / 'work' / 'optuna.db'}"
     studies = {summary.study_name for summary in optuna.study.get_all_study_summaries(storage)}

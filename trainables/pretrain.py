@@ -211,7 +211,7 @@ def _train_tokenizer(corpus: list[Conversation], folder: Path):
 def _sequences(corpus: list[Conversation], folder: Path) -> list[tuple[list[int], list[int]]]:
     """(ids, labels) of each conversation as a run sees an image's (trainables.sequences): <s>, the cell words where
     the image's tokens go, then the turns in the tokenizer's own conversation format, labels on the answers."""
-    from trainables.sequences import turn_tokens
+    from trainables.sequences import understanding_example
     from trainables.tokenizer import PretrainedTokenizer
 
     tok = PretrainedTokenizer(folder)
@@ -219,13 +219,10 @@ def _sequences(corpus: list[Conversation], folder: Path) -> list[tuple[list[int]
     if any(len(ids) != 1 for ids in words.values()):
         raise ValueError(f"cell words of more than one token: {[w for w, ids in words.items() if len(ids) != 1]}")
     sequences = []
-    for c in corpus:
-        ids, labels = [tok.bos, *(words[word][0] for word in c.cells)], [IGNORE] * (1 + len(c.cells))
-        for question, answer in c.turns:
-            turn_ids, turn_labels = turn_tokens(tok, question, answer)
-            ids += turn_ids
-            labels += turn_labels
-        sequences.append((ids, labels))
+    for c in corpus:  # a run's VQA sequence, its image placeholders (after <s>) replaced by the cell words
+        example = understanding_example(tok, list(c.turns), 0, len(c.cells))
+        ids = [example.ids[0], *(words[word][0] for word in c.cells), *example.ids[1 + len(c.cells):]]
+        sequences.append((ids, example.labels))
     return sequences
 
 
