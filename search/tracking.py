@@ -17,7 +17,10 @@ from trainables.errors import UserError
 from trainables.mlflow_io import first_line
 from trainables.mlflow_store import check_store, sqlite_path
 
-PACKAGES = ("uvlm", "torch", "ray", "optuna", "mlflow", "transformers", "peft", "pyarrow", "polars", "pydantic", "numpy")
+# tokenizers and pillow shape the data itself (the BPE's splits, the faces' pixels): a result that moves between
+# environments with the code unchanged is traced through these.
+PACKAGES = ("uvlm", "torch", "ray", "optuna", "mlflow", "transformers", "tokenizers", "pillow", "peft", "pyarrow",
+            "polars", "pydantic", "numpy")
 
 
 def connect(uri: str):

@@ -104,6 +104,9 @@ def test_sweep_logs_parent_and_nested_runs_in_the_contract_layout(tmp_path):
     assert uvlm_tags(parent) == SWEEP_TAGS
     artifacts = {artifact.path for artifact in client(tmp_path).list_artifacts(parent.info.run_id)}
     assert {"layout.yaml", "trial_table.json", "versions.json", "trials.json"} <= artifacts
+    versions = json.loads(Path(client(tmp_path).download_artifacts(parent.info.run_id, "versions.json",
+                                                                    str(tmp_path))).read_text())
+    assert {"torch", "transformers", "tokenizers", "pillow", "numpy", "git_commit"} <= versions.keys()
 
     trials = runs_of(tmp_path, "layout")
     assert len(trials) == 4

@@ -10,7 +10,7 @@ transfer.yaml and ratio.yaml, the mixing ratio searched by Optuna) as sweeps
 named after them, at CPU scale with 8 seeds per cell (ratio: 3 paired seeds
 per configuration): generate the smart-watch data, train, report each study
 and write a combined report (<working folder>/reports/index.html). About
-31 minutes on a quick 2-core CPU (98 trials, two at a time). Interrupted? Run it
+32 minutes on a quick 2-core CPU, 36-38 on a slower day (98 trials, two at a time). Interrupted? Run it
 again: finished sweeps are skipped and an interrupted one resumes without
 redoing finished trials.
 Two studies run on request; they do not fit the half-hour budget beside the four:
