@@ -31,8 +31,8 @@ FACTOR_STUDIES = [(study, finding) for study, finding in STUDIES if study != "ra
 # evaluations, set-up, checkpoints, MLflow and Tune), each sweep SWEEP_SECONDS of wall time with a slot idle (its
 # actors' start and first imports, the last trial, data, its report), and the transfer study waited
 # PRETRAINING_SECONDS for the text-pretrained LM (800 steps, made once by the driver); the model predicts 37.4
-# minutes. The host's step time varies by about 30% from day to day: at 2026-12-05's 0.066 s a step the same design
-# took about 32 minutes (docs/MEASUREMENTS.md, "The demo's wall time").
+# minutes. The host's step time varies by about 30% from day to day: at 2026-12-05's 0.066 s a step the model gives 33
+# minutes, and seeds 100-107 took 40m53s later the same day (docs/MEASUREMENTS.md, "The demo's wall time").
 STEP_SECONDS, TRIAL_SECONDS, SWEEP_SECONDS, CONCURRENT, PRETRAINING_SECONDS = 0.0766, 4.0, 22.0, 2, 131.0
 
 

@@ -9,11 +9,11 @@ Run the four studies of the platform (spaces/mixing.yaml, alignment.yaml,
 transfer.yaml and ratio.yaml, the mixing ratio searched by Optuna) as sweeps
 named after them, at CPU scale with 8 seeds per cell (ratio: 3 paired seeds
 per configuration): generate the smart-watch data, train, report each study
-and write a combined report (<working folder>/reports/index.html). About
-32 minutes on a quick 2-core CPU, 36-38 on a slower day (98 trials, two at a time). Interrupted? Run it
-again: finished sweeps are skipped and an interrupted one resumes without
-redoing finished trials.
-Two studies run on request; they do not fit the half-hour budget beside the four:
+and write a combined report (<working folder>/reports/index.html). 37-41
+minutes on a 2-core CPU (98 trials, two at a time; about 32 estimated on the
+quickest day seen). Interrupted? Run it again: finished sweeps are skipped
+and an interrupted one resumes without redoing finished trials.
+Two studies run on request; they do not fit beside the four:
 `--study tuning` (each arm tuned with the same Optuna budget, its best re-run
 on held-out seeds and compared with the untuned finding, about 13 minutes)
 and `--study pretraining` (the mixing study's arms on a random and on a
