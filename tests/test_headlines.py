@@ -165,7 +165,7 @@ def test_every_study_declares_its_headlines_and_evaluates_along_its_budget(study
         assert config.eval.max_eval_records >= 4 * config.data.test_images
     if study == "alignment":
         strengths = {plan.config(s).alignment.affine_strength for s in plan.slots if plan.config(s).data.arm.value == "mixed"}
-        assert len(strengths) >= 3
+        assert len(strengths) >= 2 and min(strengths) == 0.0, "a slope from the aligned space to a misaligned one"
     if study == "transfer":
         assert {plan.config(s).data.hide_control for s in plan.first_of_each_cell()} == {True, False}
 
