@@ -34,7 +34,7 @@ STUDIES = (("mixing", 1), ("alignment", 2), ("transfer", 3), ("ratio", 1))
 searched by Optuna on paired seeds, so the main job fills the Optuna dashboard."""
 ON_REQUEST = (("tuning", 1), ("pretraining", 1))
 """Studies that do not fit the demo's half hour beside the others: fair per-arm tuning re-run on held-out seeds (about
-13 minutes) and the mixing study on a random and on a text-pretrained LM (exploratory, about 10). `uvlm demo --study
+13 minutes) and the mixing study on a random and on a text-pretrained LM (exploratory, about 14). `uvlm demo --study
 NAME` runs one; `--smoke` runs them at toy size with the others, so CI checks their path."""
 ALL_STUDIES = dict(STUDIES + ON_REQUEST)
 SPACES = Path(__file__).resolve().parents[1] / "spaces"

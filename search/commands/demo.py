@@ -17,7 +17,7 @@ Two studies run on request; they do not fit beside the four:
 `--study tuning` (each arm tuned with the same Optuna budget, its best re-run
 on held-out seeds and compared with the untuned finding, about 13 minutes)
 and `--study pretraining` (the mixing study's arms on a random and on a
-text-pretrained tiny LM, exploratory, about 10 minutes).
+text-pretrained tiny LM, exploratory, about 14 minutes).
 Examples:
   uvlm demo
   uvlm demo --study tuning           # fair per-arm tuning, reported against the untuned finding
