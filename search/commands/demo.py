@@ -9,9 +9,9 @@ Run the four studies of the platform (spaces/mixing.yaml, alignment.yaml,
 transfer.yaml and ratio.yaml, the mixing ratio searched by Optuna) as sweeps
 named after them, at CPU scale with 8 seeds per cell (ratio: 3 paired seeds
 per configuration): generate the smart-watch data, train, report each study
-and write a combined report (<working folder>/reports/index.html). 37-41
-minutes on a 2-core CPU (98 trials, two at a time; about 32 estimated on the
-quickest day seen). Interrupted? Run it again: finished sweeps are skipped
+and write a combined report (<working folder>/reports/index.html). About 44
+minutes on a 2-core CPU (90 trials, two at a time; findings 1 and 3 on a
+tiny LM pretrained on text, made first in 2-3 minutes). Interrupted? Run it again: finished sweeps are skipped
 and an interrupted one resumes without redoing finished trials.
 Two studies run on request; they do not fit beside the four:
 `--study tuning` (each arm tuned with the same Optuna budget, its best re-run
