@@ -11,8 +11,9 @@ named after them, at CPU scale with 8 seeds per cell (ratio: 3 paired seeds
 per configuration): generate the smart-watch data, train, report each study
 and write a combined report (<working folder>/reports/index.html). About 44
 minutes on a 2-core CPU (90 trials, two at a time; findings 1 and 3 on a
-tiny LM pretrained on text, made first in 2-3 minutes). Interrupted? Run it again: finished sweeps are skipped
-and an interrupted one resumes without redoing finished trials.
+tiny LM pretrained on text, made first in 2-3 minutes). Interrupted? Run it
+again: finished sweeps are skipped and an interrupted one resumes without
+redoing finished trials.
 Two studies run on request; they do not fit beside the four:
 `--study tuning` (each arm tuned with the same Optuna budget, its best re-run
 on held-out seeds and compared with the untuned finding, about 13 minutes)
