@@ -33,7 +33,7 @@ STUDIES = (("mixing", 1), ("alignment", 2), ("transfer", 3), ("ratio", 1))
 """Each study's space file stem and the finding (1-3 of docs/STUDY.md) it addresses; ratio is the mixing ratio
 searched by Optuna on paired seeds, so the main job fills the Optuna dashboard."""
 ON_REQUEST = (("tuning", 1), ("pretraining", 1))
-"""Studies that do not fit the demo's half hour beside the others: fair per-arm tuning re-run on held-out seeds (about
+"""Studies that do not fit in the demo beside the others: fair per-arm tuning re-run on held-out seeds (about
 13 minutes) and the mixing study on a random and on a text-pretrained LM (exploratory, about 14). `uvlm demo --study
 NAME` runs one; `--smoke` runs them at toy size with the others, so CI checks their path."""
 ALL_STUDIES = dict(STUDIES + ON_REQUEST)

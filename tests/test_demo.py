@@ -15,6 +15,7 @@ from search.cli import build_parser
 from search.demo import ON_REQUEST, STUDIES, smoke_space
 from search.planner import load_space
 from trainables.budget import planned_steps
+from trainables.config import LMTrainability
 from trainables.errors import UserError
 from test_sweep_run import ROOT, runs_of, uvlm
 
@@ -41,7 +42,7 @@ TRIAL_SECONDS, SWEEP_SECONDS, CONCURRENT, PRETRAINING_SECONDS = 4.5, 22.0, 2, 15
 def step_seconds(config) -> float:
     if not config.lm.pretraining.steps:
         return STEP_SECONDS
-    return FROZEN_STEP_SECONDS if config.lm.trainability.value == "frozen" else PRETRAINED_STEP_SECONDS
+    return FROZEN_STEP_SECONDS if config.lm.trainability == LMTrainability.FROZEN else PRETRAINED_STEP_SECONDS
 
 
 def test_the_demo_studies_stay_within_their_measured_time_with_at_least_eight_seeds():
