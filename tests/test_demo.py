@@ -45,21 +45,21 @@ def step_seconds(config) -> float:
     return FROZEN_STEP_SECONDS if config.lm.trainability == LMTrainability.FROZEN else PRETRAINED_STEP_SECONDS
 
 
-def test_the_demo_studies_stay_within_their_measured_time_with_at_least_eight_seeds():
+def test_the_demo_studies_fit_thirty_minutes_with_at_least_six_seeds():
     plans = [load_space(path) for path in STUDY_FILES]
     configs = [plan.config(slot) for plan in plans for slot in plan.slots]
     step_time = sum(planned_steps(config) * step_seconds(config) for config in configs)
     pretrained = any(config.lm.pretraining.steps for config in configs)
     minutes = ((step_time + len(configs) * TRIAL_SECONDS) / CONCURRENT + len(plans) * SWEEP_SECONDS
                + pretrained * PRETRAINING_SECONDS) / 60
-    # The budget is 30 minutes; this design is over it (its steps alone are 35 minutes on two cores at these
-    # speeds). Findings 1 and 3 run on the pretrained LM, finding 3 trained and frozen at 8 passes (at 4 its trained
-    # arms answered rainy faces at the constant answers), finding 1 with generation records from 2,000 images (from
-    # 1,000 its generation arms drew below the constant baseline); alignment's two strengths pay for part of that.
-    # The time gave, not the design; this pins that it grows no further than measured (docs/MEASUREMENTS.md).
-    assert minutes <= 44, f"{len(configs)} trials need about {minutes:.1f} minutes on 2 cores"
+    # The budget is 30 minutes. Findings 1 and 3 keep the budgets their gates need (finding 3 trained and
+    # frozen at 8 passes: at 4 its trained arms answered rainy faces at the constant answers; finding 1 with
+    # generation records from 2,000 images: from 1,000 its generation arms drew below the constant baseline); the
+    # seeds gave (six, not eight: intervals about a quarter wider), and alignment and the ratio search run shorter
+    # (docs/STUDY.md, "Why these budgets"; `uvlm demo --seeds` runs more).
+    assert minutes <= 29, f"{len(configs)} trials need about {minutes:.1f} minutes on 2 cores"
     for plan in plans:
-        assert len(plan.space.seeds) >= (3 if plan.space.search.params else 8), plan.study  # search: paired seeds
+        assert len(plan.space.seeds) >= (3 if plan.space.search.params else 6), plan.study  # search: paired seeds
         assert "uvlm demo" in plan.text.split("\n\n")[0]
 
 

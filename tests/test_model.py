@@ -207,10 +207,19 @@ def test_greedy_text_with_kv_cache_equals_full_recompute():
 
 
 def test_losses():
-    logits = torch.zeros(1, 3, 5)
+    head = torch.nn.Linear(4, 5, bias=False)
+    torch.nn.init.zeros_(head.weight)
     labels = torch.tensor([[IGNORE, 2, IGNORE]])
-    total, count = text_loss(logits, labels)
+    total, count = text_loss(head, torch.randn(1, 3, 4), labels)
     assert count == 1 and torch.isclose(total, torch.log(torch.tensor(5.0)))
+    hidden, labels = torch.randn(2, 6, 4, requires_grad=True), torch.randint(5, (2, 6))
+    labels[0, 1:4] = IGNORE
+    logits = head(hidden)[:, :-1]  # every position's logits, then the labelled ones: the same loss and gradient
+    every = torch.nn.functional.cross_entropy(logits[labels[:, 1:] != IGNORE], labels[:, 1:][labels[:, 1:] != IGNORE], reduction="sum")
+    assert torch.allclose(text_loss(head, hidden, labels)[0], every)
+    total, count = text_loss(head, hidden, torch.full((2, 6), IGNORE))
+    total.backward()  # no labelled position: 0, still a graph through the head (DDP needs every parameter's gradient)
+    assert count == 0 and total == 0 and head.weight.grad is not None
     pred, target = torch.tensor([[1.0, 0.0], [0.0, 2.0]]), torch.tensor([[2.0, 0.0], [1.0, 0.0]])
     total, count = image_loss(ImageLoss.COSINE, pred, target)
     assert count == 2 and torch.isclose(total, torch.tensor(1.0))  # cos 1 and cos 0

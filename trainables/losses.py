@@ -5,11 +5,13 @@ Returning sums and counts, not means, lets the training loop divide by the
 gradient of one worker on the same global batch (a per-worker mean would
 weight tokens by which worker holds them).
 
-  text:  cross-entropy of next-token logits on answer tokens only (labels -100 elsewhere)
+  text:  cross-entropy of next-token logits on answer tokens only (labels -100 elsewhere; the LM head runs there only)
   image: cosine (1 - cos of centred vectors), mse (mean over dims), or ce (over the codebook)
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -19,14 +21,19 @@ from trainables.config import ImageLoss
 IGNORE = -100
 
 
-def text_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """logits (B, T, V), labels (B, T): position t predicts labels[t + 1]. -> (sum, count)."""
-    logits, labels = logits[:, :-1], labels[:, 1:]  # (B, T-1, V), (B, T-1)
+def text_loss(lm_head: Callable[[torch.Tensor], torch.Tensor], hidden: torch.Tensor, labels: torch.Tensor,
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """hidden (B, T, H), labels (B, T): position t predicts labels[t + 1]. -> (sum, count).
+
+    The head runs on the labelled positions only: answers are a few tokens of each sequence, and (B, T, V)
+    logits over a real LM's vocabulary (32,000 words) would dwarf the rest of the step's memory and time.
+    """
+    hidden, labels = hidden[:, :-1], labels[:, 1:]  # (B, T-1, H), (B, T-1)
     keep = labels != IGNORE
-    if not keep.any():
+    logits = lm_head(hidden[keep])  # (N, V)
+    if logits.shape[0] == 0:
         return logits.sum() * 0.0, keep.sum()
-    loss = F.cross_entropy(logits[keep].float(), labels[keep], reduction="sum")
-    return loss, keep.sum()
+    return F.cross_entropy(logits.float(), labels[keep], reduction="sum"), keep.sum()
 
 
 def image_loss(kind: ImageLoss, predicted: torch.Tensor, target: torch.Tensor, centre: torch.Tensor | None = None,

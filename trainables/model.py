@@ -213,7 +213,7 @@ class UnifiedVLM(nn.Module):
         """Loss sums and counts of one batch (the loop normalises them by global counts)."""
         gen_features, gen_codes = self.target_tokens(batch.gen_images)  # (Bg, Ng, Dg), (Bg, Ng)
         hidden = self.teacher_forced_hidden(batch, gen_features)  # (B, T, H)
-        text_sum, text_count = text_loss(self.lm.get_output_embeddings()(hidden), batch.labels)
+        text_sum, text_count = text_loss(self.lm.get_output_embeddings(), hidden, batch.labels)
         predicted = self.head(hidden[batch.gen_pred_mask])  # (Bg*Ng, K | Dg)
         target = gen_codes.reshape(-1) if self.space.discrete else gen_features.reshape(-1, gen_features.shape[-1])
         centre = self.gen_centre if self.loss_kind == ImageLoss.COSINE else None
