@@ -3,9 +3,9 @@
     uvlm power mixing --pool ../seeds-100            # the sweep 'mixing' here and in that working folder
     uvlm power mixing --pool other@sqlite:///x.db    # or a sweep of another name in another store
 
-A 30-minute demo holds 8 seeds a cell; its second seed set (`uvlm demo --seeds 100-107 --workdir DIR`) is the
-same design on 8 more. Every headline pairs runs by seed, so the two sweeps' runs put side by side are one
-sweep of 16 seeds, as long as they are the same design and share no seed. Both are checked before anything
+A 30-minute demo holds 6 seeds a cell; its second seed set (`uvlm demo --seeds 100-105 --workdir DIR`) is the
+same design on 6 more. Every headline pairs runs by seed, so the two sweeps' runs put side by side are one
+sweep of 12 seeds, as long as they are the same design and share no seed. Both are checked before anything
 is computed: the same declared headlines, the same cells, and in each cell the same settings (every
 parameter that is the same for all of a cell's runs, except the seed and the folders, which name where a
 sweep ran, not what it ran); a seed run by two of the sweeps would be counted twice and is refused.

@@ -1,6 +1,7 @@
 """`uvlm demo`: the main job. The studies of docs/STUDY.md at CPU scale, one command, resumable.
 
-    validate the four space files -> sweep each (skip finished, resume interrupted) -> report each
+    validate the four space files -> sweep each (skip finished, resume interrupted; those on the random LM
+    first, while the text-pretrained LM is made in the background) -> report each
     -> a combined report (reports/index.html, reports/report.md) -> print the findings and where to look
 
 Each study is the shipped space file (spaces/mixing.yaml, alignment.yaml,
@@ -23,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from search import background_lm
 from search.commands.ui import RUNS_VIEW
 from trainables import workspace
 from trainables.errors import UserError
@@ -101,18 +103,31 @@ def run_demo(options: DemoOptions) -> int:
             dry_run(plan, sweep)  # datasets, resources and every trial's config, before the first study starts
     total = sum(len(plan.slots) for plan in plans)
     _say(f"demo{' (smoke)' if options.smoke else ''}: {len(chosen)} studies, {total} trials, working folder {folder}")
-    for index, (plan, run, sweep) in enumerate(zip(plans, runs, sweep_options), 1):
-        label = f"[{index}/{len(chosen)}] {run.study} (finding {run.finding}): {len(plan.slots)} trials"
-        if run.state == "finished":
-            _say(f"{label}: finished earlier, skipped")
-            continue
-        _say(f"{label}: {'resuming' if run.state == 'resumed' else 'starting'} sweep {run.name!r}")
-        summary = run_sweep(plan, sweep)
-        run.exit_code = summary.exit_code
-        if not summary.complete:
-            _say(f"{run.study}: interrupted; run `uvlm demo{' --smoke' if options.smoke else ''}` again to continue "
-                 f"(finished trials are kept)")
-            return 1
+    pending = [i for i, run in enumerate(runs) if run.state != "finished"]
+    lm_maker = background_lm.start([plans[i] for i in pending])
+    if lm_maker is not None:
+        _say("making the text-pretrained LM in the background (one thread, 3-4 minutes), beside the studies on the "
+             "random LM, which run first")
+    order = sorted(range(len(plans)), key=lambda i: background_lm.uses_text_lm(plans[i]))  # stable: file order within
+    try:
+        for position, i in enumerate(order, 1):
+            plan, run, sweep = plans[i], runs[i], sweep_options[i]
+            label = f"[{position}/{len(chosen)}] {run.study} (finding {run.finding}): {len(plan.slots)} trials"
+            if run.state == "finished":
+                _say(f"{label}: finished earlier, skipped")
+                continue
+            if lm_maker is not None and background_lm.uses_text_lm(plan) and lm_maker.is_alive():
+                _say(f"{label}: waiting for the text-pretrained LM")
+                lm_maker.join()
+            _say(f"{label}: {'resuming' if run.state == 'resumed' else 'starting'} sweep {run.name!r}")
+            summary = run_sweep(plan, sweep)
+            run.exit_code = summary.exit_code
+            if not summary.complete:
+                _say(f"{run.study}: interrupted; run `uvlm demo{' --smoke' if options.smoke else ''}` again to "
+                     f"continue (finished trials are kept)")
+                return 1
+    finally:
+        background_lm.stop(lm_maker)
     reports = folder / "reports"
     for run in runs:
         run.report = _report(run.name, uri, reports / run.name)

@@ -145,22 +145,32 @@ def test_a_run_loads_the_pretrained_lm_through_lm_pretrained_path_and_keeps_it_f
             assert torch.equal(match.float(), weight.float()), name
 
 
-def test_the_same_recipe_makes_the_same_lm_whatever_the_caller_drew_before(tmp_path):
-    """A sweep's driver and `uvlm train` reach the pretraining in different random states; the LM is a function of
-    its recipe (the cache is keyed by it), and the caller's random stream goes on as if nothing had been drawn."""
+def test_the_same_recipe_makes_the_same_lm_whatever_the_caller_drew_before_and_its_threads(tmp_path, monkeypatch):
+    """A sweep's driver and `uvlm train` reach the pretraining in different random states and thread counts; the LM
+    is a function of its recipe (the cache is keyed by it): it trains on PRETRAINING_THREADS whatever the machine
+    has, and the caller's random stream and threads go on as if nothing had happened."""
     from safetensors.torch import load_file
 
-    from trainables.pretrain import pretrain
+    import trainables.pretrain
+    from trainables.pretrain import PRETRAINING_THREADS, pretrain
 
+    train, threads_seen = trainables.pretrain._train, []
+    monkeypatch.setattr(trainables.pretrain, "_train", lambda *args, **kwargs: threads_seen.append(torch.get_num_threads())
+                        or train(*args, **kwargs))
     lm = load_config(None, {"lm.pretraining.steps": 3, "lm.pretraining.conversations": 20,
                             "lm.pretraining.batch_size": 4}).lm
-    weights = []
-    for index, caller_seed in enumerate((1, 2)):
-        torch.manual_seed(caller_seed)
-        torch.rand(7)
-        before = torch.random.get_rng_state()
-        pretrain(lm, tmp_path / f"lm{index}")
-        assert torch.equal(torch.random.get_rng_state(), before)
-        weights.append(load_file(str(tmp_path / f"lm{index}" / "model.safetensors")))
+    weights, threads = [], torch.get_num_threads()
+    try:
+        for index, (caller_seed, caller_threads) in enumerate(((1, 1), (2, 2))):
+            torch.manual_seed(caller_seed)
+            torch.rand(7)
+            torch.set_num_threads(caller_threads)
+            before = torch.random.get_rng_state()
+            pretrain(lm, tmp_path / f"lm{index}")
+            assert torch.equal(torch.random.get_rng_state(), before) and torch.get_num_threads() == caller_threads
+            weights.append(load_file(str(tmp_path / f"lm{index}" / "model.safetensors")))
+    finally:
+        torch.set_num_threads(threads)
+    assert threads_seen == [PRETRAINING_THREADS, PRETRAINING_THREADS]
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])

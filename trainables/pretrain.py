@@ -30,6 +30,7 @@ which answer goes with which image.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -38,6 +39,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -52,10 +54,14 @@ from trainables.losses import IGNORE
 
 PRETRAIN_STREAM = 2
 """The split code of the corpus's random stream; datasets use 0 (train) and 1 (test)."""
-RECIPE_VERSION = 4
+RECIPE_VERSION = 5
 """Bumped when the corpus or the training changes, so that older cached LMs are not reused (3: the initialisation is
 seeded by the recipe; before, it followed the calling process's random state. 4: the faces as grids of words, and
-the loss on answers only)."""
+the loss on answers only. 5: one thread, PRETRAINING_THREADS)."""
+PRETRAINING_THREADS = 1
+"""Threads the pretraining's matrix products split over, whatever the machine has. The LM's bytes depend on it: the
+same recipe on the same 2-core machine ended at loss 0.443 on one thread and 0.468 on two, which made different LMs
+(and different findings) under one cache key on machines whose PyTorch picks another thread count."""
 MANIFEST = "pretraining.json"
 VOCAB_SIZE = 512
 """The BPE vocabulary's ceiling: bytes, the corpus's few hundred words and their pieces, three specials."""
@@ -171,7 +177,7 @@ def pretrain(lm: LMConfig, folder: Path) -> dict:
     shutil.rmtree(staging, ignore_errors=True)
     hf = _train_tokenizer(corpus, staging)
     sequences = _sequences(corpus, staging)
-    with torch.random.fork_rng(devices=[]):  # the same recipe, the same LM, whatever the caller drew before
+    with torch.random.fork_rng(devices=[]), _threads(PRETRAINING_THREADS):  # the same recipe, the same LM
         torch.manual_seed(recipe.seed)
         model = _causal_lm(lm, hf)
         losses = _train(model, sequences, recipe, pad=hf.pad_token_id)
@@ -185,6 +191,16 @@ def pretrain(lm: LMConfig, folder: Path) -> dict:
     staging.rename(folder)
     print(f"uvlm: pretrained the tiny LM in {seconds:.0f} s (loss {losses[0]:.2f} -> {losses[-1]:.2f})", file=sys.stderr)
     return manifest
+
+
+@contextlib.contextmanager
+def _threads(count: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _train_tokenizer(corpus: list[Conversation], folder: Path):

@@ -25,7 +25,8 @@ Examples:
   uvlm demo --study pretraining      # does the mutual benefit depend on the LM's pretraining?
   uvlm demo --smoke                  # every step of all six studies at toy size, a few minutes (CI)
   uvlm demo --workdir /tmp/uvlm-demo
-  uvlm demo --seeds 100-107 --workdir uvlm-work-fresh   # the same design on other seeds
+  uvlm demo --seeds 100-105 --workdir uvlm-work-fresh   # the same design on other seeds
+  uvlm demo --seeds 0-11 --workdir uvlm-work-12         # twice the seeds and the time: narrower intervals
 Exit code: 0 when every trial of every study finished, 1 otherwise, 2 on bad input.
 """
 
