@@ -14,7 +14,7 @@ install-test:
 	$(PIP) install -e ".[test]"
 	command -v chromium || (command -v apt-get && (apt-get install -y --no-install-recommends chromium || (apt-get update && apt-get install -y --no-install-recommends chromium))) || echo "chromium not installed: the report's browser test will be skipped"
 
-# The main job on the embedded default store: the four studies at CPU scale, reported (about 44
+# The main job on the embedded default store: the four studies at CPU scale, reported (about 27
 # minutes on 2 cores). Run it again after an interruption: finished trials are not redone.
 # DEMO_ARGS=--smoke runs it at toy size (the fresh-machine check).
 demo: install

@@ -106,7 +106,7 @@ def run_demo(options: DemoOptions) -> int:
     pending = [i for i, run in enumerate(runs) if run.state != "finished"]
     lm_maker = background_lm.start([plans[i] for i in pending])
     if lm_maker is not None:
-        _say("making the text-pretrained LM in the background (one thread, 3-4 minutes), beside the studies on the "
+        _say("making the text-pretrained LM in the background (one thread), beside the studies on the "
              "random LM, which run first")
     order = sorted(range(len(plans)), key=lambda i: background_lm.uses_text_lm(plans[i]))  # stable: file order within
     try:

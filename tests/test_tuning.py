@@ -173,7 +173,7 @@ def test_a_study_name_that_exists_with_another_search_space_is_refused_and_kept(
 STEP_SECONDS, TRIAL_SECONDS, CONCURRENT = 0.07, 5.0, 2
 
 
-@pytest.mark.parametrize(("study", "stated"), [("ratio", 6), ("tuning", 13)])
+@pytest.mark.parametrize(("study", "stated"), [("ratio", 2), ("tuning", 13)])
 def test_the_optuna_studies_take_the_minutes_their_headers_state(study, stated):
     from search.planner import load_space
     from test_demo import ROOT, planned_steps

@@ -7,11 +7,12 @@ import argparse
 DEMO_HELP = """\
 Run the four studies of the platform (spaces/mixing.yaml, alignment.yaml,
 transfer.yaml and ratio.yaml, the mixing ratio searched by Optuna) as sweeps
-named after them, at CPU scale with 8 seeds per cell (ratio: 3 paired seeds
+named after them, at CPU scale with 5 seeds per cell (ratio: 3 paired seeds
 per configuration): generate the smart-watch data, train, report each study
-and write a combined report (<working folder>/reports/index.html). About 44
-minutes on a 2-core CPU (90 trials, two at a time; findings 1 and 3 on a
-tiny LM pretrained on text, made first in 2-3 minutes). Interrupted? Run it
+and write a combined report (<working folder>/reports/index.html). About 27
+minutes on a 2-core CPU (54 trials, two at a time; findings 1 and 3 on a
+tiny LM pretrained on text, made in the background in about 4 minutes while
+the studies on the random LM run). Interrupted? Run it
 again: finished sweeps are skipped and an interrupted one resumes without
 redoing finished trials.
 Two studies run on request; they do not fit beside the four:
