@@ -1,7 +1,7 @@
 """The demo's text-pretrained LMs, made in a process of their own while the studies on the random LM run.
 
-    start(plans) -> a process making each missing LM (trainables.pretrain.ensure_text_lm) -> wait() before
-    the first study that loads one
+    start(plans) -> a process making each missing LM (trainables.pretrain.ensure_text_lm) -> joined before
+    the first study that loads one (search/demo.py) -> stop() if the demo ends first
 
 The pretraining keeps to one thread (trainables.pretrain.PRETRAINING_THREADS: its LM must not depend on the
 machine's cores), so made in the foreground it would leave one core of two idle for its 3-4 minutes. Beside

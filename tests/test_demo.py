@@ -28,7 +28,8 @@ FACTOR_STUDIES = [(study, finding) for study, finding in STUDIES if study != "ra
 
 # Measured in a whole `uvlm demo` on a 2-core machine, two trials at a time (54 trials of the four studies, 26,500
 # steps, 26m45s on seeds 0-4 from a clean clone of 9404223, 2026-12-07, quiet): a step of the random LM took
-# STEP_SECONDS (median over the runs without the pretraining beside them), a step of the text-pretrained LM
+# STEP_SECONDS (the median where no pretraining ran beside it: 0.080-0.081 s in alignment at 51f5dce the same day,
+# 0.080 s on 2026-12-06), a step of the text-pretrained LM
 # PRETRAINED_STEP_SECONDS trained (0.088 s in mixing, 0.099 s in transfer) and FROZEN_STEP_SECONDS frozen, a trial
 # TRIAL_SECONDS besides its steps (median: evaluations, set-up, checkpoints, MLflow and Tune), and the LM's
 # pretraining PRETRAINING_SECONDS on one thread, beside the first studies' trials (so it adds half of that). Each
