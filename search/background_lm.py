@@ -15,27 +15,25 @@ from __future__ import annotations
 import multiprocessing
 from typing import Any
 
+from search.sweep import text_lm_configs
 from search.sweep_plan import Plan
 from trainables.config import TrainConfig
 
 
 def uses_text_lm(plan: Plan) -> bool:
-    return any(slot.config.lm.pretraining.steps for slot in plan.slots)
+    return bool(text_lm_configs(plan))
 
 
 def start(plans: list[Plan]) -> Any | None:
     """A started daemon process making the text-pretrained LMs of `plans` not made yet; None when none is missing."""
     from trainables.pretrain import MANIFEST, text_lm_folder
 
-    missing: dict[Any, TrainConfig] = {}
-    for plan in plans:
-        for slot in plan.slots:
-            if slot.config.lm.pretraining.steps and not (text_lm_folder(slot.config) / MANIFEST).is_file():
-                missing.setdefault(text_lm_folder(slot.config), slot.config)
+    missing = [config for plan in plans for config in text_lm_configs(plan)
+               if not (text_lm_folder(config) / MANIFEST).is_file()]  # two studies' shared LM: made once, then checked
     if not missing:
         return None
-    process = multiprocessing.get_context("spawn").Process(target=make, args=(list(missing.values()),),
-                                                           name="uvlm-text-lm", daemon=True)
+    process = multiprocessing.get_context("spawn").Process(target=make, args=(missing,), name="uvlm-text-lm",
+                                                           daemon=True)
     process.start()
     return process
 

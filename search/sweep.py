@@ -27,6 +27,7 @@ from search.space_schema import NAME_PATTERN
 from search.sweep_plan import Plan
 from search.trial import DEFAULT_BODY, TrialContext, resolve_body, run_trial
 from trainables import mlflow_io, workspace
+from trainables.config import TrainConfig
 from trainables.errors import UserError
 from trainables.mlflow_names import (FAILED, FINISHED, KILLED, TRIAL_TABLE, TRIALS_FILE, VERSIONS_FILE, Metric, Role, Tag,
                                      sweep_tags)
@@ -223,7 +224,7 @@ def prepare_data(plan: Plan) -> None:
     """Generate or check each distinct dataset, and pretrain each distinct text-pretrained LM, once, in the driver,
     before trials start."""
     from trainables.data.prepare import ensure_dataset
-    from trainables.pretrain import ensure_text_lm, text_lm_folder
+    from trainables.pretrain import ensure_text_lm
 
     seen = set()
     for slot in plan.slots:
@@ -231,11 +232,19 @@ def prepare_data(plan: Plan) -> None:
         if data.path not in seen:
             seen.add(data.path)
             ensure_dataset(data)
+    for config in text_lm_configs(plan):
+        ensure_text_lm(config)
+
+
+def text_lm_configs(plan: Plan) -> list[TrainConfig]:
+    """One slot's config for each distinct text-pretrained LM the plan's runs load (none on random LMs)."""
+    from trainables.pretrain import text_lm_folder
+
+    configs = {}
+    for slot in plan.slots:
         if slot.config.lm.pretraining.steps:
-            folder = text_lm_folder(slot.config)
-            if folder not in seen:
-                seen.add(folder)
-                ensure_text_lm(slot.config)
+            configs.setdefault(text_lm_folder(slot.config), slot.config)
+    return list(configs.values())
 
 
 def concurrency_for(plan: Plan, cluster: dict[str, float], requested: int | None) -> int:
